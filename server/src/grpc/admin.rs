@@ -1,0 +1,77 @@
+//! AdminService handlers: online backup and WhoAmI.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use muster::pb::{self, ResourceKind, admin_service_server::AdminService};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::status::to_status;
+use crate::inventory::store_error;
+use crate::model::Permission;
+
+/// Size of the chunks a backup is streamed in.
+const CHUNK: usize = 1024 * 1024;
+
+/// gRPC face of server administration.
+#[derive(Debug, Clone)]
+pub struct AdminApi(pub Shared);
+
+/// Sends what is written to it as backup chunks.
+struct ChunkWriter {
+    tx: mpsc::Sender<Result<pb::BackupChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.buf);
+        self.tx
+            .blocking_send(Ok(pb::BackupChunk { data }))
+            .map_err(|_| std::io::Error::other("client went away"))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        self.0.authorize(&req, Permission::Admin, "backup", ResourceKind::Unspecified, "")?;
+        let (tx, rx) = mpsc::channel(4);
+        let store = std::sync::Arc::clone(self.0.inventory.store());
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+            match store.backup(&mut w) {
+                Ok(n) => tracing::info!(records = n, "backup streamed"),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(to_status(store_error(e))));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let who = self.0.authorize(&req, Permission::Read, "whoami", ResourceKind::Unspecified, "")?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            principal: who.name,
+            role: who.role.to_string(),
+            revision: self.0.inventory.store().revision(),
+        }))
+    }
+}

@@ -1,0 +1,34 @@
+//! AuditService handlers.
+
+use muster::pb::{self, ResourceKind, audit_service_server::AuditService};
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::status::to_status;
+use crate::inventory::AuditParams;
+use crate::model::{Permission, timestamp_nanos};
+
+/// gRPC face of the audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditApi(pub Shared);
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list(&self, req: Request<pb::ListChangesRequest>) -> Result<Response<pb::ListChangesResponse>, Status> {
+        let kind = ResourceKind::try_from(req.get_ref().resource_kind).unwrap_or_default();
+        self.0.authorize(&req, Permission::Read, "audit", kind, &req.get_ref().resource_name)?;
+        let r = req.into_inner();
+        let p = AuditParams {
+            kind: r.resource_kind,
+            name: r.resource_name,
+            principal: r.principal,
+            since_nanos: r.since.as_ref().map(timestamp_nanos),
+            until_nanos: r.until.as_ref().map(timestamp_nanos),
+            include_refused: r.include_refused,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        };
+        let (changes, next_page_token) = self.0.inventory.audit(&p).map_err(to_status)?;
+        Ok(Response::new(pb::ListChangesResponse { changes, next_page_token }))
+    }
+}

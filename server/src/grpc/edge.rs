@@ -1,0 +1,172 @@
+//! A tower layer in front of every service: refuses oversized requests with RESOURCE_EXHAUSTED
+//! (tonic's own limit answers OUT_OF_RANGE and only after reading the length prefix into a
+//! buffer reservation), and records per-RPC counts and latencies.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::metrics::Metrics;
+
+/// The layer; `limit` is the largest accepted message in bytes.
+#[derive(Clone, Debug)]
+pub struct EdgeLayer {
+    pub limit: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Edge { inner, limit: self.limit, metrics: Arc::clone(&self.metrics) }
+    }
+}
+
+/// The service produced by `EdgeLayer`.
+#[derive(Clone, Debug)]
+pub struct Edge<S> {
+    inner: S,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Edge<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let limit = self.limit;
+        let req = req.map(|b| tonic::body::Body::new(LimitedBody::new(b, limit)));
+        let fut = self.inner.call(req);
+        let metrics = Arc::clone(&self.metrics);
+        let started = Instant::now();
+        Box::pin(async move {
+            let resp = fut.await;
+            if let Ok(r) = &resp {
+                // Errors before any message are "trailers-only": the status is in the headers.
+                let code = r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK", |c| code_name(tonic::Code::from(c)));
+                metrics.observe(&method, code, started.elapsed());
+            }
+            resp
+        })
+    }
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A request body that fails with RESOURCE_EXHAUSTED as soon as a gRPC message's declared
+/// length, or the bytes actually received, pass the limit. Our RPCs take one request message,
+/// so the first five bytes are the only length prefix to read.
+struct LimitedBody {
+    inner: tonic::body::Body,
+    limit: usize,
+    seen: usize,
+    prefix: [u8; 5],
+    prefix_len: usize,
+}
+
+impl LimitedBody {
+    fn new(inner: tonic::body::Body, limit: usize) -> Self {
+        Self { inner, limit, seen: 0, prefix: [0; 5], prefix_len: 0 }
+    }
+
+    fn too_large(&self, size: usize) -> Status {
+        Status::resource_exhausted(format!(
+            "request message is {size} bytes; the limit is {} bytes (max_message_bytes)",
+            self.limit
+        ))
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = bytes_alias::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    for b in data.iter().take(5 - this.prefix_len) {
+                        this.prefix[this.prefix_len] = *b;
+                        this.prefix_len += 1;
+                    }
+                    if this.prefix_len == 5 && this.seen < 5 {
+                        let declared = u32::from_be_bytes([
+                            this.prefix[1],
+                            this.prefix[2],
+                            this.prefix[3],
+                            this.prefix[4],
+                        ]) as usize;
+                        if declared > this.limit {
+                            return Poll::Ready(Some(Err(this.too_large(declared))));
+                        }
+                    }
+                    this.seen += data.len();
+                    if this.seen > this.limit + 5 {
+                        return Poll::Ready(Some(Err(this.too_large(this.seen - 5))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `bytes` is only reachable through http-body's `Frame` here; name it once.
+mod bytes_alias {
+    pub type Bytes = <tonic::body::Body as http_body::Body>::Data;
+}

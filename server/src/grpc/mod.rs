@@ -1,0 +1,60 @@
+//! The gRPC edge: thin handlers (convert, call the domain, convert back), authentication, the
+//! one mapping of errors to `tonic::Status`, and the request-size and metrics layer.
+
+pub mod admin;
+pub mod audit;
+pub mod edge;
+pub mod inventory;
+pub mod status;
+
+use std::sync::Arc;
+
+use muster::pb::ResourceKind;
+use tonic::{Request, Status};
+
+use crate::auth::TokenRegistry;
+use crate::inventory::{ChangeContext, Inventory};
+use crate::model::{Permission, Principal};
+use crate::store::RefusalKind;
+
+/// What every handler needs: the domain service and the token registry.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub inventory: Arc<Inventory>,
+    pub tokens: Arc<TokenRegistry>,
+}
+
+impl Shared {
+    /// Authenticates the caller and checks `perm`; refusals are audited as DENIED.
+    pub fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        perm: Permission,
+        verb: &str,
+        kind: ResourceKind,
+        name: &str,
+    ) -> Result<Principal, Status> {
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let refuse = |who: &str, e: crate::model::ApiError| {
+            self.inventory.record_refusal(
+                who,
+                verb,
+                kind,
+                name,
+                &ChangeContext::default(),
+                RefusalKind::Denied,
+                &e.to_string(),
+            );
+            status::to_status(e)
+        };
+        let principal = self.tokens.authenticate(header).map_err(|(who, e)| refuse(&who, e))?;
+        if !principal.role.allows(perm) {
+            let e = crate::model::ApiError::PermissionDenied(format!(
+                "{} (role {}) may not {verb}: it needs the {perm:?} permission",
+                principal.name, principal.role
+            ));
+            return Err(refuse(&principal.name, e));
+        }
+        Ok(principal)
+    }
+}

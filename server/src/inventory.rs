@@ -1,0 +1,769 @@
+//! The inventory service: create, read, update, delete, apply, watch and audit, as domain
+//! operations on `muster.v1` resources. No gRPC here: handlers in `grpc/` call these and map
+//! `ApiError` to a status in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use muster::pb::{self, ResourceKind, resource::Resource as R};
+use muster::selector::Selector;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::model::resource::{self, MAX_SECRET_BYTES};
+use crate::model::secrets::SecretBox;
+use crate::model::{ApiError, Principal, kind_from_id, kind_id, kind_name, now_unix_nanos, timestamp};
+use crate::store::{
+    self, AuditEntry, AuditQuery, ChangeEntry, ChangeMeta, Check, Expect, ListQuery, Mutation,
+    Refusal, RefusalKind, Store, StoreError, StoredObject,
+};
+
+/// Largest page a List may ask for.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Page size when none is given.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// How often an idle watch stream sends a bookmark.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
+/// How many times a write without an expected revision retries a lost race before giving up.
+const WRITE_RETRIES: usize = 8;
+
+/// Why and from where a change is made.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeContext {
+    pub reason: String,
+    pub ticket: String,
+    pub origin: String,
+}
+
+impl ChangeContext {
+    fn validate(&self) -> Result<(), ApiError> {
+        let limits = [("context.reason", &self.reason, 1024), ("context.ticket", &self.ticket, 128), ("context.origin", &self.origin, 32)];
+        for (field, v, max) in limits {
+            if v.len() > max {
+                return Err(ApiError::invalid(field, format!("is longer than {max} bytes")));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(ApiError::invalid(field, "must not contain control characters"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyAction {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Parameters of a List.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub kind: i32,
+    pub selector: String,
+    pub field_selector: String,
+    pub page_size: u32,
+    pub page_token: String,
+}
+
+/// Parameters of an audit listing.
+#[derive(Debug, Clone, Default)]
+pub struct AuditParams {
+    pub kind: i32,
+    pub name: String,
+    pub principal: String,
+    pub since_nanos: Option<i64>,
+    pub until_nanos: Option<i64>,
+    pub include_refused: bool,
+    pub page_size: u32,
+    pub page_token: String,
+}
+
+/// The inventory: a store plus the rules of the model.
+pub struct Inventory {
+    store: Arc<dyn Store>,
+    secrets: SecretBox,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory").finish_non_exhaustive()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn parse_kind(field: &str, kind: i32) -> Result<ResourceKind, ApiError> {
+    match ResourceKind::try_from(kind) {
+        Ok(ResourceKind::Unspecified) | Err(_) => Err(ApiError::invalid(
+            field,
+            "is required: one of SITE, RACK, DEVICE, PROFILE, WINDOW, CREDENTIAL",
+        )),
+        Ok(k) => Ok(k),
+    }
+}
+
+fn bad_token() -> ApiError {
+    ApiError::invalid("page_token", "is not a token returned by this server for this listing")
+}
+
+fn page_size(requested: u32) -> usize {
+    match requested {
+        0 => DEFAULT_PAGE_SIZE as usize,
+        n => n.min(MAX_PAGE_SIZE) as usize,
+    }
+}
+
+impl Inventory {
+    /// An inventory over `store`, sealing credentials with `secrets`.
+    pub fn new(store: Arc<dyn Store>, secrets: SecretBox) -> Self {
+        Self { store, secrets }
+    }
+
+    /// The underlying store (for admin operations and metrics).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Decodes a stored body into the resource operators see (revision set, secrets removed).
+    fn view(&self, kind: ResourceKind, body: &[u8], revision: u64) -> Result<pb::Resource, ApiError> {
+        let mut r = pb::Resource::decode(body).map_err(internal)?;
+        if resource::kind_of(&r) != Some(kind) {
+            return Err(internal(format!("stored {} has another kind", kind_name(kind))));
+        }
+        if let Some(m) = resource::meta_mut(&mut r) {
+            m.revision = revision;
+        }
+        if let Some(R::Credential(c)) = r.resource.as_mut() {
+            c.secret.clear();
+        }
+        Ok(r)
+    }
+
+    fn view_object(&self, o: &StoredObject) -> Result<pb::Resource, ApiError> {
+        self.view(kind_from_id(o.kind), &o.body, o.revision)
+    }
+
+    /// Records a refused mutation in the audit trail. Failing to record is logged, not fatal:
+    /// the caller already has its answer.
+    pub fn record_refusal(
+        &self,
+        who: &str,
+        verb: &str,
+        kind: ResourceKind,
+        name: &str,
+        ctx: &ChangeContext,
+        refusal: RefusalKind,
+        message: &str,
+    ) {
+        let r = Refusal {
+            seq: 0,
+            kind: kind_id(kind),
+            name: name.chars().take(256).collect(),
+            meta: ChangeMeta {
+                principal: who.to_string(),
+                verb: verb.to_string(),
+                reason: ctx.reason.chars().take(1024).collect(),
+                ticket: ctx.ticket.chars().take(128).collect(),
+                origin: ctx.origin.chars().take(32).collect(),
+                time_unix_nanos: now_unix_nanos(),
+            },
+            refusal,
+            message: message.chars().take(1024).collect(),
+        };
+        if let Err(e) = self.store.record_refusal(r) {
+            tracing::warn!(error = %e, "could not record a refused attempt");
+        }
+    }
+
+    fn audit_refusal<T>(
+        &self,
+        who: &Principal,
+        verb: &str,
+        kind: ResourceKind,
+        name: &str,
+        ctx: &ChangeContext,
+        r: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        if let Err(e) = &r {
+            self.record_refusal(&who.name, verb, kind, name, ctx, RefusalKind::Rejected, &e.to_string());
+        }
+        r
+    }
+
+    fn change_meta(who: &Principal, verb: &str, ctx: &ChangeContext, now: i64) -> ChangeMeta {
+        ChangeMeta {
+            principal: who.name.clone(),
+            verb: verb.to_string(),
+            reason: ctx.reason.clone(),
+            ticket: ctx.ticket.clone(),
+            origin: if ctx.origin.is_empty() { "api".into() } else { ctx.origin.clone() },
+            time_unix_nanos: now,
+        }
+    }
+
+    /// Encodes a resource for storage, and separately for the audit trail (secrets removed).
+    fn stored(&self, kind: ResourceKind, r: &pb::Resource) -> (StoredObject, Option<Vec<u8>>) {
+        let m = resource::meta(r).cloned().unwrap_or_default();
+        let audit = match r.resource.as_ref() {
+            Some(R::Credential(_)) => {
+                let mut c = r.clone();
+                if let Some(R::Credential(x)) = c.resource.as_mut() {
+                    x.secret.clear();
+                }
+                Some(c.encode_to_vec())
+            }
+            _ => None,
+        };
+        let o = StoredObject {
+            kind: kind_id(kind),
+            id: m.id,
+            name: m.name,
+            labels: m.labels.into_iter().collect(),
+            fields: resource::index_fields(r),
+            revision: 0,
+            body: r.encode_to_vec(),
+        };
+        (o, audit)
+    }
+
+    /// Seals a credential's new secret (or keeps the old sealed one when none is given).
+    fn seal_secret(&self, r: &mut pb::Resource, old: Option<&pb::Resource>) -> Result<(), ApiError> {
+        let Some(R::Credential(c)) = r.resource.as_mut() else { return Ok(()) };
+        if c.secret.is_empty() {
+            match old.and_then(|o| o.resource.as_ref()) {
+                Some(R::Credential(o)) => {
+                    c.secret = o.secret.clone();
+                    c.fingerprint = o.fingerprint.clone();
+                    return Ok(());
+                }
+                _ => return Err(ApiError::invalid("secret", "is required when creating a credential")),
+            }
+        }
+        if c.secret.len() > MAX_SECRET_BYTES {
+            return Err(ApiError::invalid("secret", format!("is larger than {MAX_SECRET_BYTES} bytes")));
+        }
+        c.fingerprint = self.secrets.fingerprint(&c.secret);
+        c.secret = self.secrets.seal(&c.secret);
+        Ok(())
+    }
+
+    /// Reads the raw stored resource (with sealed secrets) for merging.
+    fn load(&self, kind: ResourceKind, name: &str) -> Result<Option<(StoredObject, pb::Resource)>, ApiError> {
+        let Some(o) = self.store.get(kind_id(kind), name).map_err(|e| ApiError::from_store(kind_name(kind), name, e))? else {
+            return Ok(None);
+        };
+        let r = pb::Resource::decode(o.body.as_slice()).map_err(internal)?;
+        Ok(Some((o, r)))
+    }
+
+    fn checks_for(r: &pb::Resource) -> Vec<Check> {
+        resource::references(r)
+            .into_iter()
+            .map(|(k, n)| Check::Exists { kind: kind_id(k), name: n })
+            .collect()
+    }
+
+    /// Prepares operator input: kind, defaults, server-owned parts cleared, validation.
+    fn prepare(r: &mut pb::Resource) -> Result<ResourceKind, ApiError> {
+        let kind = resource::kind_of(r).ok_or_else(resource::no_variant)?;
+        resource::clear_server_owned(r);
+        resource::apply_defaults(r);
+        resource::validate(r)?;
+        Ok(kind)
+    }
+
+    async fn commit(&self, kind: ResourceKind, name: &str, m: Mutation) -> Result<u64, ApiError> {
+        let rev = self.store.commit(m).map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
+        store::wait_durable(&*self.store, rev)
+            .await
+            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
+        Ok(rev)
+    }
+
+    fn new_object(&self, who: &Principal, mut r: pb::Resource, now: i64) -> Result<pb::Resource, ApiError> {
+        self.seal_secret(&mut r, None)?;
+        if let Some(m) = resource::meta_mut(&mut r) {
+            m.id = ulid::Ulid::new().to_string();
+            m.revision = 0;
+            m.created_at = Some(timestamp(now));
+            m.created_by = who.name.clone();
+            m.updated_at = Some(timestamp(now));
+            m.updated_by = who.name.clone();
+        }
+        Ok(r)
+    }
+
+    async fn create_prepared(
+        &self,
+        who: &Principal,
+        kind: ResourceKind,
+        r: pb::Resource,
+        verb: &str,
+        ctx: &ChangeContext,
+    ) -> Result<pb::Resource, ApiError> {
+        let now = now_unix_nanos();
+        let name = resource::name(&r).to_string();
+        let r = self.new_object(who, r, now)?;
+        let (obj, audit_after) = self.stored(kind, &r);
+        let body = obj.body.clone();
+        let m = Mutation {
+            kind: kind_id(kind),
+            name: name.clone(),
+            expect: Expect::Absent,
+            put: Some(obj),
+            checks: Self::checks_for(&r),
+            change: Self::change_meta(who, verb, ctx, now),
+            audit_before: None,
+            audit_after,
+        };
+        let rev = self.commit(kind, &name, m).await?;
+        self.view(kind, &body, rev)
+    }
+
+    /// Creates a resource; ALREADY_EXISTS if the name is taken.
+    pub async fn create(&self, who: &Principal, mut r: pb::Resource, ctx: &ChangeContext) -> Result<pb::Resource, ApiError> {
+        let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
+        let name = resource::name(&r).to_string();
+        let result = async {
+            ctx.validate()?;
+            let kind = Self::prepare(&mut r)?;
+            self.check_rack_site(&r)?;
+            self.create_prepared(who, kind, r, "create", ctx).await
+        }
+        .await;
+        self.audit_refusal(who, "create", kind, &name, ctx, result)
+    }
+
+    /// A device's rack must be in the device's site.
+    fn check_rack_site(&self, r: &pb::Resource) -> Result<(), ApiError> {
+        let Some(R::Device(d)) = r.resource.as_ref() else { return Ok(()) };
+        if d.rack.is_empty() {
+            return Ok(());
+        }
+        if let Some((_, rack)) = self.load(ResourceKind::Rack, &d.rack)?
+            && let Some(R::Rack(rack)) = rack.resource
+            && rack.site != d.site
+        {
+            return Err(ApiError::invalid(
+                "rack",
+                format!("rack {:?} is in site {:?}, not {:?}", d.rack, rack.site, d.site),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Merges operator input over the stored version; returns the new stored form.
+    fn merged(&self, who: &Principal, old: &pb::Resource, mut new: pb::Resource, now: i64) -> Result<pb::Resource, ApiError> {
+        resource::carry_server_owned(old, &mut new);
+        self.seal_secret(&mut new, Some(old))?;
+        if let Some(m) = resource::meta_mut(&mut new) {
+            m.updated_at = Some(timestamp(now));
+            m.updated_by = who.name.clone();
+        }
+        Ok(new)
+    }
+
+    async fn update_once(
+        &self,
+        who: &Principal,
+        kind: ResourceKind,
+        r: &pb::Resource,
+        expected: u64,
+        verb: &str,
+        ctx: &ChangeContext,
+    ) -> Result<pb::Resource, ApiError> {
+        let name = resource::name(r).to_string();
+        let Some((old_obj, old)) = self.load(kind, &name)? else {
+            return Err(ApiError::NotFound { kind: kind_name(kind), name });
+        };
+        if expected != 0 && old_obj.revision != expected {
+            return Err(ApiError::Conflict { kind: kind_name(kind), name, expected, current: old_obj.revision });
+        }
+        let now = now_unix_nanos();
+        let new = self.merged(who, &old, r.clone(), now)?;
+        let (obj, audit_after) = self.stored(kind, &new);
+        let audit_before = self.stored(kind, &old).1;
+        let body = obj.body.clone();
+        let m = Mutation {
+            kind: kind_id(kind),
+            name: name.clone(),
+            expect: Expect::Revision(old_obj.revision),
+            put: Some(obj),
+            checks: Self::checks_for(&new),
+            change: Self::change_meta(who, verb, ctx, now),
+            audit_before,
+            audit_after,
+        };
+        let rev = self.commit(kind, &name, m).await?;
+        self.view(kind, &body, rev)
+    }
+
+    /// Replaces the operator-owned fields of an existing resource.
+    pub async fn update(&self, who: &Principal, mut r: pb::Resource, expected: u64, ctx: &ChangeContext) -> Result<pb::Resource, ApiError> {
+        let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
+        let name = resource::name(&r).to_string();
+        let result = async {
+            ctx.validate()?;
+            let kind = Self::prepare(&mut r)?;
+            self.check_rack_site(&r)?;
+            let mut attempt = 0;
+            loop {
+                match self.update_once(who, kind, &r, expected, "update", ctx).await {
+                    Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => attempt += 1,
+                    other => return other,
+                }
+            }
+        }
+        .await;
+        self.audit_refusal(who, "update", kind, &name, ctx, result)
+    }
+
+    /// Creates, updates or leaves alone, so that applying the same manifest twice is a no-op.
+    pub async fn apply(&self, who: &Principal, mut r: pb::Resource, ctx: &ChangeContext, dry_run: bool) -> Result<(ApplyAction, pb::Resource), ApiError> {
+        let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
+        let name = resource::name(&r).to_string();
+        let result = async {
+            ctx.validate()?;
+            let kind = Self::prepare(&mut r)?;
+            self.check_rack_site(&r)?;
+            for _ in 0..WRITE_RETRIES {
+                match self.load(kind, &name)? {
+                    None => {
+                        if dry_run {
+                            self.check_references(&r)?;
+                            return Ok((ApplyAction::Created, r));
+                        }
+                        match self.create_prepared(who, kind, r.clone(), "apply", ctx).await {
+                            Err(ApiError::AlreadyExists { .. }) => continue,
+                            other => return other.map(|v| (ApplyAction::Created, v)),
+                        }
+                    }
+                    Some((old_obj, old)) => {
+                        let candidate = self.merged(who, &old, r.clone(), now_unix_nanos())?;
+                        let same_secret = match r.resource.as_ref() {
+                            Some(R::Credential(c)) => c.secret.is_empty() || self.secret_matches(&old, &c.secret),
+                            _ => true,
+                        };
+                        if same_secret && resource::comparable(&candidate) == resource::comparable(&old) {
+                            return Ok((ApplyAction::Unchanged, self.view(kind, &old_obj.body, old_obj.revision)?));
+                        }
+                        if dry_run {
+                            self.check_references(&r)?;
+                            return Ok((ApplyAction::Updated, self.view(kind, &candidate.encode_to_vec(), old_obj.revision)?));
+                        }
+                        match self.update_once(who, kind, &r, old_obj.revision, "apply", ctx).await {
+                            Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => continue,
+                            other => return other.map(|v| (ApplyAction::Updated, v)),
+                        }
+                    }
+                }
+            }
+            Err(ApiError::Unavailable("too many concurrent writers on one object".into()))
+        }
+        .await;
+        let verb = if dry_run { "apply (dry run)" } else { "apply" };
+        self.audit_refusal(who, verb, kind, &name, ctx, result)
+    }
+
+    fn secret_matches(&self, old: &pb::Resource, plain: &[u8]) -> bool {
+        match old.resource.as_ref() {
+            Some(R::Credential(o)) => self.secrets.open(&o.secret).is_some_and(|p| p == plain),
+            _ => false,
+        }
+    }
+
+    /// Read-only reference check, for dry runs.
+    fn check_references(&self, r: &pb::Resource) -> Result<(), ApiError> {
+        for (k, n) in resource::references(r) {
+            if self.load(k, &n)?.is_none() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "{} {:?} refers to {} {n:?}, which does not exist",
+                    kind_name(resource::kind_of(r).unwrap_or_default()),
+                    resource::name(r),
+                    kind_name(k)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a resource; refused while other objects still refer to it.
+    pub async fn delete(&self, who: &Principal, kind: i32, name: &str, expected: u64, ctx: &ChangeContext) -> Result<u64, ApiError> {
+        let k = ResourceKind::try_from(kind).unwrap_or(ResourceKind::Unspecified);
+        let result = async {
+            ctx.validate()?;
+            let kind = parse_kind("kind", kind)?;
+            muster::names::validate_name("name", name)?;
+            let mut attempt = 0;
+            loop {
+                let Some((old_obj, old)) = self.load(kind, name)? else {
+                    return Err(ApiError::NotFound { kind: kind_name(kind), name: name.to_string() });
+                };
+                if expected != 0 && old_obj.revision != expected {
+                    return Err(ApiError::Conflict { kind: kind_name(kind), name: name.into(), expected, current: old_obj.revision });
+                }
+                let checks = resource::referrers(kind)
+                    .iter()
+                    .map(|(rk, field)| Check::NotReferenced { kind: kind_id(*rk), field: field.to_string(), value: name.to_string() })
+                    .collect();
+                let m = Mutation {
+                    kind: kind_id(kind),
+                    name: name.to_string(),
+                    expect: Expect::Revision(old_obj.revision),
+                    put: None,
+                    checks,
+                    change: Self::change_meta(who, "delete", ctx, now_unix_nanos()),
+                    audit_before: self.stored(kind, &old).1,
+                    audit_after: None,
+                };
+                match self.commit(kind, name, m).await {
+                    Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => attempt += 1,
+                    other => return other,
+                }
+            }
+        }
+        .await;
+        self.audit_refusal(who, "delete", k, name, ctx, result)
+    }
+
+    /// One resource by kind and name.
+    pub fn get(&self, kind: i32, name: &str) -> Result<pb::Resource, ApiError> {
+        let kind = parse_kind("kind", kind)?;
+        muster::names::validate_name("name", name)?;
+        let o = self
+            .store
+            .get(kind_id(kind), name)
+            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?
+            .ok_or_else(|| ApiError::NotFound { kind: kind_name(kind), name: name.to_string() })?;
+        self.view_object(&o)
+    }
+
+    /// A page of resources; returns them, the next page token, and the revision read at.
+    pub fn list(&self, p: &ListParams) -> Result<(Vec<pb::Resource>, String, u64), ApiError> {
+        let kind = parse_kind("kind", p.kind)?;
+        let labels = Selector::parse(&p.selector).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+        let fields = Selector::parse_fields(&p.field_selector)
+            .map_err(|e| ApiError::invalid("field_selector", e.to_string()))?;
+        let allowed = resource::indexed_fields(kind);
+        if let Some(r) = fields.requirements.iter().find(|r| r.key != "name" && !allowed.contains(&r.key.as_str())) {
+            let mut names = vec!["name"];
+            names.extend_from_slice(allowed);
+            return Err(ApiError::invalid(
+                "field_selector",
+                format!("{:?} is not a selectable field of {}; use one of: {}", r.key, kind_name(kind), names.join(", ")),
+            ));
+        }
+        let after_id = if p.page_token.is_empty() {
+            None
+        } else {
+            let raw = URL_SAFE_NO_PAD.decode(&p.page_token).map_err(|_| bad_token())?;
+            let s = String::from_utf8(raw).map_err(|_| bad_token())?;
+            let id = s.strip_prefix("l1:").ok_or_else(bad_token)?;
+            if ulid::Ulid::from_string(id).is_err() {
+                return Err(bad_token());
+            }
+            Some(id.to_string())
+        };
+        let revision = self.store.revision();
+        let q = ListQuery { kind: kind_id(kind), labels, fields, after_id, limit: page_size(p.page_size) };
+        let page = self.store.list(&q).map_err(|e| ApiError::from_store(kind_name(kind), "", e))?;
+        let next = match (page.more, page.objects.last()) {
+            (true, Some(last)) => URL_SAFE_NO_PAD.encode(format!("l1:{}", last.id)),
+            _ => String::new(),
+        };
+        let items = page.objects.iter().map(|o| self.view_object(o)).collect::<Result<Vec<_>, _>>()?;
+        Ok((items, next, revision))
+    }
+
+    fn change_to_event(&self, c: &ChangeEntry) -> Result<pb::WatchEvent, ApiError> {
+        let kind = kind_from_id(c.kind);
+        let (ty, body) = match (&c.before, &c.after) {
+            (_, Some(after)) if c.before_revision == 0 => (pb::EventType::Added, after),
+            (_, Some(after)) => (pb::EventType::Modified, after),
+            (Some(before), None) => (pb::EventType::Deleted, before),
+            (None, None) => return Err(internal("change without a body")),
+        };
+        Ok(pb::WatchEvent { revision: c.revision, r#type: ty as i32, object: Some(self.view(kind, body, c.revision)?) })
+    }
+
+    /// Streams events after `since` (0: from now), filtered by kind and selector, until the
+    /// receiver is dropped. Only durable revisions are sent, so a client resuming after a server
+    /// crash never misses or repeats an event.
+    pub fn watch(self: &Arc<Self>, kind: i32, selector: &str, since: u64) -> Result<mpsc::Receiver<Result<pb::WatchEvent, ApiError>>, ApiError> {
+        let kind = match ResourceKind::try_from(kind) {
+            Ok(ResourceKind::Unspecified) => None,
+            Ok(k) => Some(kind_id(k)),
+            Err(_) => return Err(ApiError::invalid("kind", format!("{kind} is not a resource kind"))),
+        };
+        let selector = Selector::parse(selector).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+        let mut durable = self.store.durable();
+        let current = match &*durable.borrow_and_update() {
+            Ok(d) => *d,
+            Err(e) => return Err(ApiError::Unavailable(e.clone())),
+        };
+        if since > self.store.revision() {
+            return Err(ApiError::OutOfRange(format!(
+                "since_revision {since} is ahead of the store (revision {})",
+                self.store.revision()
+            )));
+        }
+        let mut last = if since == 0 { current } else { since };
+        let (tx, rx) = mpsc::channel(256);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let upto = durable.borrow_and_update().clone();
+                let upto = match upto {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::Unavailable(e))).await;
+                        return;
+                    }
+                };
+                while last < upto {
+                    let batch = match this.store.changes(last, upto, 512) {
+                        Ok(b) if !b.is_empty() => b,
+                        Ok(_) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(ApiError::from_store("event", "", e))).await;
+                            return;
+                        }
+                    };
+                    for c in batch {
+                        last = c.revision;
+                        let kind_ok = kind.is_none_or(|k| k == c.kind);
+                        if kind_ok && selector.matches(|k| c.labels.get(k).map(String::as_str)) {
+                            let ev = this.change_to_event(&c);
+                            if tx.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(BOOKMARK_INTERVAL) => {
+                        let b = pb::WatchEvent { revision: last, r#type: pb::EventType::Bookmark as i32, object: None };
+                        if tx.send(Ok(b)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Audit entries, oldest first, with a token for the next page.
+    pub fn audit(&self, p: &AuditParams) -> Result<(Vec<pb::Change>, String), ApiError> {
+        let kind = match ResourceKind::try_from(p.kind) {
+            Ok(ResourceKind::Unspecified) => None,
+            Ok(k) => Some(kind_id(k)),
+            Err(_) => return Err(ApiError::invalid("resource_kind", format!("{} is not a resource kind", p.kind))),
+        };
+        if !p.name.is_empty() && kind.is_none() {
+            return Err(ApiError::invalid("resource_kind", "is required with resource_name"));
+        }
+        let (after_revision, after_seq) = if p.page_token.is_empty() {
+            (0, 0)
+        } else {
+            let raw = URL_SAFE_NO_PAD.decode(&p.page_token).map_err(|_| bad_token())?;
+            let s = String::from_utf8(raw).map_err(|_| bad_token())?;
+            let rest = s.strip_prefix("a1:").ok_or_else(bad_token)?;
+            let (r, q) = rest.split_once(':').ok_or_else(bad_token)?;
+            (r.parse().map_err(|_| bad_token())?, q.parse().map_err(|_| bad_token())?)
+        };
+        let limit = page_size(p.page_size);
+        let q = AuditQuery {
+            kind,
+            name: (!p.name.is_empty()).then(|| p.name.clone()),
+            principal: (!p.principal.is_empty()).then(|| p.principal.clone()),
+            since_nanos: p.since_nanos,
+            until_nanos: p.until_nanos,
+            include_refused: p.include_refused,
+            after_revision,
+            after_seq,
+            limit,
+        };
+        let entries = self.store.audit(&q).map_err(|e| ApiError::from_store("audit", "", e))?;
+        let (mut last_rev, mut last_seq) = (after_revision, after_seq);
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            out.push(match e {
+                AuditEntry::Accepted(c) => {
+                    last_rev = c.revision;
+                    self.change_to_audit(c)?
+                }
+                AuditEntry::Refused(r) => {
+                    last_seq = r.seq;
+                    refusal_to_audit(r)
+                }
+            });
+        }
+        let next = if entries.len() == limit {
+            URL_SAFE_NO_PAD.encode(format!("a1:{last_rev}:{last_seq}"))
+        } else {
+            String::new()
+        };
+        Ok((out, next))
+    }
+
+    fn change_to_audit(&self, c: &ChangeEntry) -> Result<pb::Change, ApiError> {
+        let kind = kind_from_id(c.kind);
+        let before = c.before.as_ref().map(|b| self.view(kind, b, c.before_revision)).transpose()?;
+        let after = c.after.as_ref().map(|b| self.view(kind, b, c.revision)).transpose()?;
+        Ok(pb::Change {
+            revision: c.revision,
+            time: Some(timestamp(c.meta.time_unix_nanos)),
+            principal: c.meta.principal.clone(),
+            verb: c.meta.verb.clone(),
+            resource_kind: kind as i32,
+            resource_name: c.name.clone(),
+            resource_id: c.id.clone(),
+            before,
+            after,
+            reason: c.meta.reason.clone(),
+            ticket: c.meta.ticket.clone(),
+            origin: c.meta.origin.clone(),
+            outcome: pb::ChangeOutcome::Accepted as i32,
+            message: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+            seq: 0,
+        })
+    }
+}
+
+fn refusal_to_audit(r: &Refusal) -> pb::Change {
+    pb::Change {
+        revision: 0,
+        time: Some(timestamp(r.meta.time_unix_nanos)),
+        principal: r.meta.principal.clone(),
+        verb: r.meta.verb.clone(),
+        resource_kind: kind_from_id(r.kind) as i32,
+        resource_name: r.name.clone(),
+        reason: r.meta.reason.clone(),
+        ticket: r.meta.ticket.clone(),
+        origin: r.meta.origin.clone(),
+        outcome: match r.refusal {
+            RefusalKind::Rejected => pb::ChangeOutcome::Rejected as i32,
+            RefusalKind::Denied => pb::ChangeOutcome::Denied as i32,
+        },
+        message: r.message.clone(),
+        seq: r.seq,
+        ..Default::default()
+    }
+}
+
+/// Maps a store error outside a specific object (used by admin operations).
+pub fn store_error(e: StoreError) -> ApiError {
+    ApiError::from_store("store", "", e)
+}

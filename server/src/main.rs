@@ -1,0 +1,216 @@
+//! `musterd`: parse flags and config, set up logging, bind, and hand over to the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use muster_server::config::{Config, LogFormat, TlsConfig};
+use muster_server::store::{SledStore, Store, StoreOptions};
+use muster_server::{Listeners, Server};
+
+/// The muster fleet inventory and configuration server.
+#[derive(Debug, Parser)]
+#[command(name = "musterd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags and MUSTER_* variables override it.
+    #[arg(long, env = "MUSTER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070].
+    #[arg(long, env = "MUSTER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Prometheus metrics listen address (off unless set).
+    #[arg(long, env = "MUSTER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Data directory [default: ./muster-data].
+    #[arg(long, env = "MUSTER_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "MUSTER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "MUSTER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plaintext gRPC on a non-loopback address.
+    #[arg(long)]
+    insecure: bool,
+    /// Largest accepted request message, bytes [default: 4194304].
+    #[arg(long, env = "MUSTER_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// sled cache size in MiB [default: 128].
+    #[arg(long, env = "MUSTER_CACHE_MB")]
+    cache_mb: Option<u64>,
+    /// Skip fdatasync after group flushes (benchmarks only: unsafe on power loss).
+    #[arg(long, hide = true)]
+    no_fdatasync: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Write a consistent backup of a stopped server's data dir (for a running server use
+    /// `muster admin backup`).
+    Backup {
+        /// Backup file to create.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into an empty data directory.
+    Restore {
+        /// Backup file to read.
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Read a token on stdin and print the sha256 to put in the config's [[tokens]].
+    HashToken,
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut c = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Config::from_toml(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        c.listen = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        c.metrics_listen = Some(v);
+    }
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        c.tls = Some(TlsConfig { cert: cert.clone(), key: key.clone() });
+    }
+    c.insecure |= args.insecure;
+    if let Some(v) = args.max_message_bytes {
+        c.max_message_bytes = v;
+    }
+    if let Some(v) = args.cache_mb {
+        c.cache_capacity_mb = v;
+    }
+    if args.no_fdatasync {
+        c.fdatasync = false;
+    }
+    if args.log_json {
+        c.log_format = LogFormat::Json;
+    }
+    Ok(c)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run_server(config: Config) -> anyhow::Result<()> {
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let metrics = match config.metrics_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?),
+        None => None,
+    };
+    let grpc_addr = grpc.local_addr()?;
+    let metrics_addr = metrics.as_ref().map(|m| m.local_addr()).transpose()?;
+    let data_dir = config.data_dir.clone();
+    let server = Server::open(config).await.context("starting musterd")?;
+    if let Some(p) = &server.created_admin_token {
+        tracing::warn!(path = %p.display(), "no tokens configured: created an admin token; keep the file safe");
+    }
+    tracing::info!(grpc = %grpc_addr, metrics = ?metrics_addr, data_dir = %data_dir.display(), "musterd serving");
+    // One machine-readable line on stdout, so scripts and tests learn the bound ports.
+    let mut line = format!("musterd listening grpc={grpc_addr}");
+    if let Some(m) = metrics_addr {
+        line.push_str(&format!(" metrics={m}"));
+    }
+    println!("{line}");
+    std::io::stdout().flush()?;
+    server.run(Listeners { grpc, metrics }, shutdown_signal()).await.context("serving")?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = load_config(&cli.serve)?;
+    match cli.command {
+        None | Some(Command::Serve) => {
+            init_logging(config.log_format);
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(run_server(config))
+        }
+        Some(Command::Backup { to }) => {
+            let opts = StoreOptions { cache_capacity_bytes: config.cache_capacity_mb * 1024 * 1024, fdatasync: true };
+            let store = SledStore::open(&config.data_dir, &opts).with_context(|| {
+                format!("opening {} (is musterd running? then use `muster admin backup`)", config.data_dir.display())
+            })?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&to)
+                .with_context(|| format!("creating {}", to.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = store.backup(&mut w).context("writing backup")?;
+            let file = w.into_inner().map_err(|e| anyhow::anyhow!("writing backup: {e}"))?;
+            file.sync_all()?;
+            eprintln!("backed up {n} records at revision {} to {}", store.revision(), to.display());
+            Ok(())
+        }
+        Some(Command::Restore { from }) => {
+            let file = std::fs::File::open(&from).with_context(|| format!("opening {}", from.display()))?;
+            let mut r = std::io::BufReader::new(file);
+            let n = muster_server::store::restore_into(&mut r, &config.data_dir)
+                .with_context(|| format!("restoring into {}", config.data_dir.display()))?;
+            eprintln!("restored {n} records into {}", config.data_dir.display());
+            Ok(())
+        }
+        Some(Command::HashToken) => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            let token = token.trim();
+            if token.is_empty() {
+                bail!("no token on stdin");
+            }
+            println!("{}", muster_server::auth::hash_token(token));
+            Ok(())
+        }
+    }
+}

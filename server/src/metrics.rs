@@ -1,0 +1,138 @@
+//! Prometheus metrics, served on their own listener so scraping never competes with the API
+//! port's auth and limits.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::model::{kind_from_id, kind_name};
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// All metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RpcLabels, Counter>,
+    latency: Family<MethodLabel, Histogram, fn() -> Histogram>,
+    objects: Family<KindLabel, Gauge>,
+    revision: Gauge,
+    flushes: Counter,
+    flush_seconds: Gauge<f64, AtomicU64>,
+    last_flush_seconds: Gauge<f64, AtomicU64>,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+}
+
+impl Metrics {
+    /// Registers every metric; store figures are read at scrape time.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let mut registry = Registry::with_prefix("muster");
+        let requests = Family::<RpcLabels, Counter>::default();
+        let latency: Family<MethodLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let objects = Family::<KindLabel, Gauge>::default();
+        let revision = Gauge::default();
+        let flushes = Counter::default();
+        let flush_seconds = Gauge::<f64, AtomicU64>::default();
+        let last_flush_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register("grpc_requests", "gRPC requests by method and status code", requests.clone());
+        registry.register("grpc_request_duration_seconds", "gRPC request latency", latency.clone());
+        registry.register("objects", "Objects in the store by kind", objects.clone());
+        registry.register("store_revision", "Newest committed store revision", revision.clone());
+        registry.register("store_flushes", "Group-commit flushes (flush + fdatasync)", flushes.clone());
+        registry.register("store_flush_seconds_total", "Time spent in group-commit flushes", flush_seconds.clone());
+        registry.register("store_last_flush_seconds", "Duration of the latest flush", last_flush_seconds.clone());
+        Self { registry, requests, latency, objects, revision, flushes, flush_seconds, last_flush_seconds, store }
+    }
+
+    /// Counts one finished RPC.
+    pub fn observe(&self, method: &str, code: &str, took: Duration) {
+        self.requests
+            .get_or_create(&RpcLabels { method: method.to_string(), code: code.to_string() })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabel { method: method.to_string() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition, with store figures refreshed.
+    pub fn render(&self) -> String {
+        if let Ok(counts) = self.store.counts() {
+            for (kind, n) in counts {
+                let k = kind_name(kind_from_id(kind)).to_string();
+                self.objects.get_or_create(&KindLabel { kind: k }).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        self.revision.set(i64::try_from(self.store.revision()).unwrap_or(i64::MAX));
+        let s = self.store.flush_stats();
+        let seen = self.flushes.get();
+        self.flushes.inc_by(s.flushes.saturating_sub(seen));
+        self.flush_seconds.set(s.total.as_secs_f64());
+        self.last_flush_seconds.set(s.last.as_secs_f64());
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(metrics.render())))
+                    } else {
+                        Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from("see /metrics\n")))
+                    };
+                    resp.map_err(|e| std::io::Error::other(e.to_string()))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+        });
+    }
+}

@@ -1,0 +1,262 @@
+//! Persistence: the `Store` trait and its sled implementation.
+//!
+//! The store knows objects only as envelopes (kind, id, name, labels, indexed fields, revision)
+//! around an opaque body; it does not know what a device is. It owns the global revision, the
+//! indexes, the event log (which is also the audit trail of accepted changes), the log of refused
+//! attempts, and durability: a write is reported committed at a revision, and that revision is
+//! durable once `durable()` has reached it.
+
+mod backup;
+mod keys;
+mod record;
+mod sled_store;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+pub use backup::{restore_into, BackupError};
+pub use sled_store::{SledStore, StoreOptions};
+
+/// Numeric kind of a stored object, the same numbers as `muster.v1.ResourceKind`.
+pub type KindId = u8;
+
+/// A stored object: the index fields the store maintains, and the encoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub kind: KindId,
+    /// ULID, assigned by the caller on create and never changed.
+    pub id: String,
+    /// Unique per kind.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Indexed fields (e.g. a device's site, serial, kind) for field selectors.
+    pub fields: BTreeMap<String, String>,
+    /// Revision of the write that produced this version (set by the store).
+    pub revision: u64,
+    /// The resource, encoded by the layer above.
+    pub body: Vec<u8>,
+}
+
+/// What a write expects to find, checked under the store's writer lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No object of this kind and name exists.
+    Absent,
+    /// The object exists at exactly this revision.
+    Revision(u64),
+}
+
+/// A cross-object rule checked atomically with the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// An object of this kind and name must exist (a reference must resolve).
+    Exists { kind: KindId, name: String },
+    /// No object of `kind` may have `field == value` (nothing may still refer to a deleted one).
+    NotReferenced { kind: KindId, field: String, value: String },
+}
+
+/// Who made a change and why; stored with it in the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeMeta {
+    pub principal: String,
+    pub verb: String,
+    pub reason: String,
+    pub ticket: String,
+    pub origin: String,
+    /// Unix time in nanoseconds.
+    pub time_unix_nanos: i64,
+}
+
+/// One write: put or delete one object, with its preconditions and its audit metadata.
+#[derive(Debug, Clone)]
+pub struct Mutation {
+    pub kind: KindId,
+    pub name: String,
+    pub expect: Expect,
+    /// The new version (its `revision` is ignored), or None to delete.
+    pub put: Option<StoredObject>,
+    pub checks: Vec<Check>,
+    pub change: ChangeMeta,
+    /// Bodies to record in the audit entry (e.g. with secrets removed); the stored ones when None.
+    pub audit_before: Option<Vec<u8>>,
+    pub audit_after: Option<Vec<u8>>,
+}
+
+/// An accepted change, as kept in the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEntry {
+    pub revision: u64,
+    pub kind: KindId,
+    pub name: String,
+    pub id: String,
+    /// Labels of the object after the change (before it, for a delete): watch filters on them.
+    pub labels: BTreeMap<String, String>,
+    pub meta: ChangeMeta,
+    /// Revision of the replaced version, 0 on create.
+    pub before_revision: u64,
+    pub before: Option<Vec<u8>>,
+    pub after: Option<Vec<u8>>,
+}
+
+/// Why a refused attempt was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Invalid input, conflict, missing object.
+    Rejected,
+    /// Unauthenticated or not permitted.
+    Denied,
+}
+
+/// A refused attempt, kept in the audit trail beside accepted changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub seq: u64,
+    pub kind: KindId,
+    pub name: String,
+    pub meta: ChangeMeta,
+    pub refusal: RefusalKind,
+    pub message: String,
+}
+
+/// A bearer token known to the store (created at first start, or later by an admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    pub name: String,
+    pub role: String,
+}
+
+/// Which objects to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub kind: KindId,
+    pub labels: muster::selector::Selector,
+    pub fields: muster::selector::Selector,
+    /// Return only ids greater than this (pagination).
+    pub after_id: Option<String>,
+    pub limit: usize,
+}
+
+/// A page of objects, in id order.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub objects: Vec<StoredObject>,
+    /// Whether more objects match after the last one.
+    pub more: bool,
+}
+
+/// Filters for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub kind: Option<KindId>,
+    pub name: Option<String>,
+    pub principal: Option<String>,
+    pub since_nanos: Option<i64>,
+    pub until_nanos: Option<i64>,
+    pub include_refused: bool,
+    /// Resume after this accepted revision / refusal sequence.
+    pub after_revision: u64,
+    pub after_seq: u64,
+    pub limit: usize,
+}
+
+/// One audit entry: an accepted change or a refused attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditEntry {
+    Accepted(ChangeEntry),
+    Refused(Refusal),
+}
+
+impl AuditEntry {
+    /// When it happened.
+    pub fn time_unix_nanos(&self) -> i64 {
+        match self {
+            AuditEntry::Accepted(c) => c.meta.time_unix_nanos,
+            AuditEntry::Refused(r) => r.meta.time_unix_nanos,
+        }
+    }
+}
+
+/// Errors of the persistence layer.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("an object of this kind named {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("no object of this kind named {0:?}")]
+    NotFound(String),
+    #[error("revision conflict: expected {expected}, current {current}")]
+    Conflict { expected: u64, current: u64 },
+    #[error("{kind_name} {name:?} does not exist")]
+    MissingReference { kind_name: String, name: String },
+    #[error("still referenced by {count} object(s), e.g. {example:?}")]
+    StillReferenced { count: usize, example: String },
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store could not persist: {0}")]
+    Io(String),
+    #[error("data directory is in use by another process: {0}")]
+    Locked(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// Statistics of the group-commit flusher, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlushStats {
+    pub flushes: u64,
+    pub total: Duration,
+    pub last: Duration,
+}
+
+/// The persistence interface. Implementations must make `commit` atomic (object, indexes,
+/// event and revision together or nothing) and must advance `durable()` only past revisions
+/// that survive a crash.
+pub trait Store: Send + Sync + 'static {
+    /// Applies one mutation atomically and returns its revision (not yet durable).
+    fn commit(&self, m: Mutation) -> Result<u64, StoreError>;
+    /// The durable revision, advanced by group commit; `Err` inside means persisting failed.
+    fn durable(&self) -> watch::Receiver<Result<u64, String>>;
+    /// The newest committed revision.
+    fn revision(&self) -> u64;
+    /// One object by kind and name.
+    fn get(&self, kind: KindId, name: &str) -> Result<Option<StoredObject>, StoreError>;
+    /// Objects matching a query, in id order.
+    fn list(&self, q: &ListQuery) -> Result<Page, StoreError>;
+    /// Number of objects per kind.
+    fn counts(&self) -> Result<BTreeMap<KindId, u64>, StoreError>;
+    /// Accepted changes with revision in (after, upto], oldest first, at most `limit`.
+    fn changes(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<ChangeEntry>, StoreError>;
+    /// Audit entries matching a query, oldest first.
+    fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Records a refused attempt; persisted with the next group flush, not waited for.
+    fn record_refusal(&self, r: Refusal) -> Result<(), StoreError>;
+    /// Tokens kept in the store.
+    fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
+    /// Adds a token and returns the revision to wait for.
+    fn put_token(&self, t: StoredToken) -> Result<u64, StoreError>;
+    /// Writes a consistent snapshot of the whole store.
+    fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64, StoreError>;
+    /// Flush statistics.
+    fn flush_stats(&self) -> FlushStats;
+}
+
+/// Waits until `revision` is durable, or reports why it cannot become so.
+pub async fn wait_durable(store: &dyn Store, revision: u64) -> Result<(), StoreError> {
+    let mut rx = store.durable();
+    let r = rx.wait_for(|d| !matches!(d, Ok(d) if *d < revision)).await;
+    match r {
+        Ok(v) => match &*v {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Io(e.clone())),
+        },
+        Err(_) => Err(StoreError::Io("store closed".into())),
+    }
+}

@@ -1,0 +1,17 @@
+//! muster's wire contract and the small pure pieces every crate shares.
+//!
+//! `pb` is generated from `proto/muster/v1/*.proto` by `build.rs`; `selector` and `names`
+//! hold the rules that both the server and its clients must agree on. No I/O here.
+
+pub mod names;
+pub mod selector;
+
+/// Generated protobuf messages and gRPC stubs of `muster.v1`, with proto3 JSON (serde) impls.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("muster.v1");
+    include!(concat!(env!("OUT_DIR"), "/muster.v1.serde.rs"));
+}
+
+/// Encoded `FileDescriptorSet` of `muster.v1`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/muster_descriptor.bin"));
