@@ -142,6 +142,13 @@ async fn shutdown_signal() {
 }
 
 async fn run_server(config: Config) -> anyhow::Result<()> {
+    // Checked before binding, so a refused address is never opened even briefly.
+    if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.insecure {
+        bail!(
+            "refusing to listen on {} without TLS: configure tls.cert and tls.key, or pass --insecure",
+            config.listen
+        );
+    }
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -1,1 +1,404 @@
-//! Shared harness for the end-to-end tests.
+//! Shared harness for the end-to-end tests: start the real `musterd` binary on an ephemeral
+//! loopback port with a temporary data directory, learn its ports from the line it prints, and
+//! talk to it over gRPC or through the real `muster` CLI.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use muster::pb;
+use muster::pb::inventory_service_client::InventoryServiceClient;
+use sha2::{Digest, Sha256};
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// Path of a workspace binary, built next to the test executable (`.ci/run` builds them all).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Fixed tokens for the role tests, one per role.
+pub const ADMIN_TOKEN: &str = "mst_test_admin_0123456789";
+pub const OPERATOR_TOKEN: &str = "mst_test_operator_0123456789";
+pub const VIEWER_TOKEN: &str = "mst_test_viewer_0123456789";
+pub const APPROVER_TOKEN: &str = "mst_test_approver_0123456789";
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// How to start a test server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Write a config with one token per role instead of relying on the bootstrap token.
+    pub role_tokens: bool,
+    /// Extra config-file lines (TOML).
+    pub config: String,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+}
+
+/// A running `musterd` process and its data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub token: String,
+    opts: Options,
+    child: Option<Child>,
+}
+
+impl TestServer {
+    /// Starts a server with the bootstrap admin token.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(Options::default())
+    }
+
+    /// Starts a server with options.
+    pub fn start_with(opts: Options) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("data");
+        let mut s = Self {
+            dir,
+            data_dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: String::new(),
+            opts,
+            child: None,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("musterd.toml")
+    }
+
+    /// Starts (or restarts) the process on the same data directory.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut config = self.opts.config.clone();
+        if self.opts.role_tokens {
+            for (name, role, token) in [
+                ("alice", "admin", ADMIN_TOKEN),
+                ("oscar", "operator", OPERATOR_TOKEN),
+                ("vera", "viewer", VIEWER_TOKEN),
+                ("april", "approver", APPROVER_TOKEN),
+            ] {
+                config.push_str(&format!(
+                    "\n[[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+                    sha256_hex(token)
+                ));
+            }
+        }
+        std::fs::write(self.config_path(), &config)?;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("musterd.log"))?;
+        let mut child = Command::new(bin("musterd"))
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(&self.opts.args)
+            .env("MUSTER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning musterd")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if !line.starts_with("musterd listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("musterd did not start: {line:?}; log:\n{}", self.log());
+        }
+        for part in line.split_whitespace() {
+            if let Some(a) = part.strip_prefix("grpc=") {
+                self.addr = a.parse()?;
+            }
+            if let Some(a) = part.strip_prefix("metrics=") {
+                self.metrics_addr = a.parse()?;
+            }
+        }
+        self.token = if self.opts.role_tokens {
+            ADMIN_TOKEN.to_string()
+        } else {
+            std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string()
+        };
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("musterd.log")).unwrap_or_default()
+    }
+
+    /// `http://ADDR` for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the process with SIGKILL (no flush, no cleanup) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits (up to 10 s) for a clean exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status()?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = c.try_wait()? {
+                    if !status.success() {
+                        bail!("musterd exited with {status}; log:\n{}", self.log());
+                    }
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    bail!("musterd did not stop within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills and starts again on the same data directory.
+    pub fn restart_after_kill9(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// A gRPC channel to the server.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.url())?.connect().await?)
+    }
+
+    /// An inventory client sending `token`.
+    pub async fn inventory_as(&self, token: &str) -> anyhow::Result<InventoryClient> {
+        Ok(InventoryServiceClient::with_interceptor(self.channel().await?, Bearer::new(token))
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// An inventory client with the admin token.
+    pub async fn inventory(&self) -> anyhow::Result<InventoryClient> {
+        self.inventory_as(&self.token).await
+    }
+
+    /// An audit client with the admin token.
+    pub async fn audit(&self) -> anyhow::Result<AuditClient> {
+        Ok(pb::audit_service_client::AuditServiceClient::with_interceptor(
+            self.channel().await?,
+            Bearer::new(&self.token),
+        ))
+    }
+
+    /// Runs the real `muster` CLI against this server with the admin token.
+    pub fn muster(&self, args: &[&str]) -> Output {
+        self.muster_with(args, &self.token, None)
+    }
+
+    /// Runs the CLI with a token and optional stdin.
+    pub fn muster_with(&self, args: &[&str], token: &str, stdin: Option<&[u8]>) -> Output {
+        run_cli(&self.url(), token, args, stdin)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `muster` with server and token from the environment, as an operator would.
+pub fn run_cli(server: &str, token: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(bin("muster"));
+    cmd.args(args)
+        .env("MUSTER_SERVER", server)
+        .env("MUSTER_TOKEN", token)
+        .env_remove("MUSTER_TOKEN_FILE")
+        .env("HOME", std::env::temp_dir())
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn muster");
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&input);
+        });
+    }
+    child.wait_with_output().expect("wait muster")
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// Empty token: send no header at all.
+    pub fn new(token: &str) -> Self {
+        if token.is_empty() {
+            return Self(None);
+        }
+        Self(format!("Bearer {token}").parse().ok())
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Inventory client type used by the tests.
+pub type InventoryClient = InventoryServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
+/// Audit client type used by the tests.
+pub type AuditClient = pb::audit_service_client::AuditServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
+
+/// Builders for test resources.
+pub mod fixtures {
+    use muster::pb::{self, ObjectMeta, resource::Resource as R};
+
+    fn meta(name: &str, labels: &[(&str, &str)]) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        })
+    }
+
+    /// A site.
+    pub fn site(name: &str) -> pb::Resource {
+        pb::Resource {
+            resource: Some(R::Site(pb::Site {
+                meta: meta(name, &[]),
+                region: "eu".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A rack in a site.
+    pub fn rack(name: &str, site: &str) -> pb::Resource {
+        pb::Resource {
+            resource: Some(R::Rack(pb::Rack {
+                meta: meta(name, &[]),
+                site: site.into(),
+                height_u: 42,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A server with labels and no site.
+    pub fn device(name: &str, labels: &[(&str, &str)]) -> pb::Resource {
+        pb::Resource {
+            resource: Some(R::Device(pb::Device {
+                meta: meta(name, labels),
+                kind: pb::DeviceKind::Server as i32,
+                serial: format!("SN-{name}"),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// The name of a resource.
+    pub fn name_of(r: &pb::Resource) -> String {
+        match r.resource.as_ref() {
+            Some(R::Site(x)) => x.meta.as_ref().map(|m| m.name.clone()),
+            Some(R::Rack(x)) => x.meta.as_ref().map(|m| m.name.clone()),
+            Some(R::Device(x)) => x.meta.as_ref().map(|m| m.name.clone()),
+            Some(R::Profile(x)) => x.meta.as_ref().map(|m| m.name.clone()),
+            Some(R::Window(x)) => x.meta.as_ref().map(|m| m.name.clone()),
+            Some(R::Credential(x)) => x.meta.as_ref().map(|m| m.name.clone()),
+            Some(R::Campaign(x)) => x.meta.as_ref().map(|m| m.name.clone()),
+            None => None,
+        }
+        .unwrap_or_default()
+    }
+
+    /// The revision of a resource.
+    pub fn revision_of(r: &pb::Resource) -> u64 {
+        match r.resource.as_ref() {
+            Some(R::Site(x)) => x.meta.as_ref().map(|m| m.revision),
+            Some(R::Rack(x)) => x.meta.as_ref().map(|m| m.revision),
+            Some(R::Device(x)) => x.meta.as_ref().map(|m| m.revision),
+            Some(R::Profile(x)) => x.meta.as_ref().map(|m| m.revision),
+            Some(R::Window(x)) => x.meta.as_ref().map(|m| m.revision),
+            Some(R::Credential(x)) => x.meta.as_ref().map(|m| m.revision),
+            Some(R::Campaign(x)) => x.meta.as_ref().map(|m| m.revision),
+            None => None,
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// Every object of every kind, in a comparable form, for "nothing changed" assertions.
+pub async fn snapshot(client: &mut InventoryClient) -> anyhow::Result<Vec<pb::Resource>> {
+    let mut all = Vec::new();
+    for kind in [
+        pb::ResourceKind::Site,
+        pb::ResourceKind::Rack,
+        pb::ResourceKind::Device,
+        pb::ResourceKind::Profile,
+        pb::ResourceKind::Window,
+        pb::ResourceKind::Credential,
+    ] {
+        let mut token = String::new();
+        loop {
+            let r = client
+                .list(pb::ListRequest {
+                    kind: kind as i32,
+                    page_size: 1000,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            all.extend(r.resources);
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+    }
+    Ok(all)
+}
