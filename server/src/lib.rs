@@ -36,6 +36,11 @@ use crate::metrics::Metrics;
 use crate::model::secrets::SecretBox;
 use crate::store::{SledStore, Store, StoreError, StoreOptions};
 
+/// How long in-flight requests may take to finish after shutdown is requested. HTTP/2's
+/// graceful close waits for each client to acknowledge; a stuck client must not keep the
+/// process alive (acknowledged writes are durable anyway).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -149,7 +154,18 @@ impl Server {
             .metrics
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
         let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-        let result = builder
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let grace_over = async move {
+            match stopping_rx.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let serve = builder
             .layer(grpc::edge::EdgeLayer { limit, metrics: Arc::clone(&self.metrics) })
             .add_service(health_svc)
             .add_service(reflection_v1)
@@ -157,8 +173,14 @@ impl Server {
             .add_service(inventory)
             .add_service(audit)
             .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        let result = tokio::select! {
+            r = serve => r,
+            () = grace_over => {
+                tracing::warn!("shutdown grace period over; closing the remaining connections");
+                Ok(())
+            }
+        };
         if let Some(t) = metrics_task {
             t.abort();
         }

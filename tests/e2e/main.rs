@@ -2,6 +2,7 @@
 //! area. Every test starts the real `musterd` binary on an ephemeral loopback port.
 
 mod api;
+mod backup;
 mod errors;
 mod durability;
 mod peers;

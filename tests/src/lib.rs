@@ -72,9 +72,17 @@ impl TestServer {
 
     /// Starts a server with options.
     pub fn start_with(opts: Options) -> anyhow::Result<Self> {
+        let mut s = Self::prepare(opts)?;
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// A server whose data directory exists only as a path, not started yet (to restore a
+    /// backup into it first).
+    pub fn prepare(opts: Options) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().join("data");
-        let mut s = Self {
+        Ok(Self {
             dir,
             data_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -82,9 +90,7 @@ impl TestServer {
             token: String::new(),
             opts,
             child: None,
-        };
-        s.spawn()?;
-        Ok(s)
+        })
     }
 
     fn config_path(&self) -> PathBuf {
@@ -167,12 +173,14 @@ impl TestServer {
         }
     }
 
-    /// Stops the process with SIGTERM and waits (up to 10 s) for a clean exit.
+    /// Stops the process with SIGTERM and waits (up to 20 s) for a clean exit. Call it from a
+    /// multi-thread runtime when clients are still connected: they must answer HTTP/2's
+    /// graceful-shutdown ping.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
             let pid = c.id().to_string();
             Command::new("kill").args(["-TERM", &pid]).status()?;
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Some(status) = c.try_wait()? {
                     if !status.success() {
@@ -182,7 +190,7 @@ impl TestServer {
                 }
                 if Instant::now() > deadline {
                     let _ = c.kill();
-                    bail!("musterd did not stop within 10 s");
+                    bail!("musterd did not stop within 20 s; log:\n{}", self.log());
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
