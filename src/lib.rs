@@ -14,4 +14,5 @@ pub mod pb {
 }
 
 /// Encoded `FileDescriptorSet` of `muster.v1`, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/muster_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/muster_descriptor.bin"));

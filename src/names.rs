@@ -23,7 +23,10 @@ pub struct InvalidField {
 impl InvalidField {
     /// Builds an error for `field`.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -40,7 +43,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), InvalidField> {
     if name.len() > MAX_NAME_LEN {
         return Err(InvalidField::new(
             field,
-            format!("is {} characters long; the limit is {MAX_NAME_LEN}", name.len()),
+            format!(
+                "is {} characters long; the limit is {MAX_NAME_LEN}",
+                name.len()
+            ),
         ));
     }
     if let Some(bad) = name.chars().find(|c| !is_name_char(*c)) {
@@ -91,10 +97,14 @@ pub fn validate_label_key(field: &str, key: &str) -> Result<(), InvalidField> {
     let name = match key.split_once('/') {
         Some((prefix, name)) => {
             if prefix.is_empty() || prefix.len() > MAX_NAME_LEN {
-                return Err(InvalidField::new(field, format!("key {key:?} has an invalid prefix")));
+                return Err(InvalidField::new(
+                    field,
+                    format!("key {key:?} has an invalid prefix"),
+                ));
             }
-            validate_name(field, prefix)
-                .map_err(|_| InvalidField::new(field, format!("key {key:?} has an invalid prefix")))?;
+            validate_name(field, prefix).map_err(|_| {
+                InvalidField::new(field, format!("key {key:?} has an invalid prefix"))
+            })?;
             name
         }
         None => key,
@@ -148,11 +158,16 @@ pub fn validate_host(field: &str, host: &str) -> Result<(), InvalidField> {
 pub fn validate_mac(field: &str, mac: &str) -> Result<(), InvalidField> {
     let parts: Vec<&str> = mac.split(':').collect();
     let ok = parts.len() == 6
-        && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
     if ok {
         Ok(())
     } else {
-        Err(InvalidField::new(field, format!("{mac:?} is not a MAC address like 52:54:00:12:34:56")))
+        Err(InvalidField::new(
+            field,
+            format!("{mac:?} is not a MAC address like 52:54:00:12:34:56"),
+        ))
     }
 }
 
@@ -164,7 +179,11 @@ pub fn validate_date(field: &str, date: &str) -> Result<(), InvalidField> {
         return Err(bad());
     };
     let num = |s: &str, len: usize| {
-        if s.len() == len && s.chars().all(|c| c.is_ascii_digit()) { s.parse::<u32>().ok() } else { None }
+        if s.len() == len && s.chars().all(|c| c.is_ascii_digit()) {
+            s.parse::<u32>().ok()
+        } else {
+            None
+        }
     };
     match (num(y, 4), num(m, 2), num(d, 2)) {
         (Some(_), Some(m), Some(d)) if (1..=12).contains(&m) && (1..=31).contains(&d) => Ok(()),

@@ -142,11 +142,20 @@ fn is_word_char(c: char) -> bool {
 
 impl<'a> Parser<'a> {
     fn new(input: &'a str, labels: bool) -> Self {
-        Self { input, tokens: Vec::new(), next: 0, labels }
+        Self {
+            input,
+            tokens: Vec::new(),
+            next: 0,
+            labels,
+        }
     }
 
     fn err(&self, position: usize, problem: impl Into<String>) -> SelectorError {
-        SelectorError { input: self.input.to_string(), position, problem: problem.into() }
+        SelectorError {
+            input: self.input.to_string(),
+            position,
+            problem: problem.into(),
+        }
     }
 
     fn lex(&mut self) -> Result<(), SelectorError> {
@@ -170,7 +179,11 @@ impl<'a> Parser<'a> {
                 }
                 '=' => {
                     // `=` and `==` mean the same.
-                    i += if chars.get(i + 1).map(|x| x.1) == Some('=') { 2 } else { 1 };
+                    i += if chars.get(i + 1).map(|x| x.1) == Some('=') {
+                        2
+                    } else {
+                        1
+                    };
                     self.tokens.push((pos, Token::Eq));
                 }
                 '!' => {
@@ -227,7 +240,9 @@ impl<'a> Parser<'a> {
         let pos = self.pos();
         match self.peek() {
             Some(Token::Word(_)) => {
-                let Some(Token::Word(w)) = self.bump() else { unreachable!("peeked a word") };
+                let Some(Token::Word(w)) = self.bump() else {
+                    unreachable!("peeked a word")
+                };
                 if self.labels {
                     validate_label_value("selector", &w).map_err(|e| self.err(pos, e.problem))?;
                 }
@@ -261,7 +276,10 @@ impl<'a> Parser<'a> {
         if self.peek() == Some(&Token::Bang) {
             self.bump();
             let key = self.key()?;
-            return Ok(Requirement { key, op: Operator::DoesNotExist });
+            return Ok(Requirement {
+                key,
+                op: Operator::DoesNotExist,
+            });
         }
         let key = self.key()?;
         let op = match self.peek() {
@@ -315,11 +333,16 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn sel_matches(sel: &str, l: &BTreeMap<String, String>) -> bool {
-        Selector::parse(sel).unwrap().matches(|k| l.get(k).map(String::as_str))
+        Selector::parse(sel)
+            .unwrap()
+            .matches(|k| l.get(k).map(String::as_str))
     }
 
     #[test]

@@ -42,7 +42,10 @@ pub enum AuthSetupError {
     #[error("token {name:?}: {problem}")]
     BadToken { name: String, problem: String },
     #[error("cannot write the admin token file {path}: {source}")]
-    TokenFile { path: PathBuf, source: std::io::Error },
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -58,10 +61,10 @@ impl TokenRegistry {
     ) -> Result<(Self, Option<PathBuf>), AuthSetupError> {
         let mut by_hash = HashMap::new();
         for t in config {
-            let role: Role = t
-                .role
-                .parse()
-                .map_err(|problem| AuthSetupError::BadToken { name: t.name.clone(), problem })?;
+            let role: Role = t.role.parse().map_err(|problem| AuthSetupError::BadToken {
+                name: t.name.clone(),
+                problem,
+            })?;
             let hash = t.sha256.to_ascii_lowercase();
             if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(AuthSetupError::BadToken {
@@ -69,7 +72,13 @@ impl TokenRegistry {
                     problem: "sha256 must be 64 hex digits (musterd hash-token prints it)".into(),
                 });
             }
-            by_hash.insert(hash, Principal { name: t.name.clone(), role });
+            by_hash.insert(
+                hash,
+                Principal {
+                    name: t.name.clone(),
+                    role,
+                },
+            );
         }
         for t in store.tokens()? {
             let role = t.role.parse().map_err(|problem| AuthSetupError::BadToken {
@@ -84,11 +93,25 @@ impl TokenRegistry {
             let path = data_dir.join(ADMIN_TOKEN_FILE);
             // A stale file from a wiped store would hold a token that no longer works.
             let _ = std::fs::remove_file(&path);
-            write_private_file(&path, format!("{token}\n").as_bytes())
-                .map_err(|source| AuthSetupError::TokenFile { path: path.clone(), source })?;
+            write_private_file(&path, format!("{token}\n").as_bytes()).map_err(|source| {
+                AuthSetupError::TokenFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             let hash = hash_token(&token);
-            store.put_token(StoredToken { hash: hash.clone(), name: "admin".into(), role: "admin".into() })?;
-            by_hash.insert(hash, Principal { name: "admin".into(), role: Role::Admin });
+            store.put_token(StoredToken {
+                hash: hash.clone(),
+                name: "admin".into(),
+                role: "admin".into(),
+            })?;
+            by_hash.insert(
+                hash,
+                Principal {
+                    name: "admin".into(),
+                    role: Role::Admin,
+                },
+            );
             created = Some(path);
         }
         Ok((Self { by_hash }, created))
@@ -105,7 +128,10 @@ impl TokenRegistry {
                 ),
             ));
         };
-        let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
+        let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        else {
             return Err((
                 "anonymous".into(),
                 ApiError::Unauthenticated("authorization must be \"Bearer <token>\"".into()),

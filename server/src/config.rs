@@ -67,7 +67,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7070))),
             metrics_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             tls: None,
@@ -103,6 +105,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.tokens.len(), 1);
-        assert!(Config::from_toml("lisen = 1").is_err(), "unknown keys are errors");
+        assert!(
+            Config::from_toml("lisen = 1").is_err(),
+            "unknown keys are errors"
+        );
     }
 }

@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 
 use crate::model::resource::{self, MAX_SECRET_BYTES};
 use crate::model::secrets::SecretBox;
-use crate::model::{ApiError, Principal, kind_from_id, kind_id, kind_name, now_unix_nanos, timestamp};
+use crate::model::{
+    ApiError, Principal, kind_from_id, kind_id, kind_name, now_unix_nanos, timestamp,
+};
 use crate::store::{
     self, AuditEntry, AuditQuery, ChangeEntry, ChangeMeta, Check, Expect, ListQuery, Mutation,
     Refusal, RefusalKind, Store, StoreError, StoredObject,
@@ -39,13 +41,23 @@ pub struct ChangeContext {
 
 impl ChangeContext {
     fn validate(&self) -> Result<(), ApiError> {
-        let limits = [("context.reason", &self.reason, 1024), ("context.ticket", &self.ticket, 128), ("context.origin", &self.origin, 32)];
+        let limits = [
+            ("context.reason", &self.reason, 1024),
+            ("context.ticket", &self.ticket, 128),
+            ("context.origin", &self.origin, 32),
+        ];
         for (field, v, max) in limits {
             if v.len() > max {
-                return Err(ApiError::invalid(field, format!("is longer than {max} bytes")));
+                return Err(ApiError::invalid(
+                    field,
+                    format!("is longer than {max} bytes"),
+                ));
             }
             if v.chars().any(char::is_control) {
-                return Err(ApiError::invalid(field, "must not contain control characters"));
+                return Err(ApiError::invalid(
+                    field,
+                    "must not contain control characters",
+                ));
             }
         }
         Ok(())
@@ -110,7 +122,10 @@ fn parse_kind(field: &str, kind: i32) -> Result<ResourceKind, ApiError> {
 }
 
 fn bad_token() -> ApiError {
-    ApiError::invalid("page_token", "is not a token returned by this server for this listing")
+    ApiError::invalid(
+        "page_token",
+        "is not a token returned by this server for this listing",
+    )
 }
 
 fn page_size(requested: u32) -> usize {
@@ -132,10 +147,18 @@ impl Inventory {
     }
 
     /// Decodes a stored body into the resource operators see (revision set, secrets removed).
-    fn view(&self, kind: ResourceKind, body: &[u8], revision: u64) -> Result<pb::Resource, ApiError> {
+    fn view(
+        &self,
+        kind: ResourceKind,
+        body: &[u8],
+        revision: u64,
+    ) -> Result<pb::Resource, ApiError> {
         let mut r = pb::Resource::decode(body).map_err(internal)?;
         if resource::kind_of(&r) != Some(kind) {
-            return Err(internal(format!("stored {} has another kind", kind_name(kind))));
+            return Err(internal(format!(
+                "stored {} has another kind",
+                kind_name(kind)
+            )));
         }
         if let Some(m) = resource::meta_mut(&mut r) {
             m.revision = revision;
@@ -156,8 +179,7 @@ impl Inventory {
         &self,
         who: &str,
         verb: &str,
-        kind: ResourceKind,
-        name: &str,
+        (kind, name): (ResourceKind, &str),
         ctx: &ChangeContext,
         refusal: RefusalKind,
         message: &str,
@@ -192,7 +214,14 @@ impl Inventory {
         r: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         if let Err(e) = &r {
-            self.record_refusal(&who.name, verb, kind, name, ctx, RefusalKind::Rejected, &e.to_string());
+            self.record_refusal(
+                &who.name,
+                verb,
+                (kind, name),
+                ctx,
+                RefusalKind::Rejected,
+                &e.to_string(),
+            );
         }
         r
     }
@@ -203,7 +232,11 @@ impl Inventory {
             verb: verb.to_string(),
             reason: ctx.reason.clone(),
             ticket: ctx.ticket.clone(),
-            origin: if ctx.origin.is_empty() { "api".into() } else { ctx.origin.clone() },
+            origin: if ctx.origin.is_empty() {
+                "api".into()
+            } else {
+                ctx.origin.clone()
+            },
             time_unix_nanos: now,
         }
     }
@@ -234,8 +267,14 @@ impl Inventory {
     }
 
     /// Seals a credential's new secret (or keeps the old sealed one when none is given).
-    fn seal_secret(&self, r: &mut pb::Resource, old: Option<&pb::Resource>) -> Result<(), ApiError> {
-        let Some(R::Credential(c)) = r.resource.as_mut() else { return Ok(()) };
+    fn seal_secret(
+        &self,
+        r: &mut pb::Resource,
+        old: Option<&pb::Resource>,
+    ) -> Result<(), ApiError> {
+        let Some(R::Credential(c)) = r.resource.as_mut() else {
+            return Ok(());
+        };
         if c.secret.is_empty() {
             match old.and_then(|o| o.resource.as_ref()) {
                 Some(R::Credential(o)) => {
@@ -243,11 +282,19 @@ impl Inventory {
                     c.fingerprint = o.fingerprint.clone();
                     return Ok(());
                 }
-                _ => return Err(ApiError::invalid("secret", "is required when creating a credential")),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "secret",
+                        "is required when creating a credential",
+                    ));
+                }
             }
         }
         if c.secret.len() > MAX_SECRET_BYTES {
-            return Err(ApiError::invalid("secret", format!("is larger than {MAX_SECRET_BYTES} bytes")));
+            return Err(ApiError::invalid(
+                "secret",
+                format!("is larger than {MAX_SECRET_BYTES} bytes"),
+            ));
         }
         c.fingerprint = self.secrets.fingerprint(&c.secret);
         c.secret = self.secrets.seal(&c.secret);
@@ -255,8 +302,16 @@ impl Inventory {
     }
 
     /// Reads the raw stored resource (with sealed secrets) for merging.
-    fn load(&self, kind: ResourceKind, name: &str) -> Result<Option<(StoredObject, pb::Resource)>, ApiError> {
-        let Some(o) = self.store.get(kind_id(kind), name).map_err(|e| ApiError::from_store(kind_name(kind), name, e))? else {
+    fn load(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+    ) -> Result<Option<(StoredObject, pb::Resource)>, ApiError> {
+        let Some(o) = self
+            .store
+            .get(kind_id(kind), name)
+            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?
+        else {
             return Ok(None);
         };
         let r = pb::Resource::decode(o.body.as_slice()).map_err(internal)?;
@@ -266,7 +321,10 @@ impl Inventory {
     fn checks_for(r: &pb::Resource) -> Vec<Check> {
         resource::references(r)
             .into_iter()
-            .map(|(k, n)| Check::Exists { kind: kind_id(k), name: n })
+            .map(|(k, n)| Check::Exists {
+                kind: kind_id(k),
+                name: n,
+            })
             .collect()
     }
 
@@ -280,14 +338,24 @@ impl Inventory {
     }
 
     async fn commit(&self, kind: ResourceKind, name: &str, m: Mutation) -> Result<u64, ApiError> {
-        let rev = self.store.commit(m).map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
+        // The writer lock and sled's log reservation can block: keep them off the async workers.
+        let store = Arc::clone(&self.store);
+        let rev = tokio::task::spawn_blocking(move || store.commit(m))
+            .await
+            .map_err(internal)?
+            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
         store::wait_durable(&*self.store, rev)
             .await
             .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
         Ok(rev)
     }
 
-    fn new_object(&self, who: &Principal, mut r: pb::Resource, now: i64) -> Result<pb::Resource, ApiError> {
+    fn new_object(
+        &self,
+        who: &Principal,
+        mut r: pb::Resource,
+        now: i64,
+    ) -> Result<pb::Resource, ApiError> {
         self.seal_secret(&mut r, None)?;
         if let Some(m) = resource::meta_mut(&mut r) {
             m.id = ulid::Ulid::new().to_string();
@@ -328,7 +396,12 @@ impl Inventory {
     }
 
     /// Creates a resource; ALREADY_EXISTS if the name is taken.
-    pub async fn create(&self, who: &Principal, mut r: pb::Resource, ctx: &ChangeContext) -> Result<pb::Resource, ApiError> {
+    pub async fn create(
+        &self,
+        who: &Principal,
+        mut r: pb::Resource,
+        ctx: &ChangeContext,
+    ) -> Result<pb::Resource, ApiError> {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
         let name = resource::name(&r).to_string();
         let result = async {
@@ -343,7 +416,9 @@ impl Inventory {
 
     /// A device's rack must be in the device's site.
     fn check_rack_site(&self, r: &pb::Resource) -> Result<(), ApiError> {
-        let Some(R::Device(d)) = r.resource.as_ref() else { return Ok(()) };
+        let Some(R::Device(d)) = r.resource.as_ref() else {
+            return Ok(());
+        };
         if d.rack.is_empty() {
             return Ok(());
         }
@@ -353,14 +428,23 @@ impl Inventory {
         {
             return Err(ApiError::invalid(
                 "rack",
-                format!("rack {:?} is in site {:?}, not {:?}", d.rack, rack.site, d.site),
+                format!(
+                    "rack {:?} is in site {:?}, not {:?}",
+                    d.rack, rack.site, d.site
+                ),
             ));
         }
         Ok(())
     }
 
     /// Merges operator input over the stored version; returns the new stored form.
-    fn merged(&self, who: &Principal, old: &pb::Resource, mut new: pb::Resource, now: i64) -> Result<pb::Resource, ApiError> {
+    fn merged(
+        &self,
+        who: &Principal,
+        old: &pb::Resource,
+        mut new: pb::Resource,
+        now: i64,
+    ) -> Result<pb::Resource, ApiError> {
         resource::carry_server_owned(old, &mut new);
         self.seal_secret(&mut new, Some(old))?;
         if let Some(m) = resource::meta_mut(&mut new) {
@@ -381,10 +465,18 @@ impl Inventory {
     ) -> Result<pb::Resource, ApiError> {
         let name = resource::name(r).to_string();
         let Some((old_obj, old)) = self.load(kind, &name)? else {
-            return Err(ApiError::NotFound { kind: kind_name(kind), name });
+            return Err(ApiError::NotFound {
+                kind: kind_name(kind),
+                name,
+            });
         };
         if expected != 0 && old_obj.revision != expected {
-            return Err(ApiError::Conflict { kind: kind_name(kind), name, expected, current: old_obj.revision });
+            return Err(ApiError::Conflict {
+                kind: kind_name(kind),
+                name,
+                expected,
+                current: old_obj.revision,
+            });
         }
         let now = now_unix_nanos();
         let new = self.merged(who, &old, r.clone(), now)?;
@@ -406,7 +498,13 @@ impl Inventory {
     }
 
     /// Replaces the operator-owned fields of an existing resource.
-    pub async fn update(&self, who: &Principal, mut r: pb::Resource, expected: u64, ctx: &ChangeContext) -> Result<pb::Resource, ApiError> {
+    pub async fn update(
+        &self,
+        who: &Principal,
+        mut r: pb::Resource,
+        expected: u64,
+        ctx: &ChangeContext,
+    ) -> Result<pb::Resource, ApiError> {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
         let name = resource::name(&r).to_string();
         let result = async {
@@ -415,8 +513,13 @@ impl Inventory {
             self.check_rack_site(&r)?;
             let mut attempt = 0;
             loop {
-                match self.update_once(who, kind, &r, expected, "update", ctx).await {
-                    Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => attempt += 1,
+                match self
+                    .update_once(who, kind, &r, expected, "update", ctx)
+                    .await
+                {
+                    Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => {
+                        attempt += 1
+                    }
                     other => return other,
                 }
             }
@@ -426,7 +529,13 @@ impl Inventory {
     }
 
     /// Creates, updates or leaves alone, so that applying the same manifest twice is a no-op.
-    pub async fn apply(&self, who: &Principal, mut r: pb::Resource, ctx: &ChangeContext, dry_run: bool) -> Result<(ApplyAction, pb::Resource), ApiError> {
+    pub async fn apply(
+        &self,
+        who: &Principal,
+        mut r: pb::Resource,
+        ctx: &ChangeContext,
+        dry_run: bool,
+    ) -> Result<(ApplyAction, pb::Resource), ApiError> {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
         let name = resource::name(&r).to_string();
         let result = async {
@@ -440,7 +549,10 @@ impl Inventory {
                             self.check_references(&r)?;
                             return Ok((ApplyAction::Created, r));
                         }
-                        match self.create_prepared(who, kind, r.clone(), "apply", ctx).await {
+                        match self
+                            .create_prepared(who, kind, r.clone(), "apply", ctx)
+                            .await
+                        {
                             Err(ApiError::AlreadyExists { .. }) => continue,
                             other => return other.map(|v| (ApplyAction::Created, v)),
                         }
@@ -448,24 +560,39 @@ impl Inventory {
                     Some((old_obj, old)) => {
                         let candidate = self.merged(who, &old, r.clone(), now_unix_nanos())?;
                         let same_secret = match r.resource.as_ref() {
-                            Some(R::Credential(c)) => c.secret.is_empty() || self.secret_matches(&old, &c.secret),
+                            Some(R::Credential(c)) => {
+                                c.secret.is_empty() || self.secret_matches(&old, &c.secret)
+                            }
                             _ => true,
                         };
-                        if same_secret && resource::comparable(&candidate) == resource::comparable(&old) {
-                            return Ok((ApplyAction::Unchanged, self.view(kind, &old_obj.body, old_obj.revision)?));
+                        if same_secret
+                            && resource::comparable(&candidate) == resource::comparable(&old)
+                        {
+                            return Ok((
+                                ApplyAction::Unchanged,
+                                self.view(kind, &old_obj.body, old_obj.revision)?,
+                            ));
                         }
                         if dry_run {
                             self.check_references(&r)?;
-                            return Ok((ApplyAction::Updated, self.view(kind, &candidate.encode_to_vec(), old_obj.revision)?));
+                            return Ok((
+                                ApplyAction::Updated,
+                                self.view(kind, &candidate.encode_to_vec(), old_obj.revision)?,
+                            ));
                         }
-                        match self.update_once(who, kind, &r, old_obj.revision, "apply", ctx).await {
+                        match self
+                            .update_once(who, kind, &r, old_obj.revision, "apply", ctx)
+                            .await
+                        {
                             Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => continue,
                             other => return other.map(|v| (ApplyAction::Updated, v)),
                         }
                     }
                 }
             }
-            Err(ApiError::Unavailable("too many concurrent writers on one object".into()))
+            Err(ApiError::Unavailable(
+                "too many concurrent writers on one object".into(),
+            ))
         }
         .await;
         let verb = if dry_run { "apply (dry run)" } else { "apply" };
@@ -495,7 +622,14 @@ impl Inventory {
     }
 
     /// Deletes a resource; refused while other objects still refer to it.
-    pub async fn delete(&self, who: &Principal, kind: i32, name: &str, expected: u64, ctx: &ChangeContext) -> Result<u64, ApiError> {
+    pub async fn delete(
+        &self,
+        who: &Principal,
+        kind: i32,
+        name: &str,
+        expected: u64,
+        ctx: &ChangeContext,
+    ) -> Result<u64, ApiError> {
         let k = ResourceKind::try_from(kind).unwrap_or(ResourceKind::Unspecified);
         let result = async {
             ctx.validate()?;
@@ -504,14 +638,26 @@ impl Inventory {
             let mut attempt = 0;
             loop {
                 let Some((old_obj, old)) = self.load(kind, name)? else {
-                    return Err(ApiError::NotFound { kind: kind_name(kind), name: name.to_string() });
+                    return Err(ApiError::NotFound {
+                        kind: kind_name(kind),
+                        name: name.to_string(),
+                    });
                 };
                 if expected != 0 && old_obj.revision != expected {
-                    return Err(ApiError::Conflict { kind: kind_name(kind), name: name.into(), expected, current: old_obj.revision });
+                    return Err(ApiError::Conflict {
+                        kind: kind_name(kind),
+                        name: name.into(),
+                        expected,
+                        current: old_obj.revision,
+                    });
                 }
                 let checks = resource::referrers(kind)
                     .iter()
-                    .map(|(rk, field)| Check::NotReferenced { kind: kind_id(*rk), field: field.to_string(), value: name.to_string() })
+                    .map(|(rk, field)| Check::NotReferenced {
+                        kind: kind_id(*rk),
+                        field: field.to_string(),
+                        value: name.to_string(),
+                    })
                     .collect();
                 let m = Mutation {
                     kind: kind_id(kind),
@@ -524,7 +670,9 @@ impl Inventory {
                     audit_after: None,
                 };
                 match self.commit(kind, name, m).await {
-                    Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => attempt += 1,
+                    Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => {
+                        attempt += 1
+                    }
                     other => return other,
                 }
             }
@@ -541,29 +689,44 @@ impl Inventory {
             .store
             .get(kind_id(kind), name)
             .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?
-            .ok_or_else(|| ApiError::NotFound { kind: kind_name(kind), name: name.to_string() })?;
+            .ok_or_else(|| ApiError::NotFound {
+                kind: kind_name(kind),
+                name: name.to_string(),
+            })?;
         self.view_object(&o)
     }
 
     /// A page of resources; returns them, the next page token, and the revision read at.
     pub fn list(&self, p: &ListParams) -> Result<(Vec<pb::Resource>, String, u64), ApiError> {
         let kind = parse_kind("kind", p.kind)?;
-        let labels = Selector::parse(&p.selector).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+        let labels = Selector::parse(&p.selector)
+            .map_err(|e| ApiError::invalid("selector", e.to_string()))?;
         let fields = Selector::parse_fields(&p.field_selector)
             .map_err(|e| ApiError::invalid("field_selector", e.to_string()))?;
         let allowed = resource::indexed_fields(kind);
-        if let Some(r) = fields.requirements.iter().find(|r| r.key != "name" && !allowed.contains(&r.key.as_str())) {
+        if let Some(r) = fields
+            .requirements
+            .iter()
+            .find(|r| r.key != "name" && !allowed.contains(&r.key.as_str()))
+        {
             let mut names = vec!["name"];
             names.extend_from_slice(allowed);
             return Err(ApiError::invalid(
                 "field_selector",
-                format!("{:?} is not a selectable field of {}; use one of: {}", r.key, kind_name(kind), names.join(", ")),
+                format!(
+                    "{:?} is not a selectable field of {}; use one of: {}",
+                    r.key,
+                    kind_name(kind),
+                    names.join(", ")
+                ),
             ));
         }
         let after_id = if p.page_token.is_empty() {
             None
         } else {
-            let raw = URL_SAFE_NO_PAD.decode(&p.page_token).map_err(|_| bad_token())?;
+            let raw = URL_SAFE_NO_PAD
+                .decode(&p.page_token)
+                .map_err(|_| bad_token())?;
             let s = String::from_utf8(raw).map_err(|_| bad_token())?;
             let id = s.strip_prefix("l1:").ok_or_else(bad_token)?;
             if ulid::Ulid::from_string(id).is_err() {
@@ -572,13 +735,26 @@ impl Inventory {
             Some(id.to_string())
         };
         let revision = self.store.revision();
-        let q = ListQuery { kind: kind_id(kind), labels, fields, after_id, limit: page_size(p.page_size) };
-        let page = self.store.list(&q).map_err(|e| ApiError::from_store(kind_name(kind), "", e))?;
+        let q = ListQuery {
+            kind: kind_id(kind),
+            labels,
+            fields,
+            after_id,
+            limit: page_size(p.page_size),
+        };
+        let page = self
+            .store
+            .list(&q)
+            .map_err(|e| ApiError::from_store(kind_name(kind), "", e))?;
         let next = match (page.more, page.objects.last()) {
             (true, Some(last)) => URL_SAFE_NO_PAD.encode(format!("l1:{}", last.id)),
             _ => String::new(),
         };
-        let items = page.objects.iter().map(|o| self.view_object(o)).collect::<Result<Vec<_>, _>>()?;
+        let items = page
+            .objects
+            .iter()
+            .map(|o| self.view_object(o))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((items, next, revision))
     }
 
@@ -590,19 +766,34 @@ impl Inventory {
             (Some(before), None) => (pb::EventType::Deleted, before),
             (None, None) => return Err(internal("change without a body")),
         };
-        Ok(pb::WatchEvent { revision: c.revision, r#type: ty as i32, object: Some(self.view(kind, body, c.revision)?) })
+        Ok(pb::WatchEvent {
+            revision: c.revision,
+            r#type: ty as i32,
+            object: Some(self.view(kind, body, c.revision)?),
+        })
     }
 
     /// Streams events after `since` (0: from now), filtered by kind and selector, until the
     /// receiver is dropped. Only durable revisions are sent, so a client resuming after a server
     /// crash never misses or repeats an event.
-    pub fn watch(self: &Arc<Self>, kind: i32, selector: &str, since: u64) -> Result<mpsc::Receiver<Result<pb::WatchEvent, ApiError>>, ApiError> {
+    pub fn watch(
+        self: &Arc<Self>,
+        kind: i32,
+        selector: &str,
+        since: u64,
+    ) -> Result<mpsc::Receiver<Result<pb::WatchEvent, ApiError>>, ApiError> {
         let kind = match ResourceKind::try_from(kind) {
             Ok(ResourceKind::Unspecified) => None,
             Ok(k) => Some(kind_id(k)),
-            Err(_) => return Err(ApiError::invalid("kind", format!("{kind} is not a resource kind"))),
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "kind",
+                    format!("{kind} is not a resource kind"),
+                ));
+            }
         };
-        let selector = Selector::parse(selector).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+        let selector =
+            Selector::parse(selector).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
         let mut durable = self.store.durable();
         let current = match &*durable.borrow_and_update() {
             Ok(d) => *d,
@@ -667,19 +858,32 @@ impl Inventory {
         let kind = match ResourceKind::try_from(p.kind) {
             Ok(ResourceKind::Unspecified) => None,
             Ok(k) => Some(kind_id(k)),
-            Err(_) => return Err(ApiError::invalid("resource_kind", format!("{} is not a resource kind", p.kind))),
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "resource_kind",
+                    format!("{} is not a resource kind", p.kind),
+                ));
+            }
         };
         if !p.name.is_empty() && kind.is_none() {
-            return Err(ApiError::invalid("resource_kind", "is required with resource_name"));
+            return Err(ApiError::invalid(
+                "resource_kind",
+                "is required with resource_name",
+            ));
         }
         let (after_revision, after_seq) = if p.page_token.is_empty() {
             (0, 0)
         } else {
-            let raw = URL_SAFE_NO_PAD.decode(&p.page_token).map_err(|_| bad_token())?;
+            let raw = URL_SAFE_NO_PAD
+                .decode(&p.page_token)
+                .map_err(|_| bad_token())?;
             let s = String::from_utf8(raw).map_err(|_| bad_token())?;
             let rest = s.strip_prefix("a1:").ok_or_else(bad_token)?;
             let (r, q) = rest.split_once(':').ok_or_else(bad_token)?;
-            (r.parse().map_err(|_| bad_token())?, q.parse().map_err(|_| bad_token())?)
+            (
+                r.parse().map_err(|_| bad_token())?,
+                q.parse().map_err(|_| bad_token())?,
+            )
         };
         let limit = page_size(p.page_size);
         let q = AuditQuery {
@@ -693,7 +897,10 @@ impl Inventory {
             after_seq,
             limit,
         };
-        let entries = self.store.audit(&q).map_err(|e| ApiError::from_store("audit", "", e))?;
+        let entries = self
+            .store
+            .audit(&q)
+            .map_err(|e| ApiError::from_store("audit", "", e))?;
         let (mut last_rev, mut last_seq) = (after_revision, after_seq);
         let mut out = Vec::with_capacity(entries.len());
         for e in &entries {
@@ -718,8 +925,16 @@ impl Inventory {
 
     fn change_to_audit(&self, c: &ChangeEntry) -> Result<pb::Change, ApiError> {
         let kind = kind_from_id(c.kind);
-        let before = c.before.as_ref().map(|b| self.view(kind, b, c.before_revision)).transpose()?;
-        let after = c.after.as_ref().map(|b| self.view(kind, b, c.revision)).transpose()?;
+        let before = c
+            .before
+            .as_ref()
+            .map(|b| self.view(kind, b, c.before_revision))
+            .transpose()?;
+        let after = c
+            .after
+            .as_ref()
+            .map(|b| self.view(kind, b, c.revision))
+            .transpose()?;
         Ok(pb::Change {
             revision: c.revision,
             time: Some(timestamp(c.meta.time_unix_nanos)),

@@ -53,9 +53,15 @@ pub enum ServeError {
     #[error("cannot set up tokens: {0}")]
     Auth(#[from] auth::AuthSetupError),
     #[error("cannot load the secrets key {path}: {source}")]
-    SecretsKey { path: PathBuf, source: std::io::Error },
+    SecretsKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read TLS material {path}: {source}")]
-    TlsFile { path: PathBuf, source: std::io::Error },
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -95,15 +101,25 @@ impl Server {
             .await
             .map_err(|e| ServeError::Join(e.to_string()))??;
         let store: Arc<dyn Store> = Arc::new(store);
-        let key_path = config.secrets_key_file.clone().unwrap_or_else(|| config.data_dir.join("secrets.key"));
-        let secrets = SecretBox::load_or_create(&key_path)
-            .map_err(|source| ServeError::SecretsKey { path: key_path, source })?;
-        let (tokens, created_admin_token) = TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
+        let key_path = config
+            .secrets_key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("secrets.key"));
+        let secrets =
+            SecretBox::load_or_create(&key_path).map_err(|source| ServeError::SecretsKey {
+                path: key_path,
+                source,
+            })?;
+        let (tokens, created_admin_token) =
+            TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
         let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
         let metrics = Arc::new(Metrics::new(store));
         Ok(Self {
             config,
-            shared: Shared { inventory, tokens: Arc::new(tokens) },
+            shared: Shared {
+                inventory,
+                tokens: Arc::new(tokens),
+            },
             metrics,
             created_admin_token,
         })
@@ -121,9 +137,15 @@ impl Server {
         }
         let limit = self.config.max_message_bytes;
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_serving::<InventoryServiceServer<grpc::inventory::InventoryApi>>().await;
-        health.set_serving::<AuditServiceServer<grpc::audit::AuditApi>>().await;
-        health.set_serving::<AdminServiceServer<grpc::admin::AdminApi>>().await;
+        health
+            .set_serving::<InventoryServiceServer<grpc::inventory::InventoryApi>>()
+            .await;
+        health
+            .set_serving::<AuditServiceServer<grpc::audit::AuditApi>>()
+            .await;
+        health
+            .set_serving::<AdminServiceServer<grpc::admin::AdminApi>>()
+            .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(muster::FILE_DESCRIPTOR_SET)
@@ -133,8 +155,9 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         // tonic's own decode limit stays above ours so that ours (RESOURCE_EXHAUSTED) answers.
         let backstop = limit.saturating_mul(2);
-        let inventory = InventoryServiceServer::new(grpc::inventory::InventoryApi(self.shared.clone()))
-            .max_decoding_message_size(backstop);
+        let inventory =
+            InventoryServiceServer::new(grpc::inventory::InventoryApi(self.shared.clone()))
+                .max_decoding_message_size(backstop);
         let audit = AuditServiceServer::new(grpc::audit::AuditApi(self.shared.clone()))
             .max_decoding_message_size(backstop);
         let admin = AdminServiceServer::new(grpc::admin::AdminApi(self.shared.clone()))
@@ -145,7 +168,10 @@ impl Server {
             .concurrency_limit_per_connection(1024);
         if let Some(tls) = &self.config.tls {
             let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|source| ServeError::TlsFile { path: p.clone(), source })
+                std::fs::read(p).map_err(|source| ServeError::TlsFile {
+                    path: p.clone(),
+                    source,
+                })
             };
             let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
@@ -166,7 +192,10 @@ impl Server {
             }
         };
         let serve = builder
-            .layer(grpc::edge::EdgeLayer { limit, metrics: Arc::clone(&self.metrics) })
+            .layer(grpc::edge::EdgeLayer {
+                limit,
+                metrics: Arc::clone(&self.metrics),
+            })
             .add_service(health_svc)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -81,7 +81,8 @@ enum Command {
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut c = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             Config::from_toml(&text).with_context(|| format!("parsing {}", p.display()))?
         }
         None => Config::default(),
@@ -96,7 +97,10 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         c.data_dir = v.clone();
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        c.tls = Some(TlsConfig { cert: cert.clone(), key: key.clone() });
+        c.tls = Some(TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
     }
     c.insecure |= args.insecure;
     if let Some(v) = args.max_message_bytes {
@@ -153,7 +157,11 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let metrics = match config.metrics_listen {
-        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?),
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        ),
         None => None,
     };
     let grpc_addr = grpc.local_addr()?;
@@ -171,7 +179,10 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     }
     println!("{line}");
     std::io::stdout().flush()?;
-    server.run(Listeners { grpc, metrics }, shutdown_signal()).await.context("serving")?;
+    server
+        .run(Listeners { grpc, metrics }, shutdown_signal())
+        .await
+        .context("serving")?;
     Ok(())
 }
 
@@ -185,9 +196,15 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(run_server(config))
         }
         Some(Command::Backup { to }) => {
-            let opts = StoreOptions { cache_capacity_bytes: config.cache_capacity_mb * 1024 * 1024, fdatasync: true };
+            let opts = StoreOptions {
+                cache_capacity_bytes: config.cache_capacity_mb * 1024 * 1024,
+                fdatasync: true,
+            };
             let store = SledStore::open(&config.data_dir, &opts).with_context(|| {
-                format!("opening {} (is musterd running? then use `muster admin backup`)", config.data_dir.display())
+                format!(
+                    "opening {} (is musterd running? then use `muster admin backup`)",
+                    config.data_dir.display()
+                )
             })?;
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -196,13 +213,20 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", to.display()))?;
             let mut w = std::io::BufWriter::new(file);
             let n = store.backup(&mut w).context("writing backup")?;
-            let file = w.into_inner().map_err(|e| anyhow::anyhow!("writing backup: {e}"))?;
+            let file = w
+                .into_inner()
+                .map_err(|e| anyhow::anyhow!("writing backup: {e}"))?;
             file.sync_all()?;
-            eprintln!("backed up {n} records at revision {} to {}", store.revision(), to.display());
+            eprintln!(
+                "backed up {n} records at revision {} to {}",
+                store.revision(),
+                to.display()
+            );
             Ok(())
         }
         Some(Command::Restore { from }) => {
-            let file = std::fs::File::open(&from).with_context(|| format!("opening {}", from.display()))?;
+            let file = std::fs::File::open(&from)
+                .with_context(|| format!("opening {}", from.display()))?;
             let mut r = std::io::BufReader::new(file);
             let n = muster_server::store::restore_into(&mut r, &config.data_dir)
                 .with_context(|| format!("restoring into {}", config.data_dir.display()))?;

@@ -52,7 +52,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
 }
 
 impl Metrics {
@@ -67,23 +69,62 @@ impl Metrics {
         let flushes = Counter::default();
         let flush_seconds = Gauge::<f64, AtomicU64>::default();
         let last_flush_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register("grpc_requests", "gRPC requests by method and status code", requests.clone());
-        registry.register("grpc_request_duration_seconds", "gRPC request latency", latency.clone());
+        registry.register(
+            "grpc_requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC request latency",
+            latency.clone(),
+        );
         registry.register("objects", "Objects in the store by kind", objects.clone());
-        registry.register("store_revision", "Newest committed store revision", revision.clone());
-        registry.register("store_flushes", "Group-commit flushes (flush + fdatasync)", flushes.clone());
-        registry.register("store_flush_seconds_total", "Time spent in group-commit flushes", flush_seconds.clone());
-        registry.register("store_last_flush_seconds", "Duration of the latest flush", last_flush_seconds.clone());
-        Self { registry, requests, latency, objects, revision, flushes, flush_seconds, last_flush_seconds, store }
+        registry.register(
+            "store_revision",
+            "Newest committed store revision",
+            revision.clone(),
+        );
+        registry.register(
+            "store_flushes",
+            "Group-commit flushes (flush + fdatasync)",
+            flushes.clone(),
+        );
+        registry.register(
+            "store_flush_seconds_total",
+            "Time spent in group-commit flushes",
+            flush_seconds.clone(),
+        );
+        registry.register(
+            "store_last_flush_seconds",
+            "Duration of the latest flush",
+            last_flush_seconds.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            objects,
+            revision,
+            flushes,
+            flush_seconds,
+            last_flush_seconds,
+            store,
+        }
     }
 
     /// Counts one finished RPC.
     pub fn observe(&self, method: &str, code: &str, took: Duration) {
         self.requests
-            .get_or_create(&RpcLabels { method: method.to_string(), code: code.to_string() })
+            .get_or_create(&RpcLabels {
+                method: method.to_string(),
+                code: code.to_string(),
+            })
             .inc();
         self.latency
-            .get_or_create(&MethodLabel { method: method.to_string() })
+            .get_or_create(&MethodLabel {
+                method: method.to_string(),
+            })
             .observe(took.as_secs_f64());
     }
 
@@ -92,10 +133,13 @@ impl Metrics {
         if let Ok(counts) = self.store.counts() {
             for (kind, n) in counts {
                 let k = kind_name(kind_from_id(kind)).to_string();
-                self.objects.get_or_create(&KindLabel { kind: k }).set(i64::try_from(n).unwrap_or(i64::MAX));
+                self.objects
+                    .get_or_create(&KindLabel { kind: k })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
-        self.revision.set(i64::try_from(self.store.revision()).unwrap_or(i64::MAX));
+        self.revision
+            .set(i64::try_from(self.store.revision()).unwrap_or(i64::MAX));
         let s = self.store.flush_stats();
         let seen = self.flushes.get();
         self.flushes.inc_by(s.flushes.saturating_sub(seen));
@@ -115,24 +159,31 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     use hyper::body::Bytes;
     use hyper::{Response, StatusCode};
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(metrics.render())))
-                    } else {
-                        Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from("see /metrics\n")))
-                    };
-                    resp.map_err(|e| std::io::Error::other(e.to_string()))
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let metrics = Arc::clone(&metrics);
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                .body(Full::new(Bytes::from(metrics.render())))
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from("see /metrics\n")))
+                        };
+                        resp.map_err(|e| std::io::Error::other(e.to_string()))
+                    }
+                });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
         });
     }
 }

@@ -20,15 +20,31 @@ fn restore(from: &std::path::Path, into: &std::path::Path) -> std::process::Outp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_and_offline_backups_restore_the_same_store() {
-    let opts = Options { role_tokens: true, ..Default::default() };
+    let opts = Options {
+        role_tokens: true,
+        ..Default::default()
+    };
     let mut s = TestServer::start_with(opts.clone()).unwrap();
     let mut c = s.inventory().await.unwrap();
-    c.create(pb::CreateRequest { resource: Some(site("fra1")), context: None }).await.unwrap();
-    c.create(pb::CreateRequest { resource: Some(rack("r1", "fra1")), context: None }).await.unwrap();
+    c.create(pb::CreateRequest {
+        resource: Some(site("fra1")),
+        context: None,
+    })
+    .await
+    .unwrap();
+    c.create(pb::CreateRequest {
+        resource: Some(rack("r1", "fra1")),
+        context: None,
+    })
+    .await
+    .unwrap();
     for i in 0..50 {
-        c.create(pb::CreateRequest { resource: Some(device(&format!("d{i}"), &[("role", "db")])), context: None })
-            .await
-            .unwrap();
+        c.create(pb::CreateRequest {
+            resource: Some(device(&format!("d{i}"), &[("role", "db")])),
+            context: None,
+        })
+        .await
+        .unwrap();
     }
     let original = snapshot(&mut c).await.unwrap();
 
@@ -37,7 +53,11 @@ async fn online_and_offline_backups_restore_the_same_store() {
         s.channel().await.unwrap(),
         muster_tests::Bearer::new(&s.token),
     );
-    let mut stream = admin.backup(pb::BackupRequest {}).await.unwrap().into_inner();
+    let mut stream = admin
+        .backup(pb::BackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
         bytes.extend(chunk.unwrap().data);
@@ -54,7 +74,10 @@ async fn online_and_offline_backups_restore_the_same_store() {
         .arg(&s.data_dir)
         .output()
         .unwrap();
-    assert!(!busy.status.success(), "backup of a data dir in use must fail");
+    assert!(
+        !busy.status.success(),
+        "backup of a data dir in use must fail"
+    );
     assert!(String::from_utf8_lossy(&busy.stderr).contains("muster admin backup"));
     let _ = std::fs::remove_file(&offline);
     drop((c, admin));
@@ -66,17 +89,37 @@ async fn online_and_offline_backups_restore_the_same_store() {
         .arg(&s.data_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     for file in [&online, &offline] {
         let mut restored = TestServer::prepare(opts.clone()).unwrap();
         let out = restore(file, &restored.data_dir);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         restored.spawn().unwrap();
         let mut rc = restored.inventory().await.unwrap();
-        assert_eq!(snapshot(&mut rc).await.unwrap(), original, "restored store differs ({})", file.display());
+        assert_eq!(
+            snapshot(&mut rc).await.unwrap(),
+            original,
+            "restored store differs ({})",
+            file.display()
+        );
         // It keeps working: revisions continue after the restored ones.
-        let r = rc.create(pb::CreateRequest { resource: Some(site("ams1")), context: None }).await.unwrap().into_inner();
+        let r = rc
+            .create(pb::CreateRequest {
+                resource: Some(site("ams1")),
+                context: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(muster_tests::fixtures::revision_of(&r) > 52);
 
         // Restoring over a store that has data is refused.
@@ -94,7 +137,11 @@ async fn online_and_offline_backups_restore_the_same_store() {
     let target = s.dir.path().join("restored-bad");
     let out = restore(&bad, &target);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!target.exists());
     let truncated = s.dir.path().join("truncated.backup");
     std::fs::write(&truncated, &bytes[..bytes.len() - 40]).unwrap();

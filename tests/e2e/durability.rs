@@ -40,9 +40,18 @@ async fn acknowledged_writes_survive_kill9() {
                         (device(&name, &[("cycle", &cycle.to_string())]), name)
                     } else {
                         let seq = (cycle as u64) * 1_000_000 + i;
-                        (device(&counter, &[("seq", &seq.to_string())]), counter.clone())
+                        (
+                            device(&counter, &[("seq", &seq.to_string())]),
+                            counter.clone(),
+                        )
                     };
-                    let res = c.apply(pb::ApplyRequest { resource: Some(r), context: None, dry_run: false }).await;
+                    let res = c
+                        .apply(pb::ApplyRequest {
+                            resource: Some(r),
+                            context: None,
+                            dry_run: false,
+                        })
+                        .await;
                     match res {
                         Ok(_) => {
                             let mut a = acked.lock().unwrap();
@@ -65,7 +74,8 @@ async fn acknowledged_writes_survive_kill9() {
         for t in tasks {
             t.await.unwrap();
         }
-        s.spawn().unwrap_or_else(|e| panic!("cycle {cycle}: store did not reopen: {e}"));
+        s.spawn()
+            .unwrap_or_else(|e| panic!("cycle {cycle}: store did not reopen: {e}"));
 
         let mut c = s.inventory().await.unwrap();
         let all = snapshot(&mut c).await.unwrap();
@@ -80,22 +90,36 @@ async fn acknowledged_writes_survive_kill9() {
                 }
             }
         }
-        let a = acked.lock().unwrap();
-        let lost: Vec<&String> = a.created.difference(&present).collect();
-        assert!(lost.is_empty(), "cycle {cycle}: acknowledged creates lost: {lost:?}");
-        for (name, seq) in &a.counters {
-            let stored = seqs.get(name).copied().unwrap_or(0);
-            assert!(stored >= *seq, "cycle {cycle}: {name} acknowledged seq {seq}, stored {stored}");
-        }
-        // Revisions stay consistent: the list revision is at least the number of writes seen.
         let rev = c
-            .list(pb::ListRequest { kind: ResourceKind::Device as i32, page_size: 1, ..Default::default() })
+            .list(pb::ListRequest {
+                kind: ResourceKind::Device as i32,
+                page_size: 1,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
             .revision;
+        let a = acked.lock().unwrap();
+        let lost: Vec<&String> = a.created.difference(&present).collect();
+        assert!(
+            lost.is_empty(),
+            "cycle {cycle}: acknowledged creates lost: {lost:?}"
+        );
+        for (name, seq) in &a.counters {
+            let stored = seqs.get(name).copied().unwrap_or(0);
+            assert!(
+                stored >= *seq,
+                "cycle {cycle}: {name} acknowledged seq {seq}, stored {stored}"
+            );
+        }
+        // Every acknowledged write took a revision, so the store's revision cannot be lower.
         assert!(rev as usize >= a.created.len(), "revision went backwards");
     }
     let a = acked.lock().unwrap();
-    assert!(a.created.len() > CYCLES * 10, "too few writes acknowledged to prove anything: {}", a.created.len());
+    assert!(
+        a.created.len() > CYCLES * 10,
+        "too few writes acknowledged to prove anything: {}",
+        a.created.len()
+    );
 }

@@ -1,9 +1,12 @@
 //! End-to-end tests: one test binary (link time matters on a 2-core machine), one module per
 //! area. Every test starts the real `musterd` binary on an ephemeral loopback port.
 
+// Test code: a failed unwrap is a failed test with its location, which is what we want.
+#![allow(clippy::unwrap_used)]
+
 mod api;
 mod backup;
-mod errors;
 mod durability;
+mod errors;
 mod peers;
 mod watch;

@@ -21,7 +21,11 @@ use tonic::transport::Channel;
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -149,7 +153,9 @@ impl TestServer {
         self.token = if self.opts.role_tokens {
             ADMIN_TOKEN.to_string()
         } else {
-            std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string()
+            std::fs::read_to_string(self.data_dir.join("admin.token"))?
+                .trim()
+                .to_string()
         };
         self.child = Some(child);
         Ok(())
@@ -211,8 +217,10 @@ impl TestServer {
 
     /// An inventory client sending `token`.
     pub async fn inventory_as(&self, token: &str) -> anyhow::Result<InventoryClient> {
-        Ok(InventoryServiceClient::with_interceptor(self.channel().await?, Bearer::new(token))
-            .max_encoding_message_size(64 * 1024 * 1024))
+        Ok(
+            InventoryServiceClient::with_interceptor(self.channel().await?, Bearer::new(token))
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
     }
 
     /// An inventory client with the admin token.
@@ -222,10 +230,12 @@ impl TestServer {
 
     /// An audit client with the admin token.
     pub async fn audit(&self) -> anyhow::Result<AuditClient> {
-        Ok(pb::audit_service_client::AuditServiceClient::with_interceptor(
-            self.channel().await?,
-            Bearer::new(&self.token),
-        ))
+        Ok(
+            pb::audit_service_client::AuditServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer::new(&self.token),
+            ),
+        )
     }
 
     /// Runs the real `muster` CLI against this server with the admin token.
@@ -255,7 +265,11 @@ pub fn run_cli(server: &str, token: &str, args: &[&str], stdin: Option<&[u8]>) -
         .env_remove("MUSTER_TOKEN_FILE")
         .env("HOME", std::env::temp_dir())
         .env_remove("XDG_CONFIG_HOME")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn muster");
@@ -293,9 +307,8 @@ impl Interceptor for Bearer {
 }
 
 /// Inventory client type used by the tests.
-pub type InventoryClient = InventoryServiceClient<
-    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
->;
+pub type InventoryClient =
+    InventoryServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 /// Audit client type used by the tests.
 pub type AuditClient = pb::audit_service_client::AuditServiceClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
@@ -308,7 +321,10 @@ pub mod fixtures {
     fn meta(name: &str, labels: &[(&str, &str)]) -> Option<ObjectMeta> {
         Some(ObjectMeta {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         })
     }

@@ -50,12 +50,24 @@ impl std::io::Write for ChunkWriter {
 impl AdminService for AdminApi {
     type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
 
-    async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        self.0.authorize(&req, Permission::Admin, "backup", ResourceKind::Unspecified, "")?;
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.0.authorize(
+            &req,
+            Permission::Admin,
+            "backup",
+            ResourceKind::Unspecified,
+            "",
+        )?;
         let (tx, rx) = mpsc::channel(4);
         let store = std::sync::Arc::clone(self.0.inventory.store());
         tokio::task::spawn_blocking(move || {
-            let mut w = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+            let mut w = ChunkWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+            };
             match store.backup(&mut w) {
                 Ok(n) => tracing::info!(records = n, "backup streamed"),
                 Err(e) => {
@@ -66,8 +78,17 @@ impl AdminService for AdminApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let who = self.0.authorize(&req, Permission::Read, "whoami", ResourceKind::Unspecified, "")?;
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let who = self.0.authorize(
+            &req,
+            Permission::Read,
+            "whoami",
+            ResourceKind::Unspecified,
+            "",
+        )?;
         Ok(Response::new(pb::WhoAmIResponse {
             principal: who.name,
             role: who.role.to_string(),

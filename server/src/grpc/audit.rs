@@ -14,9 +14,18 @@ pub struct AuditApi(pub Shared);
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
-    async fn list(&self, req: Request<pb::ListChangesRequest>) -> Result<Response<pb::ListChangesResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListChangesRequest>,
+    ) -> Result<Response<pb::ListChangesResponse>, Status> {
         let kind = ResourceKind::try_from(req.get_ref().resource_kind).unwrap_or_default();
-        self.0.authorize(&req, Permission::Read, "audit", kind, &req.get_ref().resource_name)?;
+        self.0.authorize(
+            &req,
+            Permission::Read,
+            "audit",
+            kind,
+            &req.get_ref().resource_name,
+        )?;
         let r = req.into_inner();
         let p = AuditParams {
             kind: r.resource_kind,
@@ -29,6 +38,9 @@ impl AuditService for AuditApi {
             page_token: r.page_token,
         };
         let (changes, next_page_token) = self.0.inventory.audit(&p).map_err(to_status)?;
-        Ok(Response::new(pb::ListChangesResponse { changes, next_page_token }))
+        Ok(Response::new(pb::ListChangesResponse {
+            changes,
+            next_page_token,
+        }))
     }
 }

@@ -23,7 +23,11 @@ pub struct EdgeLayer {
 impl<S> Layer<S> for EdgeLayer {
     type Service = Edge<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Edge { inner, limit: self.limit, metrics: Arc::clone(&self.metrics) }
+        Edge {
+            inner,
+            limit: self.limit,
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 }
 
@@ -37,7 +41,9 @@ pub struct Edge<S> {
 
 impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Edge<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>> + Send + 'static,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -108,7 +114,13 @@ struct LimitedBody {
 
 impl LimitedBody {
     fn new(inner: tonic::body::Body, limit: usize) -> Self {
-        Self { inner, limit, seen: 0, prefix: [0; 5], prefix_len: 0 }
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            prefix: [0; 5],
+            prefix_len: 0,
+        }
     }
 
     fn too_large(&self, size: usize) -> Status {

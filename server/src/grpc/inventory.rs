@@ -20,7 +20,11 @@ pub struct InventoryApi(pub Shared);
 
 fn context(c: Option<pb::ChangeContext>) -> ChangeContext {
     let c = c.unwrap_or_default();
-    ChangeContext { reason: c.reason, ticket: c.ticket, origin: c.origin }
+    ChangeContext {
+        reason: c.reason,
+        ticket: c.ticket,
+        origin: c.origin,
+    }
 }
 
 fn required(r: Option<pb::Resource>) -> Result<pb::Resource, Status> {
@@ -28,7 +32,11 @@ fn required(r: Option<pb::Resource>) -> Result<pb::Resource, Status> {
 }
 
 fn write_permission(r: &pb::Resource) -> Permission {
-    if kind_of(r) == Some(ResourceKind::Credential) { Permission::WriteSecrets } else { Permission::Write }
+    if kind_of(r) == Some(ResourceKind::Credential) {
+        Permission::WriteSecrets
+    } else {
+        Permission::Write
+    }
 }
 
 fn kind(k: i32) -> ResourceKind {
@@ -39,22 +47,49 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + S
 
 #[tonic::async_trait]
 impl InventoryService for InventoryApi {
-    async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::Resource>, Status> {
+    async fn create(
+        &self,
+        req: Request<pb::CreateRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
         let r = req.get_ref().resource.clone().unwrap_or_default();
-        let who = self.0.authorize(&req, write_permission(&r), "create", kind_of(&r).unwrap_or_default(), name(&r))?;
+        let who = self.0.authorize(
+            &req,
+            write_permission(&r),
+            "create",
+            kind_of(&r).unwrap_or_default(),
+            name(&r),
+        )?;
         let body = req.into_inner();
-        let out = self.0.inventory.create(&who, required(body.resource)?, &context(body.context)).await;
+        let out = self
+            .0
+            .inventory
+            .create(&who, required(body.resource)?, &context(body.context))
+            .await;
         out.map(Response::new).map_err(to_status)
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Resource>, Status> {
-        self.0.authorize(&req, Permission::Read, "get", kind(req.get_ref().kind), &req.get_ref().name)?;
+        self.0.authorize(
+            &req,
+            Permission::Read,
+            "get",
+            kind(req.get_ref().kind),
+            &req.get_ref().name,
+        )?;
         let r = req.into_inner();
-        self.0.inventory.get(r.kind, &r.name).map(Response::new).map_err(to_status)
+        self.0
+            .inventory
+            .get(r.kind, &r.name)
+            .map(Response::new)
+            .map_err(to_status)
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        self.0.authorize(&req, Permission::Read, "list", kind(req.get_ref().kind), "")?;
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.0
+            .authorize(&req, Permission::Read, "list", kind(req.get_ref().kind), "")?;
         let r = req.into_inner();
         let p = ListParams {
             kind: r.kind,
@@ -63,44 +98,92 @@ impl InventoryService for InventoryApi {
             page_size: r.page_size,
             page_token: r.page_token,
         };
-        let (resources, next_page_token, revision) = self.0.inventory.list(&p).map_err(to_status)?;
-        Ok(Response::new(pb::ListResponse { resources, next_page_token, revision }))
+        let (resources, next_page_token, revision) =
+            self.0.inventory.list(&p).map_err(to_status)?;
+        Ok(Response::new(pb::ListResponse {
+            resources,
+            next_page_token,
+            revision,
+        }))
     }
 
-    async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::Resource>, Status> {
+    async fn update(
+        &self,
+        req: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
         let r = req.get_ref().resource.clone().unwrap_or_default();
-        let who = self.0.authorize(&req, write_permission(&r), "update", kind_of(&r).unwrap_or_default(), name(&r))?;
+        let who = self.0.authorize(
+            &req,
+            write_permission(&r),
+            "update",
+            kind_of(&r).unwrap_or_default(),
+            name(&r),
+        )?;
         let body = req.into_inner();
         let out = self
             .0
             .inventory
-            .update(&who, required(body.resource)?, body.expected_revision, &context(body.context))
+            .update(
+                &who,
+                required(body.resource)?,
+                body.expected_revision,
+                &context(body.context),
+            )
             .await;
         out.map(Response::new).map_err(to_status)
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let k = kind(req.get_ref().kind);
-        let perm = if k == ResourceKind::Credential { Permission::WriteSecrets } else { Permission::Write };
-        let who = self.0.authorize(&req, perm, "delete", k, &req.get_ref().name)?;
+        let perm = if k == ResourceKind::Credential {
+            Permission::WriteSecrets
+        } else {
+            Permission::Write
+        };
+        let who = self
+            .0
+            .authorize(&req, perm, "delete", k, &req.get_ref().name)?;
         let r = req.into_inner();
         let revision = self
             .0
             .inventory
-            .delete(&who, r.kind, &r.name, r.expected_revision, &context(r.context))
+            .delete(
+                &who,
+                r.kind,
+                &r.name,
+                r.expected_revision,
+                &context(r.context),
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::DeleteResponse { revision }))
     }
 
-    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
         let r = req.get_ref().resource.clone().unwrap_or_default();
-        let who = self.0.authorize(&req, write_permission(&r), "apply", kind_of(&r).unwrap_or_default(), name(&r))?;
+        let who = self.0.authorize(
+            &req,
+            write_permission(&r),
+            "apply",
+            kind_of(&r).unwrap_or_default(),
+            name(&r),
+        )?;
         let body = req.into_inner();
         let (action, resource) = self
             .0
             .inventory
-            .apply(&who, required(body.resource)?, &context(body.context), body.dry_run)
+            .apply(
+                &who,
+                required(body.resource)?,
+                &context(body.context),
+                body.dry_run,
+            )
             .await
             .map_err(to_status)?;
         let action = match action {
@@ -108,15 +191,31 @@ impl InventoryService for InventoryApi {
             ApplyAction::Updated => pb::ApplyAction::Updated,
             ApplyAction::Unchanged => pb::ApplyAction::Unchanged,
         };
-        Ok(Response::new(pb::ApplyResponse { action: action as i32, resource: Some(resource) }))
+        Ok(Response::new(pb::ApplyResponse {
+            action: action as i32,
+            resource: Some(resource),
+        }))
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        self.0.authorize(&req, Permission::Read, "watch", kind(req.get_ref().kind), "")?;
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.0.authorize(
+            &req,
+            Permission::Read,
+            "watch",
+            kind(req.get_ref().kind),
+            "",
+        )?;
         let r = req.into_inner();
-        let rx = self.0.inventory.watch(r.kind, &r.selector, r.since_revision).map_err(to_status)?;
+        let rx = self
+            .0
+            .inventory
+            .watch(r.kind, &r.selector, r.since_revision)
+            .map_err(to_status)?;
         let stream = ReceiverStream::new(rx).map(|e| e.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
     }

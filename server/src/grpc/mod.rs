@@ -34,20 +34,25 @@ impl Shared {
         kind: ResourceKind,
         name: &str,
     ) -> Result<Principal, Status> {
-        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
         let refuse = |who: &str, e: crate::model::ApiError| {
             self.inventory.record_refusal(
                 who,
                 verb,
-                kind,
-                name,
+                (kind, name),
                 &ChangeContext::default(),
                 RefusalKind::Denied,
                 &e.to_string(),
             );
             status::to_status(e)
         };
-        let principal = self.tokens.authenticate(header).map_err(|(who, e)| refuse(&who, e))?;
+        let principal = self
+            .tokens
+            .authenticate(header)
+            .map_err(|(who, e)| refuse(&who, e))?;
         if !principal.role.allows(perm) {
             let e = crate::model::ApiError::PermissionDenied(format!(
                 "{} (role {}) may not {verb}: it needs the {perm:?} permission",

@@ -15,8 +15,15 @@ pub enum ApiError {
     NotFound { kind: &'static str, name: String },
     #[error("{kind} {name:?} already exists")]
     AlreadyExists { kind: &'static str, name: String },
-    #[error("{kind} {name:?} was changed concurrently: expected revision {expected}, current {current}; re-read and retry")]
-    Conflict { kind: &'static str, name: String, expected: u64, current: u64 },
+    #[error(
+        "{kind} {name:?} was changed concurrently: expected revision {expected}, current {current}; re-read and retry"
+    )]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        expected: u64,
+        current: u64,
+    },
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
@@ -40,23 +47,40 @@ pub enum ApiError {
 impl ApiError {
     /// An invalid field.
     pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        ApiError::InvalidArgument { field: field.into(), problem: problem.into() }
+        ApiError::InvalidArgument {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 
     /// Maps a store error for an operation on `kind`/`name`.
     pub fn from_store(kind: &'static str, name: &str, e: StoreError) -> Self {
         match e {
-            StoreError::AlreadyExists(_) => ApiError::AlreadyExists { kind, name: name.into() },
-            StoreError::NotFound(_) => ApiError::NotFound { kind, name: name.into() },
-            StoreError::Conflict { expected, current } => {
-                ApiError::Conflict { kind, name: name.into(), expected, current }
-            }
-            StoreError::MissingReference { kind_name, name: missing } => ApiError::FailedPrecondition(
-                format!("{kind} {name:?} refers to {kind_name} {missing:?}, which does not exist"),
-            ),
-            StoreError::StillReferenced { count, example } => ApiError::FailedPrecondition(format!(
-                "{kind} {name:?} is still referenced by {count} object(s) ({example}); delete or move them first"
+            StoreError::AlreadyExists(_) => ApiError::AlreadyExists {
+                kind,
+                name: name.into(),
+            },
+            StoreError::NotFound(_) => ApiError::NotFound {
+                kind,
+                name: name.into(),
+            },
+            StoreError::Conflict { expected, current } => ApiError::Conflict {
+                kind,
+                name: name.into(),
+                expected,
+                current,
+            },
+            StoreError::MissingReference {
+                kind_name,
+                name: missing,
+            } => ApiError::FailedPrecondition(format!(
+                "{kind} {name:?} refers to {kind_name} {missing:?}, which does not exist"
             )),
+            StoreError::StillReferenced { count, example } => {
+                ApiError::FailedPrecondition(format!(
+                    "{kind} {name:?} is still referenced by {count} object(s) ({example}); delete or move them first"
+                ))
+            }
             StoreError::Corrupt(m) => ApiError::Internal(m),
             StoreError::Io(m) | StoreError::Locked(m) => ApiError::Unavailable(m),
         }
@@ -65,6 +89,9 @@ impl ApiError {
 
 impl From<muster::names::InvalidField> for ApiError {
     fn from(e: muster::names::InvalidField) -> Self {
-        ApiError::InvalidArgument { field: e.field, problem: e.problem }
+        ApiError::InvalidArgument {
+            field: e.field,
+            problem: e.problem,
+        }
     }
 }

@@ -31,7 +31,9 @@ pub fn timestamp(nanos: i64) -> pbjson_types::Timestamp {
 
 /// Unix nanoseconds of a timestamp message.
 pub fn timestamp_nanos(ts: &pbjson_types::Timestamp) -> i64 {
-    ts.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(ts.nanos))
+    ts.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(ts.nanos))
 }
 
 /// The store's number for a kind.

@@ -116,31 +116,55 @@ pub fn carry_server_owned(old: &pb::Resource, new: &mut pb::Resource) {
 
 fn text(field: &str, s: &str) -> Result<(), InvalidField> {
     if s.len() > MAX_TEXT {
-        return Err(InvalidField::new(field, format!("is longer than {MAX_TEXT} bytes")));
+        return Err(InvalidField::new(
+            field,
+            format!("is longer than {MAX_TEXT} bytes"),
+        ));
     }
     if s.chars().any(char::is_control) {
-        return Err(InvalidField::new(field, "must not contain control characters"));
+        return Err(InvalidField::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
 
 fn opt_name(field: &str, s: &str) -> Result<(), InvalidField> {
-    if s.is_empty() { Ok(()) } else { validate_name(field, s) }
+    if s.is_empty() {
+        Ok(())
+    } else {
+        validate_name(field, s)
+    }
 }
 
 fn port(field: &str, p: u32) -> Result<(), InvalidField> {
     if p > 65535 {
-        return Err(InvalidField::new(field, format!("{p} is not a port (1-65535)")));
+        return Err(InvalidField::new(
+            field,
+            format!("{p} is not a port (1-65535)"),
+        ));
     }
     Ok(())
 }
 
-fn enum_set<E: TryFrom<i32>>(field: &str, v: i32, required: bool, hint: &str) -> Result<(), InvalidField> {
+fn enum_set<E: TryFrom<i32>>(
+    field: &str,
+    v: i32,
+    required: bool,
+    hint: &str,
+) -> Result<(), InvalidField> {
     if E::try_from(v).is_err() {
-        return Err(InvalidField::new(field, format!("{v} is not a known value; use {hint}")));
+        return Err(InvalidField::new(
+            field,
+            format!("{v} is not a known value; use {hint}"),
+        ));
     }
     if required && v == 0 {
-        return Err(InvalidField::new(field, format!("is required: one of {hint}")));
+        return Err(InvalidField::new(
+            field,
+            format!("is required: one of {hint}"),
+        ));
     }
     Ok(())
 }
@@ -166,7 +190,9 @@ fn validate_meta(m: Option<&ObjectMeta>) -> Result<(), InvalidField> {
 }
 
 fn validate_selector(field: &str, s: &str) -> Result<(), InvalidField> {
-    Selector::parse(s).map(|_| ()).map_err(|e| InvalidField::new(field, e.to_string()))
+    Selector::parse(s)
+        .map(|_| ())
+        .map_err(|e| InvalidField::new(field, e.to_string()))
 }
 
 const EXPECT_OPS: [&str; 8] = ["==", "!=", "<", "<=", ">", ">=", "in", "exists"];
@@ -181,12 +207,25 @@ fn validate_spec(field: &str, s: &pb::DesiredState) -> Result<(), InvalidField> 
         }
         text(&format!("{f}.name"), &p.name)?;
         text(&format!("{f}.version"), &p.version)?;
-        enum_set::<pb::VersionMatch>(&format!("{f}.match"), p.r#match, true, "EXACT, MINIMUM, ABSENT")?;
+        enum_set::<pb::VersionMatch>(
+            &format!("{f}.match"),
+            p.r#match,
+            true,
+            "EXACT, MINIMUM, ABSENT",
+        )?;
         if p.version.is_empty() && p.r#match != pb::VersionMatch::Absent as i32 {
-            return Err(InvalidField::new(format!("{f}.version"), "is required unless match is ABSENT"));
+            return Err(InvalidField::new(
+                format!("{f}.version"),
+                "is required unless match is ABSENT",
+            ));
         }
     }
-    enum_set::<pb::PowerState>(&format!("{field}.power"), s.power, false, "POWER_ON, POWER_OFF")?;
+    enum_set::<pb::PowerState>(
+        &format!("{field}.power"),
+        s.power,
+        false,
+        "POWER_ON, POWER_OFF",
+    )?;
     for (i, h) in s.ntp_servers.iter().enumerate() {
         validate_host(&format!("{field}.ntp_servers[{i}]"), h)?;
     }
@@ -196,8 +235,15 @@ fn validate_spec(field: &str, s: &pb::DesiredState) -> Result<(), InvalidField> 
     text(&format!("{field}.timezone"), &s.timezone)?;
     for (k, v) in &s.sysctl {
         let f = format!("{field}.sysctl[{k:?}]");
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
-            return Err(InvalidField::new(f, "is not a sysctl key like net.ipv4.ip_forward"));
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        {
+            return Err(InvalidField::new(
+                f,
+                "is not a sysctl key like net.ipv4.ip_forward",
+            ));
         }
         text(&f, v)?;
     }
@@ -231,7 +277,12 @@ fn validate_device(d: &pb::Device) -> Result<(), InvalidField> {
         false,
         "PLANNED, PROVISIONING, ACTIVE, MAINTENANCE, DECOMMISSIONED",
     )?;
-    for (f, v) in [("serial", &d.serial), ("asset_tag", &d.asset_tag), ("vendor", &d.vendor), ("model", &d.model)] {
+    for (f, v) in [
+        ("serial", &d.serial),
+        ("asset_tag", &d.asset_tag),
+        ("vendor", &d.vendor),
+        ("model", &d.model),
+    ] {
         text(f, v)?;
     }
     opt_name("site", &d.site)?;
@@ -239,7 +290,10 @@ fn validate_device(d: &pb::Device) -> Result<(), InvalidField> {
     opt_name("role", &d.role)?;
     opt_name("parent", &d.parent)?;
     if !d.parent.is_empty() && Some(d.parent.as_str()) == d.meta.as_ref().map(|m| m.name.as_str()) {
-        return Err(InvalidField::new("parent", "a device cannot be its own parent"));
+        return Err(InvalidField::new(
+            "parent",
+            "a device cannot be its own parent",
+        ));
     }
     if !d.rack.is_empty() && d.site.is_empty() {
         return Err(InvalidField::new("site", "is required when rack is set"));
@@ -267,13 +321,18 @@ fn validate_device(d: &pb::Device) -> Result<(), InvalidField> {
         }
         port("ssh.port", s.port)?;
         let user_ok = s.user.len() <= 32
-            && s.user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
+            && s.user
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
         if !user_ok {
-            return Err(InvalidField::new("ssh.user", format!("{:?} is not a valid user name", s.user)));
+            return Err(InvalidField::new(
+                "ssh.user",
+                format!("{:?} is not a valid user name", s.user),
+            ));
         }
         opt_name("ssh.credential_ref", &s.credential_ref)?;
         let fp = &s.host_key_fingerprint;
-        if !fp.is_empty() && !(fp.starts_with("SHA256:") && fp.len() == 50) {
+        if !fp.is_empty() && (!fp.starts_with("SHA256:") || fp.len() != 50) {
             return Err(InvalidField::new(
                 "ssh.host_key_fingerprint",
                 "must be \"SHA256:\" followed by 43 base64 characters, as ssh-keygen -lf prints",
@@ -288,7 +347,10 @@ fn validate_device(d: &pb::Device) -> Result<(), InvalidField> {
         }
         text(&format!("{f}.name"), &n.name)?;
         if !seen.insert(n.name.as_str()) {
-            return Err(InvalidField::new(format!("{f}.name"), format!("{:?} appears twice", n.name)));
+            return Err(InvalidField::new(
+                format!("{f}.name"),
+                format!("{:?} appears twice", n.name),
+            ));
         }
         if !n.mac.is_empty() {
             validate_mac(&format!("{f}.mac"), &n.mac)?;
@@ -311,30 +373,51 @@ fn validate_device(d: &pb::Device) -> Result<(), InvalidField> {
 fn validate_window(w: &pb::Window) -> Result<(), InvalidField> {
     validate_selector("selector", &w.selector)?;
     if w.cron.is_empty() && w.ranges.is_empty() {
-        return Err(InvalidField::new("cron", "a window needs a cron schedule or fixed ranges"));
+        return Err(InvalidField::new(
+            "cron",
+            "a window needs a cron schedule or fixed ranges",
+        ));
     }
     if !w.cron.is_empty() {
         let fields: Vec<&str> = w.cron.split_whitespace().collect();
         let ok = fields.len() == 5
-            && fields.iter().all(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || "*,/-".contains(c)));
+            && fields.iter().all(|f| {
+                f.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "*,/-".contains(c))
+            });
         if !ok {
             return Err(InvalidField::new(
                 "cron",
-                format!("{:?} is not a 5-field cron expression like \"0 2 * * sat\"", w.cron),
+                format!(
+                    "{:?} is not a 5-field cron expression like \"0 2 * * sat\"",
+                    w.cron
+                ),
             ));
         }
-        let positive = w.duration.as_ref().is_some_and(|d| d.seconds > 0 || d.nanos > 0);
+        let positive = w
+            .duration
+            .as_ref()
+            .is_some_and(|d| d.seconds > 0 || d.nanos > 0);
         if !positive {
-            return Err(InvalidField::new("duration", "is required and must be positive with cron"));
+            return Err(InvalidField::new(
+                "duration",
+                "is required and must be positive with cron",
+            ));
         }
         text("timezone", &w.timezone)?;
     }
     for (i, r) in w.ranges.iter().enumerate() {
         let (Some(s), Some(e)) = (&r.start, &r.end) else {
-            return Err(InvalidField::new(format!("ranges[{i}]"), "needs start and end"));
+            return Err(InvalidField::new(
+                format!("ranges[{i}]"),
+                "needs start and end",
+            ));
         };
         if super::timestamp_nanos(s) >= super::timestamp_nanos(e) {
-            return Err(InvalidField::new(format!("ranges[{i}]"), "start must be before end"));
+            return Err(InvalidField::new(
+                format!("ranges[{i}]"),
+                "start must be before end",
+            ));
         }
     }
     text("description", &w.description)
@@ -346,7 +429,12 @@ pub fn validate(r: &pb::Resource) -> Result<(), ApiError> {
     match r.resource.as_ref() {
         None => return Err(no_variant()),
         Some(R::Site(s)) => {
-            for (f, v) in [("description", &s.description), ("region", &s.region), ("address", &s.address), ("timezone", &s.timezone)] {
+            for (f, v) in [
+                ("description", &s.description),
+                ("region", &s.region),
+                ("address", &s.address),
+                ("timezone", &s.timezone),
+            ] {
                 text(f, v)?;
             }
         }
@@ -368,9 +456,18 @@ pub fn validate(r: &pb::Resource) -> Result<(), ApiError> {
         }
         Some(R::Window(w)) => validate_window(w)?,
         Some(R::Credential(c)) => {
-            enum_set::<pb::CredentialKind>("kind", c.kind, true, "BMC_PASSWORD, SSH_PRIVATE_KEY, API_TOKEN")?;
+            enum_set::<pb::CredentialKind>(
+                "kind",
+                c.kind,
+                true,
+                "BMC_PASSWORD, SSH_PRIVATE_KEY, API_TOKEN",
+            )?;
             if c.secret.len() > MAX_SECRET_BYTES {
-                return Err(InvalidField::new("secret", format!("is larger than {MAX_SECRET_BYTES} bytes")).into());
+                return Err(InvalidField::new(
+                    "secret",
+                    format!("is larger than {MAX_SECRET_BYTES} bytes"),
+                )
+                .into());
             }
         }
         Some(R::Campaign(_)) => {
@@ -395,8 +492,16 @@ pub fn indexed_fields(kind: ResourceKind) -> &'static [&'static str] {
     match kind {
         ResourceKind::Rack => &["site"],
         ResourceKind::Device => &[
-            "kind", "site", "rack", "role", "lifecycle", "serial", "asset_tag", "parent",
-            "bmc_credential", "ssh_credential",
+            "kind",
+            "site",
+            "rack",
+            "role",
+            "lifecycle",
+            "serial",
+            "asset_tag",
+            "parent",
+            "bmc_credential",
+            "ssh_credential",
         ],
         ResourceKind::Window => &["freeze"],
         ResourceKind::Credential => &["kind"],
@@ -405,7 +510,10 @@ pub fn indexed_fields(kind: ResourceKind) -> &'static [&'static str] {
 }
 
 fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(&E) -> &'static str) -> String {
-    E::try_from(v).map(|e| name(&e)).unwrap_or_default().to_string()
+    E::try_from(v)
+        .map(|e| name(&e))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The values of the indexed fields of a resource (empty values are not indexed).
@@ -420,15 +528,30 @@ pub fn index_fields(r: &pb::Resource) -> BTreeMap<String, String> {
         Some(R::Rack(x)) => put("site", x.site.clone()),
         Some(R::Device(d)) => {
             put("kind", enum_name(d.kind, pb::DeviceKind::as_str_name));
-            put("lifecycle", enum_name(d.lifecycle, pb::Lifecycle::as_str_name));
+            put(
+                "lifecycle",
+                enum_name(d.lifecycle, pb::Lifecycle::as_str_name),
+            );
             put("site", d.site.clone());
             put("rack", d.rack.clone());
             put("role", d.role.clone());
             put("serial", d.serial.clone());
             put("asset_tag", d.asset_tag.clone());
             put("parent", d.parent.clone());
-            put("bmc_credential", d.bmc.as_ref().map(|b| b.credential_ref.clone()).unwrap_or_default());
-            put("ssh_credential", d.ssh.as_ref().map(|s| s.credential_ref.clone()).unwrap_or_default());
+            put(
+                "bmc_credential",
+                d.bmc
+                    .as_ref()
+                    .map(|b| b.credential_ref.clone())
+                    .unwrap_or_default(),
+            );
+            put(
+                "ssh_credential",
+                d.ssh
+                    .as_ref()
+                    .map(|s| s.credential_ref.clone())
+                    .unwrap_or_default(),
+            );
         }
         Some(R::Window(w)) => put("freeze", w.freeze.to_string()),
         Some(R::Credential(c)) => put("kind", enum_name(c.kind, pb::CredentialKind::as_str_name)),
@@ -496,7 +619,10 @@ mod tests {
     fn device(name: &str) -> pb::Resource {
         pb::Resource {
             resource: Some(R::Device(pb::Device {
-                meta: Some(ObjectMeta { name: name.into(), ..Default::default() }),
+                meta: Some(ObjectMeta {
+                    name: name.into(),
+                    ..Default::default()
+                }),
                 kind: pb::DeviceKind::Server as i32,
                 ..Default::default()
             })),
@@ -515,23 +641,35 @@ mod tests {
         assert!(validate(&device("web-01")).is_ok());
         assert_eq!(field_of(device("Web 01")), "meta.name");
         let mut r = device("web-01");
-        let Some(R::Device(d)) = r.resource.as_mut() else { unreachable!() };
+        let Some(R::Device(d)) = r.resource.as_mut() else {
+            unreachable!()
+        };
         d.management_address = "not an address".into();
         assert_eq!(field_of(r.clone()), "management_address");
-        let Some(R::Device(d)) = r.resource.as_mut() else { unreachable!() };
+        let Some(R::Device(d)) = r.resource.as_mut() else {
+            unreachable!()
+        };
         d.management_address = "10.0.0.1".into();
         d.kind = 0;
         assert_eq!(field_of(r.clone()), "kind");
-        let Some(R::Device(d)) = r.resource.as_mut() else { unreachable!() };
+        let Some(R::Device(d)) = r.resource.as_mut() else {
+            unreachable!()
+        };
         d.kind = 1;
-        d.meta.as_mut().unwrap().labels.insert("bad key!".into(), "x".into());
+        d.meta
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert("bad key!".into(), "x".into());
         assert_eq!(field_of(r), "meta.labels[\"bad key!\"]");
     }
 
     #[test]
     fn index_fields_and_references() {
         let mut r = device("web-01");
-        let Some(R::Device(d)) = r.resource.as_mut() else { unreachable!() };
+        let Some(R::Device(d)) = r.resource.as_mut() else {
+            unreachable!()
+        };
         d.site = "fra1".into();
         d.rack = "r1".into();
         d.serial = "SN1".into();

@@ -49,7 +49,10 @@ impl SecretBox {
 
     /// A box with the given key (tests, benchmarks).
     pub fn from_key(key: [u8; 32]) -> Self {
-        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), key }
+        Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            key,
+        }
     }
 
     /// Nonce followed by ciphertext.
@@ -84,7 +87,11 @@ impl SecretBox {
 /// Writes a new file readable only by its owner.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -101,6 +108,9 @@ mod tests {
         assert_eq!(b.open(&s).unwrap(), b"hunter2");
         assert!(SecretBox::from_key([8; 32]).open(&s).is_none());
         assert_eq!(b.fingerprint(b"x"), b.fingerprint(b"x"));
-        assert_ne!(b.fingerprint(b"x"), SecretBox::from_key([8; 32]).fingerprint(b"x"));
+        assert_ne!(
+            b.fingerprint(b"x"),
+            SecretBox::from_key([8; 32]).fingerprint(b"x")
+        );
     }
 }

@@ -58,7 +58,10 @@ pub(super) fn write_snapshot(
     items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
     out: &mut dyn Write,
 ) -> Result<u64, StoreError> {
-    let mut w = HashingWriter { out, hash: Sha256::new() };
+    let mut w = HashingWriter {
+        out,
+        hash: Sha256::new(),
+    };
     w.put(MAGIC).map_err(io)?;
     let mut count = 0u64;
     for item in items {
@@ -105,7 +108,11 @@ fn restore_inner(input: &mut dyn Read, dir: &Path) -> Result<u64, BackupError> {
     }
     let mut hash = Sha256::new();
     hash.update(magic);
-    let db = sled::Config::new().path(dir).flush_every_ms(None).open().map_err(StoreError::from)?;
+    let db = sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .open()
+        .map_err(StoreError::from)?;
     let mut count = 0u64;
     let mut len = [0u8; 4];
     loop {

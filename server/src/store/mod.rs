@@ -17,7 +17,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use backup::{restore_into, BackupError};
+pub use backup::{BackupError, restore_into};
 pub use sled_store::{SledStore, StoreOptions};
 
 /// Numeric kind of a stored object, the same numbers as `muster.v1.ResourceKind`.
@@ -55,7 +55,11 @@ pub enum Check {
     /// An object of this kind and name must exist (a reference must resolve).
     Exists { kind: KindId, name: String },
     /// No object of `kind` may have `field == value` (nothing may still refer to a deleted one).
-    NotReferenced { kind: KindId, field: String, value: String },
+    NotReferenced {
+        kind: KindId,
+        field: String,
+        value: String,
+    },
 }
 
 /// Who made a change and why; stored with it in the audit trail.

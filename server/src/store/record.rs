@@ -186,13 +186,23 @@ pub fn decode_refusal(bytes: &[u8]) -> Result<Refusal, StoreError> {
         kind: r.kind,
         name: r.name,
         meta: meta_from(r.meta),
-        refusal: if r.denied { RefusalKind::Denied } else { RefusalKind::Rejected },
+        refusal: if r.denied {
+            RefusalKind::Denied
+        } else {
+            RefusalKind::Rejected
+        },
         message: r.message,
     })
 }
 
 pub fn encode_token(t: &StoredToken) -> Result<Vec<u8>, StoreError> {
-    encode("token", &TokenRecord::V1 { name: t.name.clone(), role: t.role.clone() })
+    encode(
+        "token",
+        &TokenRecord::V1 {
+            name: t.name.clone(),
+            role: t.role.clone(),
+        },
+    )
 }
 
 pub fn decode_token(hash: String, bytes: &[u8]) -> Result<StoredToken, StoreError> {

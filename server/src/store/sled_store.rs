@@ -43,7 +43,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { cache_capacity_bytes: 128 * 1024 * 1024, fdatasync: true }
+        Self {
+            cache_capacity_bytes: 128 * 1024 * 1024,
+            fdatasync: true,
+        }
     }
 }
 
@@ -79,7 +82,9 @@ pub struct SledStore {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("path", &self.path).finish()
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -126,9 +131,16 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        let revision = tree.get(keys::META_REVISION)?.map(|v| be(&v)).transpose()?.unwrap_or(0);
-        let refusal_seq =
-            tree.get(keys::META_REFUSAL_SEQ)?.map(|v| be(&v)).transpose()?.unwrap_or(0);
+        let revision = tree
+            .get(keys::META_REVISION)?
+            .map(|v| be(&v))
+            .transpose()?
+            .unwrap_or(0);
+        let refusal_seq = tree
+            .get(keys::META_REFUSAL_SEQ)?
+            .map(|v| be(&v))
+            .transpose()?
+            .unwrap_or(0);
         let mut counts = BTreeMap::new();
         for item in tree.scan_prefix(b"mcount") {
             let (k, v) = item?;
@@ -163,7 +175,11 @@ impl SledStore {
             .name("muster-flusher".into())
             .spawn(move || flusher_inner.run_flusher())
             .map_err(|e| StoreError::Io(format!("cannot start flusher thread: {e}")))?;
-        Ok(Self { inner, flusher: Mutex::new(Some(flusher)), path: dir.to_path_buf() })
+        Ok(Self {
+            inner,
+            flusher: Mutex::new(Some(flusher)),
+            path: dir.to_path_buf(),
+        })
     }
 
     /// Where the store lives.
@@ -192,7 +208,8 @@ impl Inner {
     fn flush_once(&self) -> Result<(), String> {
         self.db.flush().map_err(|e| format!("flush failed: {e}"))?;
         if let Some(f) = &self.data_file {
-            f.sync_data().map_err(|e| format!("fdatasync failed: {e}"))?;
+            f.sync_data()
+                .map_err(|e| format!("fdatasync failed: {e}"))?;
         }
         Ok(())
     }
@@ -237,7 +254,11 @@ impl Inner {
         }
     }
 
-    fn get_object_by_id(&self, kind: KindId, id: &[u8]) -> Result<Option<StoredObject>, StoreError> {
+    fn get_object_by_id(
+        &self,
+        kind: KindId,
+        id: &[u8],
+    ) -> Result<Option<StoredObject>, StoreError> {
         let mut k = vec![keys::OBJECT, kind];
         k.extend_from_slice(id);
         match self.tree.get(k)? {
@@ -341,7 +362,11 @@ fn kind_label(kind: KindId) -> &'static str {
 fn matches(q: &ListQuery, o: &StoredObject) -> bool {
     q.labels.matches(|k| o.labels.get(k).map(String::as_str))
         && q.fields.matches(|k| {
-            if k == "name" { Some(o.name.as_str()) } else { o.fields.get(k).map(String::as_str) }
+            if k == "name" {
+                Some(o.name.as_str())
+            } else {
+                o.fields.get(k).map(String::as_str)
+            }
         })
 }
 
@@ -377,7 +402,10 @@ impl Store for SledStore {
             (Expect::Absent, Some(_)) => return Err(StoreError::AlreadyExists(m.name)),
             (Expect::Revision(_), None) => return Err(StoreError::NotFound(m.name)),
             (Expect::Revision(r), Some(o)) if o.revision != r => {
-                return Err(StoreError::Conflict { expected: r, current: o.revision });
+                return Err(StoreError::Conflict {
+                    expected: r,
+                    current: o.revision,
+                });
             }
             _ => {}
         }
@@ -406,7 +434,11 @@ impl Store for SledStore {
             }
             None => None,
         };
-        let id = new.as_ref().or(existing.as_ref()).map(|o| o.id.clone()).unwrap_or_default();
+        let id = new
+            .as_ref()
+            .or(existing.as_ref())
+            .map(|o| o.id.clone())
+            .unwrap_or_default();
         index_diff(
             &mut batch,
             LABEL,
@@ -433,11 +465,19 @@ impl Store for SledStore {
             kind: m.kind,
             name: m.name.clone(),
             id,
-            labels: new.as_ref().or(existing.as_ref()).map(|o| o.labels.clone()).unwrap_or_default(),
+            labels: new
+                .as_ref()
+                .or(existing.as_ref())
+                .map(|o| o.labels.clone())
+                .unwrap_or_default(),
             meta: m.change,
             before_revision: existing.as_ref().map_or(0, |o| o.revision),
-            before: m.audit_before.or_else(|| existing.as_ref().map(|o| o.body.clone())),
-            after: m.audit_after.or_else(|| new.as_ref().map(|o| o.body.clone())),
+            before: m
+                .audit_before
+                .or_else(|| existing.as_ref().map(|o| o.body.clone())),
+            after: m
+                .audit_after
+                .or_else(|| new.as_ref().map(|o| o.body.clone())),
         };
         batch.insert(keys::history(m.kind, &m.name, revision), &[][..]);
         batch.insert(&keys::event(revision)[..], record::encode_change(&change)?);
@@ -551,9 +591,8 @@ impl Store for SledStore {
     fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let inner = &*self.inner;
         let limit = q.limit.max(1);
-        let in_time = |t: i64| {
-            q.since_nanos.is_none_or(|s| t >= s) && q.until_nanos.is_none_or(|u| t < u)
-        };
+        let in_time =
+            |t: i64| q.since_nanos.is_none_or(|s| t >= s) && q.until_nanos.is_none_or(|u| t < u);
         let who = |p: &str| q.principal.as_deref().is_none_or(|w| w == p);
         let mut accepted = Vec::new();
         let upto = inner.committed.load(Ordering::SeqCst);
@@ -566,7 +605,9 @@ impl Store for SledStore {
                     if !k.starts_with(&prefix) || accepted.len() >= limit {
                         break;
                     }
-                    let Some(rev) = keys::be_u64(&k) else { continue };
+                    let Some(rev) = keys::be_u64(&k) else {
+                        continue;
+                    };
                     if let Some(v) = inner.tree.get(keys::event(rev))? {
                         let c = record::decode_change(&v)?;
                         if who(&c.meta.principal) && in_time(c.meta.time_unix_nanos) {
@@ -615,7 +656,10 @@ impl Store for SledStore {
         // Merge the two ordered sources by time; each is consumed as a prefix, so a page token
         // of (last revision, last sequence) resumes exactly.
         let mut out = Vec::with_capacity(limit);
-        let (mut a, mut r) = (accepted.into_iter().peekable(), refused.into_iter().peekable());
+        let (mut a, mut r) = (
+            accepted.into_iter().peekable(),
+            refused.into_iter().peekable(),
+        );
         while out.len() < limit {
             let take_accepted = match (a.peek(), r.peek()) {
                 (Some(x), Some(y)) => x.meta.time_unix_nanos <= y.meta.time_unix_nanos,
@@ -664,7 +708,9 @@ impl Store for SledStore {
         let inner = &*self.inner;
         // Under the writer lock so a concurrent backup sees it or not, never half.
         let w = lock(&inner.writer);
-        inner.tree.insert(keys::token(&t.hash), record::encode_token(&t)?)?;
+        inner
+            .tree
+            .insert(keys::token(&t.hash), record::encode_token(&t)?)?;
         let revision = w.revision;
         drop(w);
         inner.flush_once().map_err(StoreError::Io)?;
