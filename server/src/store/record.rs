@@ -21,7 +21,24 @@ struct ObjectV1 {
     labels: Vec<(String, String)>,
     fields: Vec<(String, String)>,
     revision: u64,
+    #[serde(with = "serde_bytes")]
     body: Vec<u8>,
+}
+
+/// The index-relevant part of an object, stored apart from the body so that opening the store
+/// reads a few hundred bytes per object instead of the whole object.
+#[derive(Serialize, Deserialize)]
+enum EnvelopeRecord {
+    V1(EnvelopeV1),
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeV1 {
+    id: String,
+    name: String,
+    labels: Vec<(String, String)>,
+    fields: Vec<(String, String)>,
+    revision: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,7 +65,9 @@ struct ChangeV1 {
     labels: Vec<(String, String)>,
     meta: ChangeMetaV1,
     before_revision: u64,
+    #[serde(with = "serde_bytes")]
     before: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
     after: Option<Vec<u8>>,
 }
 
@@ -130,6 +149,33 @@ pub fn decode_object(kind: KindId, bytes: &[u8]) -> Result<StoredObject, StoreEr
         fields: o.fields.into_iter().collect(),
         revision: o.revision,
         body: o.body,
+    })
+}
+
+pub fn encode_envelope(o: &StoredObject) -> Result<Vec<u8>, StoreError> {
+    encode(
+        "envelope",
+        &EnvelopeRecord::V1(EnvelopeV1 {
+            id: o.id.clone(),
+            name: o.name.clone(),
+            labels: pairs(&o.labels),
+            fields: pairs(&o.fields),
+            revision: o.revision,
+        }),
+    )
+}
+
+/// An object without its body (the body is left empty).
+pub fn decode_envelope(kind: KindId, bytes: &[u8]) -> Result<StoredObject, StoreError> {
+    let EnvelopeRecord::V1(e) = postcard::from_bytes(bytes).map_err(|e| corrupt("envelope", e))?;
+    Ok(StoredObject {
+        kind,
+        id: e.id,
+        name: e.name,
+        labels: e.labels.into_iter().collect(),
+        fields: e.fields.into_iter().collect(),
+        revision: e.revision,
+        body: Vec::new(),
     })
 }
 

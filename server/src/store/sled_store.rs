@@ -1,26 +1,33 @@
-//! The sled implementation of `Store`, with group commit.
+//! The sled implementation of `Store`: group apply, group commit, in-memory indexes.
 //!
-//! Writes are serialised by one writer lock (the global revision makes them a sequence anyway)
-//! and applied as one `apply_batch`, which sled makes atomic across crashes. Durability is a
-//! separate step: a single flusher thread runs `db.flush()` and then `fdatasync` on sled's data
-//! file (sled's own flush uses `sync_file_range`, which leaves the device write cache dirty),
-//! and publishes the highest revision that the flush covered. Writers wait for a flush that
-//! *started after* their batch, so many concurrent writes share one flush. sled's
+//! Writes: every writer queues its mutation and takes the writer lock; whoever holds the lock
+//! applies *all* queued mutations as one `apply_batch` (flat combining), assigning consecutive
+//! revisions, then publishes them to the in-memory indexes. sled charges ~40 us per batch plus
+//! ~20 us per 4 KB value and ~7 us per small key, so one batch per group and four keys per
+//! write (object, envelope, event, history) is what makes thousands of writes per second.
+//!
+//! Durability is a separate step: a single flusher thread runs `db.flush()` and then
+//! `fdatasync` on sled's data file (sled's own flush uses `sync_file_range`, which leaves the
+//! device write cache dirty), and publishes the highest revision that flush covered. Writers
+//! wait for a flush that *started after* their batch, so many writes share one flush. sled's
 //! `flush_async` is never used: with several concurrent callers it deadlocks in 0.34.7.
+//!
+//! Reads: the name, label and field indexes and every object's envelope are in memory
+//! (rebuilt from the `i` records at open); only bodies are read from sled.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sled::{Batch, IVec, Tree};
 use tokio::sync::watch;
 
-use super::keys::{self, FIELD, LABEL};
+use super::keys;
 use super::record;
 use super::{
     AuditEntry, AuditQuery, ChangeEntry, Check, Expect, FlushStats, KindId, ListQuery, Mutation,
@@ -50,16 +57,114 @@ impl Default for StoreOptions {
     }
 }
 
+/// An object without its body: what the indexes hold.
+type Envelope = Arc<StoredObject>;
+
+/// The in-memory indexes. Changed only by the writer, after the batch is applied.
+#[derive(Default)]
+struct Indexes {
+    /// Envelopes per kind, in id (creation) order, for scans and pagination.
+    objects: BTreeMap<KindId, BTreeMap<String, Envelope>>,
+    names: HashMap<(KindId, String), String>,
+    labels: HashMap<(KindId, String, String), BTreeSet<String>>,
+    fields: HashMap<(KindId, String, String), BTreeSet<String>>,
+}
+
+impl Indexes {
+    fn by_name(&self, kind: KindId, name: &str) -> Option<&Envelope> {
+        let id = self.names.get(&(kind, name.to_string()))?;
+        self.objects.get(&kind)?.get(id)
+    }
+
+    fn remove(&mut self, kind: KindId, id: &str) {
+        let Some(old) = self.objects.get_mut(&kind).and_then(|m| m.remove(id)) else {
+            return;
+        };
+        self.names.remove(&(kind, old.name.clone()));
+        for (map, pairs) in [
+            (&mut self.labels, &old.labels),
+            (&mut self.fields, &old.fields),
+        ] {
+            for (k, v) in pairs {
+                let key = (kind, k.clone(), v.clone());
+                if let Some(set) = map.get_mut(&key) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        map.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, mut o: StoredObject) {
+        o.body = Vec::new();
+        self.remove(o.kind, &o.id);
+        let kind = o.kind;
+        for (k, v) in &o.labels {
+            self.labels
+                .entry((kind, k.clone(), v.clone()))
+                .or_default()
+                .insert(o.id.clone());
+        }
+        for (k, v) in &o.fields {
+            self.fields
+                .entry((kind, k.clone(), v.clone()))
+                .or_default()
+                .insert(o.id.clone());
+        }
+        self.names.insert((kind, o.name.clone()), o.id.clone());
+        self.objects
+            .entry(kind)
+            .or_default()
+            .insert(o.id.clone(), Arc::new(o));
+    }
+
+    /// Ids of `kind` where `field == value`, at most `limit` (for reference checks).
+    fn referrers(&self, kind: KindId, field: &str, value: &str) -> Vec<String> {
+        self.fields
+            .get(&(kind, field.to_string(), value.to_string()))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Where a queued writer finds its result.
+#[derive(Default)]
+struct Slot(Mutex<Option<Result<u64, StoreError>>>);
+
+impl Slot {
+    fn set(&self, r: Result<u64, StoreError>) {
+        *lock(&self.0) = Some(r);
+    }
+    fn take(&self) -> Option<Result<u64, StoreError>> {
+        lock(&self.0).take()
+    }
+}
+
+struct Queued {
+    mutation: Mutation,
+    slot: Arc<Slot>,
+}
+
+/// A staged write: what the batch holds for it, and what to publish once it is applied.
+struct Staged {
+    slot: Arc<Slot>,
+    revision: u64,
+    publish: Result<StoredObject, (KindId, String)>,
+}
+
 /// State only the writer (holding the lock) may change.
 struct WriterState {
     revision: u64,
-    counts: BTreeMap<KindId, u64>,
 }
 
 struct Inner {
     db: sled::Db,
     tree: Tree,
+    queue: Mutex<Vec<Queued>>,
     writer: Mutex<WriterState>,
+    indexes: RwLock<Indexes>,
     /// Serialises refusal records (they have their own sequence).
     refusals: Mutex<u64>,
     /// Newest revision applied to sled (maybe not yet durable).
@@ -89,7 +194,7 @@ impl std::fmt::Debug for SledStore {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock leaves plain data behind (counters), still usable.
+    // A panic while holding a lock leaves plain data behind (counters, queues), still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -98,7 +203,7 @@ fn be(v: &IVec) -> Result<u64, StoreError> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, rebuilding the in-memory indexes.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
@@ -108,10 +213,10 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
                     StoreError::Locked(dir.display().to_string())
                 }
                 other => StoreError::Io(format!("cannot open store in {}: {other}", dir.display())),
@@ -131,22 +236,22 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        let revision = tree
-            .get(keys::META_REVISION)?
-            .map(|v| be(&v))
-            .transpose()?
-            .unwrap_or(0);
+        let revision = match tree.scan_prefix([keys::EVENT]).next_back() {
+            Some(item) => be(&item?.0)?,
+            None => 0,
+        };
         let refusal_seq = tree
             .get(keys::META_REFUSAL_SEQ)?
             .map(|v| be(&v))
             .transpose()?
             .unwrap_or(0);
-        let mut counts = BTreeMap::new();
-        for item in tree.scan_prefix(b"mcount") {
+        let mut indexes = Indexes::default();
+        for item in tree.scan_prefix([keys::ENVELOPE]) {
             let (k, v) = item?;
-            if let Some(kind) = k.last() {
-                counts.insert(*kind, be(&v)?);
-            }
+            let kind = *k
+                .get(1)
+                .ok_or_else(|| StoreError::Corrupt("short envelope key".into()))?;
+            indexes.insert(record::decode_envelope(kind, &v)?);
         }
         let data_file = if opts.fdatasync {
             let p = dir.join("db");
@@ -160,7 +265,9 @@ impl SledStore {
         let inner = Arc::new(Inner {
             db,
             tree,
-            writer: Mutex::new(WriterState { revision, counts }),
+            queue: Mutex::new(Vec::new()),
+            writer: Mutex::new(WriterState { revision }),
+            indexes: RwLock::new(indexes),
             refusals: Mutex::new(refusal_seq),
             committed: AtomicU64::new(revision),
             flush_generation: Mutex::new(0),
@@ -198,7 +305,36 @@ impl Drop for SledStore {
     }
 }
 
+/// Kind names for messages; the store only knows numbers, so keep these in step with the proto.
+fn kind_label(kind: KindId) -> &'static str {
+    match kind {
+        1 => "site",
+        2 => "rack",
+        3 => "device",
+        4 => "profile",
+        5 => "window",
+        6 => "credential",
+        7 => "campaign",
+        _ => "object",
+    }
+}
+
+fn matches(q: &ListQuery, o: &StoredObject) -> bool {
+    q.labels.matches(|k| o.labels.get(k).map(String::as_str))
+        && q.fields.matches(|k| {
+            if k == "name" {
+                Some(o.name.as_str())
+            } else {
+                o.fields.get(k).map(String::as_str)
+            }
+        })
+}
+
 impl Inner {
+    fn indexes(&self) -> std::sync::RwLockReadGuard<'_, Indexes> {
+        self.indexes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn request_flush(&self) {
         let mut g = lock(&self.flush_generation);
         *g += 1;
@@ -254,30 +390,42 @@ impl Inner {
         }
     }
 
-    fn get_object_by_id(
-        &self,
-        kind: KindId,
-        id: &[u8],
-    ) -> Result<Option<StoredObject>, StoreError> {
-        let mut k = vec![keys::OBJECT, kind];
-        k.extend_from_slice(id);
-        match self.tree.get(k)? {
+    fn read_object(&self, kind: KindId, id: &str) -> Result<Option<StoredObject>, StoreError> {
+        match self.tree.get(keys::object(kind, id))? {
             Some(v) => Ok(Some(record::decode_object(kind, &v)?)),
             None => Ok(None),
         }
     }
 
-    fn get(&self, kind: KindId, name: &str) -> Result<Option<StoredObject>, StoreError> {
-        match self.tree.get(keys::name(kind, name))? {
-            Some(id) => self.get_object_by_id(kind, &id),
-            None => Ok(None),
+    /// The current version of an object, seen through the writes staged in this group.
+    fn current(
+        &self,
+        staged: &HashMap<(KindId, String), Option<StoredObject>>,
+        kind: KindId,
+        name: &str,
+    ) -> Result<Option<StoredObject>, StoreError> {
+        if let Some(v) = staged.get(&(kind, name.to_string())) {
+            return Ok(v.clone());
         }
+        let id = match self.indexes().by_name(kind, name) {
+            Some(e) => e.id.clone(),
+            None => return Ok(None),
+        };
+        self.read_object(kind, &id)
     }
 
-    fn check(&self, c: &Check) -> Result<(), StoreError> {
+    fn check(
+        &self,
+        staged: &HashMap<(KindId, String), Option<StoredObject>>,
+        c: &Check,
+    ) -> Result<(), StoreError> {
         match c {
             Check::Exists { kind, name } => {
-                if self.tree.get(keys::name(*kind, name))?.is_none() {
+                let exists = match staged.get(&(*kind, name.clone())) {
+                    Some(v) => v.is_some(),
+                    None => self.indexes().by_name(*kind, name).is_some(),
+                };
+                if !exists {
                     return Err(StoreError::MissingReference {
                         kind_name: kind_label(*kind).to_string(),
                         name: name.clone(),
@@ -285,119 +433,35 @@ impl Inner {
                 }
             }
             Check::NotReferenced { kind, field, value } => {
-                let prefix = keys::index_value_prefix(FIELD, *kind, field, value);
-                let mut it = self.tree.scan_prefix(&prefix);
-                if let Some(first) = it.next() {
-                    let (k, _) = first?;
-                    let id = &k[prefix.len()..];
-                    let example = self
-                        .get_object_by_id(*kind, id)?
+                // Only evaluated with nothing staged (see `apply_group`), so the index is current.
+                let idx = self.indexes();
+                let ids = idx.referrers(*kind, field, value);
+                if let Some(first) = ids.first() {
+                    let example = idx
+                        .objects
+                        .get(kind)
+                        .and_then(|m| m.get(first))
                         .map(|o| format!("{} {}", kind_label(*kind), o.name))
                         .unwrap_or_default();
-                    let count = 1 + it.count();
-                    return Err(StoreError::StillReferenced { count, example });
+                    return Err(StoreError::StillReferenced {
+                        count: ids.len(),
+                        example,
+                    });
                 }
             }
         }
         Ok(())
     }
 
-    /// Ids from one index (label or field) for `key in values`, greater than `after`, sorted.
-    fn index_ids(
+    /// Validates one mutation against the current state and adds its keys to `batch`.
+    fn stage(
         &self,
-        tag: u8,
-        kind: KindId,
-        key: &str,
-        values: &BTreeSet<String>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut ids = Vec::new();
-        for value in values {
-            let prefix = keys::index_value_prefix(tag, kind, key, value);
-            let start = match after {
-                Some(a) => {
-                    let mut s = prefix.clone();
-                    s.extend_from_slice(a.as_bytes());
-                    Bound::Excluded(s)
-                }
-                None => Bound::Included(prefix.clone()),
-            };
-            let mut taken = 0;
-            for item in self.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-                let (k, _) = item?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                ids.push(k[prefix.len()..].to_vec());
-                taken += 1;
-                // With one value the index is already in id order: stop early.
-                if values.len() == 1 && taken >= limit {
-                    break;
-                }
-            }
-        }
-        if values.len() > 1 {
-            ids.sort();
-            ids.dedup();
-        }
-        Ok(ids)
-    }
-}
-
-/// Kind names for messages; the store only knows numbers, so keep these in step with the proto.
-fn kind_label(kind: KindId) -> &'static str {
-    match kind {
-        1 => "site",
-        2 => "rack",
-        3 => "device",
-        4 => "profile",
-        5 => "window",
-        6 => "credential",
-        7 => "campaign",
-        _ => "object",
-    }
-}
-
-fn matches(q: &ListQuery, o: &StoredObject) -> bool {
-    q.labels.matches(|k| o.labels.get(k).map(String::as_str))
-        && q.fields.matches(|k| {
-            if k == "name" {
-                Some(o.name.as_str())
-            } else {
-                o.fields.get(k).map(String::as_str)
-            }
-        })
-}
-
-fn index_diff(
-    batch: &mut Batch,
-    tag: u8,
-    kind: KindId,
-    id: &str,
-    old: Option<&BTreeMap<String, String>>,
-    new: Option<&BTreeMap<String, String>>,
-) {
-    let empty = BTreeMap::new();
-    let old = old.unwrap_or(&empty);
-    let new = new.unwrap_or(&empty);
-    for (k, v) in old {
-        if new.get(k) != Some(v) {
-            batch.remove(keys::index_entry(tag, kind, k, v, id));
-        }
-    }
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            batch.insert(keys::index_entry(tag, kind, k, v, id), &[][..]);
-        }
-    }
-}
-
-impl Store for SledStore {
-    fn commit(&self, m: Mutation) -> Result<u64, StoreError> {
-        let inner = &*self.inner;
-        let mut w = lock(&inner.writer);
-        let existing = inner.get(m.kind, &m.name)?;
+        m: Mutation,
+        revision: u64,
+        staged: &mut HashMap<(KindId, String), Option<StoredObject>>,
+        batch: &mut Batch,
+    ) -> Result<Result<StoredObject, (KindId, String)>, StoreError> {
+        let existing = self.current(staged, m.kind, &m.name)?;
         match (m.expect, &existing) {
             (Expect::Absent, Some(_)) => return Err(StoreError::AlreadyExists(m.name)),
             (Expect::Revision(_), None) => return Err(StoreError::NotFound(m.name)),
@@ -413,58 +477,37 @@ impl Store for SledStore {
             return Err(StoreError::NotFound(m.name));
         }
         for c in &m.checks {
-            inner.check(c)?;
+            self.check(staged, c)?;
         }
-        let revision = w.revision + 1;
-        let mut batch = Batch::default();
-        let mut count = w.counts.get(&m.kind).copied().unwrap_or(0);
-        let new = match m.put {
-            Some(mut new) => {
-                new.kind = m.kind;
-                new.revision = revision;
-                if let Some(old) = &existing {
-                    new.id = old.id.clone();
-                    new.name = old.name.clone();
-                } else {
-                    batch.insert(keys::name(m.kind, &new.name), new.id.as_bytes());
-                    count += 1;
-                }
-                batch.insert(keys::object(m.kind, &new.id), record::encode_object(&new)?);
-                Some(new)
+        let new = m.put.map(|mut new| {
+            new.kind = m.kind;
+            new.revision = revision;
+            if let Some(old) = &existing {
+                new.id = old.id.clone();
+                new.name = old.name.clone();
             }
-            None => None,
-        };
+            new
+        });
         let id = new
             .as_ref()
             .or(existing.as_ref())
             .map(|o| o.id.clone())
             .unwrap_or_default();
-        index_diff(
-            &mut batch,
-            LABEL,
-            m.kind,
-            &id,
-            existing.as_ref().map(|o| &o.labels),
-            new.as_ref().map(|o| &o.labels),
-        );
-        index_diff(
-            &mut batch,
-            FIELD,
-            m.kind,
-            &id,
-            existing.as_ref().map(|o| &o.fields),
-            new.as_ref().map(|o| &o.fields),
-        );
-        if new.is_none() {
-            batch.remove(keys::object(m.kind, &id));
-            batch.remove(keys::name(m.kind, &m.name));
-            count = count.saturating_sub(1);
+        match &new {
+            Some(o) => {
+                batch.insert(keys::object(m.kind, &id), record::encode_object(o)?);
+                batch.insert(keys::envelope(m.kind, &id), record::encode_envelope(o)?);
+            }
+            None => {
+                batch.remove(keys::object(m.kind, &id));
+                batch.remove(keys::envelope(m.kind, &id));
+            }
         }
         let change = ChangeEntry {
             revision,
             kind: m.kind,
             name: m.name.clone(),
-            id,
+            id: id.clone(),
             labels: new
                 .as_ref()
                 .or(existing.as_ref())
@@ -481,15 +524,89 @@ impl Store for SledStore {
         };
         batch.insert(keys::history(m.kind, &m.name, revision), &[][..]);
         batch.insert(&keys::event(revision)[..], record::encode_change(&change)?);
-        batch.insert(keys::META_REVISION, &revision.to_be_bytes());
-        batch.insert(keys::meta_count(m.kind), &count.to_be_bytes());
-        inner.tree.apply_batch(batch)?;
-        w.revision = revision;
-        w.counts.insert(m.kind, count);
-        inner.committed.store(revision, Ordering::SeqCst);
+        staged.insert((m.kind, m.name.clone()), new.clone());
+        Ok(match new {
+            Some(o) => Ok(o),
+            None => Err((m.kind, id)),
+        })
+    }
+
+    /// Applies the staged batch and publishes it; answers every staged writer.
+    fn apply_staged(&self, w: &mut WriterState, batch: Batch, staged: Vec<Staged>) {
+        let Some(last) = staged.last().map(|s| s.revision) else {
+            return;
+        };
+        if let Err(e) = self.tree.apply_batch(batch) {
+            for s in staged {
+                s.slot.set(Err(StoreError::Io(e.to_string())));
+            }
+            return;
+        }
+        {
+            let mut idx = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+            for s in &staged {
+                match &s.publish {
+                    Ok(o) => idx.insert(o.clone()),
+                    Err((kind, id)) => idx.remove(*kind, id),
+                }
+            }
+        }
+        w.revision = last;
+        self.committed.store(last, Ordering::SeqCst);
+        for s in staged {
+            s.slot.set(Ok(s.revision));
+        }
+        self.request_flush();
+    }
+
+    /// Applies a group of queued mutations in as few batches as possible (one, unless a
+    /// delete needs the referrer index to be current).
+    fn apply_group(&self, w: &mut WriterState, group: Vec<Queued>) {
+        let mut batch = Batch::default();
+        let mut staged = Vec::new();
+        let mut overlay = HashMap::new();
+        for q in group {
+            let needs_index = q
+                .mutation
+                .checks
+                .iter()
+                .any(|c| matches!(c, Check::NotReferenced { .. }));
+            if needs_index && !staged.is_empty() {
+                self.apply_staged(w, std::mem::take(&mut batch), std::mem::take(&mut staged));
+                overlay.clear();
+            }
+            let revision = staged.last().map_or(w.revision, |s: &Staged| s.revision) + 1;
+            match self.stage(q.mutation, revision, &mut overlay, &mut batch) {
+                Ok(publish) => staged.push(Staged {
+                    slot: q.slot,
+                    revision,
+                    publish,
+                }),
+                Err(e) => q.slot.set(Err(e)),
+            }
+        }
+        self.apply_staged(w, batch, staged);
+    }
+}
+
+impl Store for SledStore {
+    fn commit(&self, m: Mutation) -> Result<u64, StoreError> {
+        let inner = &*self.inner;
+        let slot = Arc::new(Slot::default());
+        lock(&inner.queue).push(Queued {
+            mutation: m,
+            slot: Arc::clone(&slot),
+        });
+        let mut w = lock(&inner.writer);
+        // Whoever held the lock before us may have applied our mutation with theirs.
+        if let Some(r) = slot.take() {
+            return r;
+        }
+        let group = std::mem::take(&mut *lock(&inner.queue));
+        inner.apply_group(&mut w, group);
         drop(w);
-        inner.request_flush();
-        Ok(revision)
+        slot.take()
+            .unwrap_or_else(|| Err(StoreError::Io("write was not applied".into())))
     }
 
     fn durable(&self) -> watch::Receiver<Result<u64, String>> {
@@ -501,74 +618,86 @@ impl Store for SledStore {
     }
 
     fn get(&self, kind: KindId, name: &str) -> Result<Option<StoredObject>, StoreError> {
-        self.inner.get(kind, name)
+        let id = match self.inner.indexes().by_name(kind, name) {
+            Some(e) => e.id.clone(),
+            None => return Ok(None),
+        };
+        self.inner.read_object(kind, &id)
     }
 
     fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
         let inner = &*self.inner;
         let limit = q.limit.max(1);
-        let mut page = Page::default();
-        let accept = |o: StoredObject, page: &mut Page| -> bool {
-            if !matches(q, &o) {
-                return true;
-            }
-            if page.objects.len() == limit {
-                page.more = true;
-                return false;
-            }
-            page.objects.push(o);
-            true
-        };
         let after = q.after_id.as_deref();
-        // A `name=` field requirement is a direct lookup.
-        if let Some((_, names)) = q.fields.indexable().find(|(k, _)| *k == "name") {
-            for name in names {
-                if let Some(o) = inner.get(q.kind, name)?
-                    && after.is_none_or(|a| o.id.as_str() > a)
-                    && !accept(o, &mut page)
-                {
-                    break;
+        let ids: Vec<String> = {
+            let idx = inner.indexes();
+            let Some(all) = idx.objects.get(&q.kind) else {
+                return Ok(Page::default());
+            };
+            // The most selective `key in (values)` requirement picks the candidates.
+            let mut sets: Vec<BTreeSet<&String>> = Vec::new();
+            for (key, values) in q.fields.indexable() {
+                let mut set = BTreeSet::new();
+                for v in values {
+                    if key == "name" {
+                        set.extend(idx.names.get(&(q.kind, v.clone())));
+                    } else if let Some(ids) = idx.fields.get(&(q.kind, key.to_string(), v.clone()))
+                    {
+                        set.extend(ids.iter());
+                    }
                 }
+                sets.push(set);
             }
-            page.objects.sort_by(|a, b| a.id.cmp(&b.id));
-            return Ok(page);
-        }
-        let index = q
-            .fields
-            .indexable()
-            .next()
-            .map(|(k, v)| (FIELD, k, v))
-            .or_else(|| q.labels.indexable().next().map(|(k, v)| (LABEL, k, v)));
-        if let Some((tag, key, values)) = index {
-            // Read a little more than a page per round, so sparse matches still finish.
-            for id in inner.index_ids(tag, q.kind, key, values, after, usize::MAX)? {
-                if let Some(o) = inner.get_object_by_id(q.kind, &id)?
-                    && !accept(o, &mut page)
-                {
-                    break;
+            for (key, values) in q.labels.indexable() {
+                let mut set = BTreeSet::new();
+                for v in values {
+                    if let Some(ids) = idx.labels.get(&(q.kind, key.to_string(), v.clone())) {
+                        set.extend(ids.iter());
+                    }
                 }
+                sets.push(set);
             }
-            return Ok(page);
-        }
-        let prefix = keys::object_prefix(q.kind);
-        let start = match after {
-            Some(a) => Bound::Excluded(keys::object(q.kind, a)),
-            None => Bound::Included(prefix.clone()),
+            // The most selective `key in (values)` requirement picks the candidates.
+            let best = sets.into_iter().min_by_key(BTreeSet::len);
+            let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+            let candidates: Box<dyn Iterator<Item = &Envelope>> = match &best {
+                Some(set) => Box::new(
+                    set.iter()
+                        .filter(|id| after.is_none_or(|a| id.as_str() > a))
+                        .filter_map(|id| all.get(id.as_str())),
+                ),
+                None => Box::new(all.range((start, Bound::Unbounded)).map(|(_, e)| e)),
+            };
+            candidates
+                .filter(|e| matches(q, e))
+                .take(limit + 1)
+                .map(|e| e.id.clone())
+                .collect()
         };
-        for item in inner.tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if !accept(record::decode_object(q.kind, &v)?, &mut page) {
-                break;
+        let more = ids.len() > limit;
+        let mut page = Page {
+            objects: Vec::with_capacity(limit),
+            more,
+        };
+        for id in ids.iter().take(limit) {
+            // A concurrent write may have changed or removed it since the index was read.
+            if let Some(o) = inner.read_object(q.kind, id)?
+                && matches(q, &o)
+            {
+                page.objects.push(o);
             }
         }
         Ok(page)
     }
 
     fn counts(&self) -> Result<BTreeMap<KindId, u64>, StoreError> {
-        Ok(lock(&self.inner.writer).counts.clone())
+        Ok(self
+            .inner
+            .indexes()
+            .objects
+            .iter()
+            .map(|(k, m)| (*k, m.len() as u64))
+            .collect())
     }
 
     fn changes(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<ChangeEntry>, StoreError> {

@@ -1,0 +1,277 @@
+//! The command line: global connection options and every subcommand (clap derive).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
+
+use crate::kinds::Kind;
+use crate::output::{Format, StreamFormat};
+
+/// muster: inspect and change the fleet inventory.
+#[derive(Debug, Parser)]
+#[command(name = "muster", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the server is and how to authenticate; accepted before or after the subcommand.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Server URL; `https://` uses TLS [default: http://127.0.0.1:7070].
+    #[arg(long, env = "MUSTER_SERVER", global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token.
+    #[arg(long, env = "MUSTER_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, env = "MUSTER_TOKEN_FILE", global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for an https server.
+    #[arg(long, env = "MUSTER_CA_CERT", global = true, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+    /// TOML config file with `server`, `token`, `token_file`, `ca_cert`
+    /// [default: $XDG_CONFIG_HOME/muster/config.toml or ~/.config/muster/config.toml].
+    #[arg(long, env = "MUSTER_CONFIG", global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Timeout of each request (e.g. 30s, 2m).
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List resources, or show one.
+    Get(GetArgs),
+    /// Show one resource in detail, with its recent changes.
+    Describe(DescribeArgs),
+    /// Create or update resources from a manifest file.
+    Apply(ApplyArgs),
+    /// Delete a resource.
+    Delete(DeleteArgs),
+    /// Stream changes as they happen.
+    Watch(WatchArgs),
+    /// Search the audit trail.
+    Audit(AuditArgs),
+    /// Server administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Show who the server thinks you are.
+    Whoami,
+    /// Print a shell completion script.
+    Completion {
+        /// Target shell.
+        shell: Shell,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// `muster get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// site, rack, device (dev), profile, window, credential (cred); plurals work too.
+    pub kind: Kind,
+    /// Show only this resource.
+    pub name: Option<String>,
+    /// Label selector, e.g. `role=db,site in (fra1,ams1),!retired`.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Field selector on indexed fields, e.g. `site=fra1,lifecycle!=DECOMMISSIONED`.
+    #[arg(long, value_name = "SELECTOR")]
+    pub field_selector: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Stop after this many resources.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+/// `muster describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Resource kind.
+    pub kind: Kind,
+    /// Resource name.
+    pub name: String,
+}
+
+/// Why a change is made; recorded in the audit trail.
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// Why this change is made (recorded in the audit trail).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Ticket reference (recorded in the audit trail).
+    #[arg(long, value_name = "ID")]
+    pub ticket: Option<String>,
+}
+
+/// `muster apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// YAML or JSON manifest file, `-` for standard input.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        visible_alias = "file",
+        value_name = "FILE"
+    )]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+    /// Validate and report what would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+}
+
+/// `muster delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Resource kind.
+    pub kind: Kind,
+    /// Resource name.
+    pub name: String,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+    /// Delete only if the resource is still at this revision.
+    #[arg(long, value_name = "N")]
+    pub expected_revision: Option<u64>,
+}
+
+/// What `watch` follows: one kind or everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchTarget {
+    /// Every kind.
+    All,
+    /// One kind.
+    Kind(Kind),
+}
+
+impl std::str::FromStr for WatchTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("all") {
+            Ok(WatchTarget::All)
+        } else {
+            s.parse().map(WatchTarget::Kind)
+        }
+    }
+}
+
+/// `muster watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Resource kind, or `all`.
+    pub target: WatchTarget,
+    /// Label selector.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Start after this revision (default: from now).
+    #[arg(long, value_name = "REV")]
+    pub since: Option<u64>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = StreamFormat::Table)]
+    pub output: StreamFormat,
+    /// Exit after printing this many events.
+    #[arg(long, value_name = "N")]
+    pub once: Option<u64>,
+}
+
+/// `muster audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only changes to this resource, e.g. `device/web-01`.
+    #[arg(short = 'r', long = "resource", value_name = "KIND/NAME")]
+    pub resource: Option<String>,
+    /// Only changes by this principal.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Only changes at or after this time: a duration ago (`24h`) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only changes before this time: a duration ago or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Include refused (rejected and denied) attempts.
+    #[arg(long)]
+    pub refused: bool,
+    /// Stop after this many entries.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = StreamFormat::Table)]
+    pub output: StreamFormat,
+}
+
+/// `muster admin ...`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Stream a consistent snapshot of the server's store to a file.
+    Backup {
+        /// File to create (must not exist).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "muster",
+            "get",
+            "devices",
+            "-l",
+            "role=web",
+            "--server",
+            "http://x:1",
+            "-o",
+            "wide",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.server.as_deref(), Some("http://x:1"));
+        match cli.command {
+            Command::Get(g) => {
+                assert_eq!(g.kind, Kind::Device);
+                assert_eq!(g.output, Format::Wide);
+                assert_eq!(g.selector.as_deref(), Some("role=web"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["muster", "--timeout", "2s", "watch", "all", "--once", "3"])
+            .unwrap();
+        assert_eq!(cli.global.timeout, Duration::from_secs(2));
+        assert!(matches!(
+            cli.command,
+            Command::Watch(WatchArgs {
+                target: WatchTarget::All,
+                once: Some(3),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["muster", "get", "gadgets"]).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! One module per subcommand; `run` connects (when the command needs the server) and dispatches.
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::args::{AdminCommand, Cli, Command};
+use crate::client::Clients;
+use crate::config::{self, Sources};
+use crate::output;
+
+mod admin;
+mod apply;
+mod audit;
+mod delete;
+mod describe;
+mod get;
+mod watch;
+mod whoami;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
+    match &cli.command {
+        Command::Completion { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "muster", &mut buf);
+            return output::print(&String::from_utf8_lossy(&buf));
+        }
+        Command::Version => {
+            return output::println(&format!("muster {}", env!("CARGO_PKG_VERSION")));
+        }
+        _ => {}
+    }
+    // Parse manifests before connecting: a bad file fails fast, even with no server.
+    let manifest = match &cli.command {
+        Command::Apply(args) => Some(apply::load(args)?),
+        _ => None,
+    };
+    let settings = config::resolve(&cli.global, sources)?;
+    let clients = Clients::connect(&settings).await?;
+    match cli.command {
+        Command::Get(args) => get::run(&clients, args).await,
+        Command::Describe(args) => describe::run(&clients, args).await,
+        Command::Apply(args) => apply::run(&clients, args, manifest.unwrap_or_default()).await,
+        Command::Delete(args) => delete::run(&clients, args).await,
+        Command::Watch(args) => watch::run(&clients, args).await,
+        Command::Audit(args) => audit::run(&clients, args).await,
+        Command::Admin {
+            command: AdminCommand::Backup { to },
+        } => admin::backup(&clients, &to).await,
+        Command::Whoami => whoami::run(&clients).await,
+        Command::Completion { .. } | Command::Version => Ok(()),
+    }
+}
+
+/// Checks a label selector locally so typos fail before a round trip.
+pub(crate) fn check_selector(selector: Option<&str>) -> Result<String> {
+    match selector {
+        Some(s) if !s.trim().is_empty() => {
+            muster::selector::Selector::parse(s)?;
+            Ok(s.to_string())
+        }
+        _ => Ok(String::new()),
+    }
+}
+
+/// Checks a field selector locally.
+pub(crate) fn check_field_selector(selector: Option<&str>) -> Result<String> {
+    match selector {
+        Some(s) if !s.trim().is_empty() => {
+            muster::selector::Selector::parse_fields(s)?;
+            Ok(s.to_string())
+        }
+        _ => Ok(String::new()),
+    }
+}
+
+/// The audit-trail context every write carries.
+pub(crate) fn change_context(args: &crate::args::ChangeArgs) -> muster::pb::ChangeContext {
+    muster::pb::ChangeContext {
+        reason: args.reason.clone().unwrap_or_default(),
+        ticket: args.ticket.clone().unwrap_or_default(),
+        origin: "cli".to_string(),
+    }
+}
