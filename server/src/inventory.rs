@@ -99,6 +99,9 @@ pub struct AuditParams {
 pub struct Inventory {
     store: Arc<dyn Store>,
     secrets: SecretBox,
+    /// Flips to true when the server stops, so open watch streams end instead of holding the
+    /// graceful shutdown open (clients resume from their last revision elsewhere).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -138,7 +141,16 @@ fn page_size(requested: u32) -> usize {
 impl Inventory {
     /// An inventory over `store`, sealing credentials with `secrets`.
     pub fn new(store: Arc<dyn Store>, secrets: SecretBox) -> Self {
-        Self { store, secrets }
+        Self {
+            store,
+            secrets,
+            stopping: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Ends every open watch stream (called when the server shuts down).
+    pub fn stop_watches(&self) {
+        let _ = self.stopping.send_replace(true);
     }
 
     /// The underlying store (for admin operations and metrics).
@@ -558,16 +570,18 @@ impl Inventory {
                         }
                     }
                     Some((old_obj, old)) => {
-                        let candidate = self.merged(who, &old, r.clone(), now_unix_nanos())?;
-                        let same_secret = match r.resource.as_ref() {
-                            Some(R::Credential(c)) => {
-                                c.secret.is_empty() || self.secret_matches(&old, &c.secret)
-                            }
-                            _ => true,
-                        };
-                        if same_secret
-                            && resource::comparable(&candidate) == resource::comparable(&old)
+                        // Re-sending the stored secret is not a change (sealing it again would
+                        // only pick a new nonce).
+                        let mut incoming = r.clone();
+                        if let Some(R::Credential(c)) = incoming.resource.as_mut()
+                            && !c.secret.is_empty()
+                            && self.secret_matches(&old, &c.secret)
                         {
+                            c.secret.clear();
+                        }
+                        let candidate =
+                            self.merged(who, &old, incoming.clone(), now_unix_nanos())?;
+                        if resource::comparable(&candidate) == resource::comparable(&old) {
                             return Ok((
                                 ApplyAction::Unchanged,
                                 self.view(kind, &old_obj.body, old_obj.revision)?,
@@ -581,7 +595,7 @@ impl Inventory {
                             ));
                         }
                         match self
-                            .update_once(who, kind, &r, old_obj.revision, "apply", ctx)
+                            .update_once(who, kind, &incoming, old_obj.revision, "apply", ctx)
                             .await
                         {
                             Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => continue,
@@ -808,6 +822,7 @@ impl Inventory {
         let mut last = if since == 0 { current } else { since };
         let (tx, rx) = mpsc::channel(256);
         let this = Arc::clone(self);
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             loop {
                 let upto = durable.borrow_and_update().clone();
@@ -841,6 +856,16 @@ impl Inventory {
                 tokio::select! {
                     changed = durable.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    () = async {
+                        while !*stopping.borrow_and_update() {
+                            if stopping.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    } => {
+                        let _ = tx.send(Err(ApiError::ShuttingDown)).await;
+                        return;
+                    }
                     _ = tokio::time::sleep(BOOKMARK_INTERVAL) => {
                         let b = pb::WatchEvent { revision: last, r#type: pb::EventType::Bookmark as i32, object: None };
                         if tx.send(Ok(b)).await.is_err() {

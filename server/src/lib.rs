@@ -181,8 +181,10 @@ impl Server {
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
         let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let watches = Arc::clone(&self.shared.inventory);
         let shutdown = async move {
             shutdown.await;
+            watches.stop_watches();
             let _ = stopping_tx.send(());
         };
         let grace_over = async move {

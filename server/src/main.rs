@@ -132,17 +132,19 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal that arrives right after start-up is not lost.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    tracing::info!("shutting down");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("shutting down");
+    })
 }
 
 async fn run_server(config: Config) -> anyhow::Result<()> {
@@ -153,6 +155,7 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
             config.listen
         );
     }
+    let shutdown = shutdown_signal()?;
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -180,7 +183,7 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     println!("{line}");
     std::io::stdout().flush()?;
     server
-        .run(Listeners { grpc, metrics }, shutdown_signal())
+        .run(Listeners { grpc, metrics }, shutdown)
         .await
         .context("serving")?;
     Ok(())

@@ -6,6 +6,7 @@
 
 mod api;
 mod backup;
+mod cli;
 mod durability;
 mod errors;
 mod peers;

@@ -131,3 +131,35 @@ async fn watch_stops_when_client_goes_away() {
         .into_inner();
     assert_eq!(next_events(&mut stream, 1).await[0].2, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_watches_promptly() {
+    let mut s = TestServer::start().unwrap();
+    let mut c = s.inventory().await.unwrap();
+    let mut stream = c
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    s.stop().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop took {:?}: the open watch held the shutdown until the 10 s grace ran out",
+        started.elapsed()
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap();
+    match end {
+        Some(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert!(
+                status.message().contains("shutting down"),
+                "{}",
+                status.message()
+            );
+        }
+        other => panic!("expected UNAVAILABLE at shutdown, got {other:?}"),
+    }
+}

@@ -18,6 +18,7 @@ pub fn to_status(e: ApiError) -> Status {
         ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
         ApiError::Unimplemented(_) => Code::Unimplemented,
         ApiError::OutOfRange(_) => Code::OutOfRange,
+        ApiError::ShuttingDown => Code::Unavailable,
         ApiError::Unavailable(detail) => {
             tracing::error!(%detail, "store unavailable");
             return Status::unavailable("the store cannot persist right now; retry later");

@@ -36,6 +36,9 @@ pub enum ApiError {
     Unimplemented(String),
     #[error("{0}")]
     OutOfRange(String),
+    /// The server is stopping; clients should retry (a watch resumes from its last revision).
+    #[error("the server is shutting down; retry, resuming from the last revision seen")]
+    ShuttingDown,
     /// The store cannot persist; the detail is logged.
     #[error("store unavailable: {0}")]
     Unavailable(String),
