@@ -75,7 +75,7 @@ impl Default for Config {
             tls: None,
             insecure: false,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            cache_capacity_mb: 128,
+            cache_capacity_mb: 64,
             fdatasync: true,
             secrets_key_file: None,
             log_format: LogFormat::Text,

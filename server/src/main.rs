@@ -46,7 +46,7 @@ struct ServeArgs {
     /// Largest accepted request message, bytes [default: 4194304].
     #[arg(long, env = "MUSTER_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
-    /// sled cache size in MiB [default: 128].
+    /// sled cache size in MiB [default: 64].
     #[arg(long, env = "MUSTER_CACHE_MB")]
     cache_mb: Option<u64>,
     /// Skip fdatasync after group flushes (benchmarks only: unsafe on power loss).

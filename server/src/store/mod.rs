@@ -7,6 +7,7 @@
 //! durable once `durable()` has reached it.
 
 mod backup;
+mod index;
 mod keys;
 mod record;
 mod sled_store;

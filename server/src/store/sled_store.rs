@@ -15,9 +15,8 @@
 //! Reads: the name, label and field indexes and every object's envelope are in memory
 //! (rebuilt from the `i` records at open); only bodies are read from sled.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -27,6 +26,7 @@ use std::time::{Duration, Instant};
 use sled::{Batch, IVec, Tree};
 use tokio::sync::watch;
 
+use super::index::Index;
 use super::keys;
 use super::record;
 use super::{
@@ -51,81 +51,9 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            cache_capacity_bytes: 128 * 1024 * 1024,
+            cache_capacity_bytes: 64 * 1024 * 1024,
             fdatasync: true,
         }
-    }
-}
-
-/// An object without its body: what the indexes hold.
-type Envelope = Arc<StoredObject>;
-
-/// The in-memory indexes. Changed only by the writer, after the batch is applied.
-#[derive(Default)]
-struct Indexes {
-    /// Envelopes per kind, in id (creation) order, for scans and pagination.
-    objects: BTreeMap<KindId, BTreeMap<String, Envelope>>,
-    names: HashMap<(KindId, String), String>,
-    labels: HashMap<(KindId, String, String), BTreeSet<String>>,
-    fields: HashMap<(KindId, String, String), BTreeSet<String>>,
-}
-
-impl Indexes {
-    fn by_name(&self, kind: KindId, name: &str) -> Option<&Envelope> {
-        let id = self.names.get(&(kind, name.to_string()))?;
-        self.objects.get(&kind)?.get(id)
-    }
-
-    fn remove(&mut self, kind: KindId, id: &str) {
-        let Some(old) = self.objects.get_mut(&kind).and_then(|m| m.remove(id)) else {
-            return;
-        };
-        self.names.remove(&(kind, old.name.clone()));
-        for (map, pairs) in [
-            (&mut self.labels, &old.labels),
-            (&mut self.fields, &old.fields),
-        ] {
-            for (k, v) in pairs {
-                let key = (kind, k.clone(), v.clone());
-                if let Some(set) = map.get_mut(&key) {
-                    set.remove(id);
-                    if set.is_empty() {
-                        map.remove(&key);
-                    }
-                }
-            }
-        }
-    }
-
-    fn insert(&mut self, mut o: StoredObject) {
-        o.body = Vec::new();
-        self.remove(o.kind, &o.id);
-        let kind = o.kind;
-        for (k, v) in &o.labels {
-            self.labels
-                .entry((kind, k.clone(), v.clone()))
-                .or_default()
-                .insert(o.id.clone());
-        }
-        for (k, v) in &o.fields {
-            self.fields
-                .entry((kind, k.clone(), v.clone()))
-                .or_default()
-                .insert(o.id.clone());
-        }
-        self.names.insert((kind, o.name.clone()), o.id.clone());
-        self.objects
-            .entry(kind)
-            .or_default()
-            .insert(o.id.clone(), Arc::new(o));
-    }
-
-    /// Ids of `kind` where `field == value`, at most `limit` (for reference checks).
-    fn referrers(&self, kind: KindId, field: &str, value: &str) -> Vec<String> {
-        self.fields
-            .get(&(kind, field.to_string(), value.to_string()))
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }
 
@@ -164,7 +92,7 @@ struct Inner {
     tree: Tree,
     queue: Mutex<Vec<Queued>>,
     writer: Mutex<WriterState>,
-    indexes: RwLock<Indexes>,
+    indexes: RwLock<Index>,
     /// Serialises refusal records (they have their own sequence).
     refusals: Mutex<u64>,
     /// Newest revision applied to sled (maybe not yet durable).
@@ -245,13 +173,13 @@ impl SledStore {
             .map(|v| be(&v))
             .transpose()?
             .unwrap_or(0);
-        let mut indexes = Indexes::default();
+        let mut indexes = Index::default();
         for item in tree.scan_prefix([keys::ENVELOPE]) {
             let (k, v) = item?;
             let kind = *k
                 .get(1)
                 .ok_or_else(|| StoreError::Corrupt("short envelope key".into()))?;
-            indexes.insert(record::decode_envelope(kind, &v)?);
+            indexes.insert(&record::decode_envelope(kind, &v)?)?;
         }
         let data_file = if opts.fdatasync {
             let p = dir.join("db");
@@ -331,7 +259,7 @@ fn matches(q: &ListQuery, o: &StoredObject) -> bool {
 }
 
 impl Inner {
-    fn indexes(&self) -> std::sync::RwLockReadGuard<'_, Indexes> {
+    fn indexes(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.indexes.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -407,11 +335,11 @@ impl Inner {
         if let Some(v) = staged.get(&(kind, name.to_string())) {
             return Ok(v.clone());
         }
-        let id = match self.indexes().by_name(kind, name) {
-            Some(e) => e.id.clone(),
-            None => return Ok(None),
-        };
-        self.read_object(kind, &id)
+        let id = self.indexes().id_of(kind, name);
+        match id {
+            Some(id) => self.read_object(kind, &id),
+            None => Ok(None),
+        }
     }
 
     fn check(
@@ -423,7 +351,7 @@ impl Inner {
             Check::Exists { kind, name } => {
                 let exists = match staged.get(&(*kind, name.clone())) {
                     Some(v) => v.is_some(),
-                    None => self.indexes().by_name(*kind, name).is_some(),
+                    None => self.indexes().exists(*kind, name),
                 };
                 if !exists {
                     return Err(StoreError::MissingReference {
@@ -435,18 +363,12 @@ impl Inner {
             Check::NotReferenced { kind, field, value } => {
                 // Only evaluated with nothing staged (see `apply_group`), so the index is current.
                 let idx = self.indexes();
-                let ids = idx.referrers(*kind, field, value);
-                if let Some(first) = ids.first() {
-                    let example = idx
-                        .objects
-                        .get(kind)
-                        .and_then(|m| m.get(first))
-                        .map(|o| format!("{} {}", kind_label(*kind), o.name))
+                let (count, example) = idx.referrers(*kind, field, value);
+                if count > 0 {
+                    let example = example
+                        .map(|n| format!("{} {n}", kind_label(*kind)))
                         .unwrap_or_default();
-                    return Err(StoreError::StillReferenced {
-                        count: ids.len(),
-                        example,
-                    });
+                    return Err(StoreError::StillReferenced { count, example });
                 }
             }
         }
@@ -546,7 +468,11 @@ impl Inner {
             let mut idx = self.indexes.write().unwrap_or_else(|p| p.into_inner());
             for s in &staged {
                 match &s.publish {
-                    Ok(o) => idx.insert(o.clone()),
+                    Ok(o) => {
+                        if let Err(e) = idx.insert(o) {
+                            tracing::error!(error = %e, "index update failed");
+                        }
+                    }
                     Err((kind, id)) => idx.remove(*kind, id),
                 }
             }
@@ -618,62 +544,17 @@ impl Store for SledStore {
     }
 
     fn get(&self, kind: KindId, name: &str) -> Result<Option<StoredObject>, StoreError> {
-        let id = match self.inner.indexes().by_name(kind, name) {
-            Some(e) => e.id.clone(),
-            None => return Ok(None),
-        };
-        self.inner.read_object(kind, &id)
+        let id = self.inner.indexes().id_of(kind, name);
+        match id {
+            Some(id) => self.inner.read_object(kind, &id),
+            None => Ok(None),
+        }
     }
 
     fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
         let inner = &*self.inner;
         let limit = q.limit.max(1);
-        let after = q.after_id.as_deref();
-        let ids: Vec<String> = {
-            let idx = inner.indexes();
-            let Some(all) = idx.objects.get(&q.kind) else {
-                return Ok(Page::default());
-            };
-            // The most selective `key in (values)` requirement picks the candidates.
-            let mut sets: Vec<BTreeSet<&String>> = Vec::new();
-            for (key, values) in q.fields.indexable() {
-                let mut set = BTreeSet::new();
-                for v in values {
-                    if key == "name" {
-                        set.extend(idx.names.get(&(q.kind, v.clone())));
-                    } else if let Some(ids) = idx.fields.get(&(q.kind, key.to_string(), v.clone()))
-                    {
-                        set.extend(ids.iter());
-                    }
-                }
-                sets.push(set);
-            }
-            for (key, values) in q.labels.indexable() {
-                let mut set = BTreeSet::new();
-                for v in values {
-                    if let Some(ids) = idx.labels.get(&(q.kind, key.to_string(), v.clone())) {
-                        set.extend(ids.iter());
-                    }
-                }
-                sets.push(set);
-            }
-            // The most selective `key in (values)` requirement picks the candidates.
-            let best = sets.into_iter().min_by_key(BTreeSet::len);
-            let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
-            let candidates: Box<dyn Iterator<Item = &Envelope>> = match &best {
-                Some(set) => Box::new(
-                    set.iter()
-                        .filter(|id| after.is_none_or(|a| id.as_str() > a))
-                        .filter_map(|id| all.get(id.as_str())),
-                ),
-                None => Box::new(all.range((start, Bound::Unbounded)).map(|(_, e)| e)),
-            };
-            candidates
-                .filter(|e| matches(q, e))
-                .take(limit + 1)
-                .map(|e| e.id.clone())
-                .collect()
-        };
+        let ids = inner.indexes().select(q, limit + 1)?;
         let more = ids.len() > limit;
         let mut page = Page {
             objects: Vec::with_capacity(limit),
@@ -691,13 +572,7 @@ impl Store for SledStore {
     }
 
     fn counts(&self) -> Result<BTreeMap<KindId, u64>, StoreError> {
-        Ok(self
-            .inner
-            .indexes()
-            .objects
-            .iter()
-            .map(|(k, m)| (*k, m.len() as u64))
-            .collect())
+        Ok(self.inner.indexes().counts())
     }
 
     fn changes(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<ChangeEntry>, StoreError> {
