@@ -253,20 +253,11 @@ impl Inventory {
         }
     }
 
-    /// Encodes a resource for storage, and separately for the audit trail (secrets removed).
-    fn stored(&self, kind: ResourceKind, r: &pb::Resource) -> (StoredObject, Option<Vec<u8>>) {
+    /// Encodes a resource for storage. Credentials keep only their sealed secret, which every
+    /// read path (`view`) removes before anything leaves the server.
+    fn stored(&self, kind: ResourceKind, r: &pb::Resource) -> StoredObject {
         let m = resource::meta(r).cloned().unwrap_or_default();
-        let audit = match r.resource.as_ref() {
-            Some(R::Credential(_)) => {
-                let mut c = r.clone();
-                if let Some(R::Credential(x)) = c.resource.as_mut() {
-                    x.secret.clear();
-                }
-                Some(c.encode_to_vec())
-            }
-            _ => None,
-        };
-        let o = StoredObject {
+        StoredObject {
             kind: kind_id(kind),
             id: m.id,
             name: m.name,
@@ -274,8 +265,7 @@ impl Inventory {
             fields: resource::index_fields(r),
             revision: 0,
             body: r.encode_to_vec(),
-        };
-        (o, audit)
+        }
     }
 
     /// Seals a credential's new secret (or keeps the old sealed one when none is given).
@@ -391,7 +381,7 @@ impl Inventory {
         let now = now_unix_nanos();
         let name = resource::name(&r).to_string();
         let r = self.new_object(who, r, now)?;
-        let (obj, audit_after) = self.stored(kind, &r);
+        let obj = self.stored(kind, &r);
         let body = obj.body.clone();
         let m = Mutation {
             kind: kind_id(kind),
@@ -400,8 +390,6 @@ impl Inventory {
             put: Some(obj),
             checks: Self::checks_for(&r),
             change: Self::change_meta(who, verb, ctx, now),
-            audit_before: None,
-            audit_after,
         };
         let rev = self.commit(kind, &name, m).await?;
         self.view(kind, &body, rev)
@@ -492,8 +480,7 @@ impl Inventory {
         }
         let now = now_unix_nanos();
         let new = self.merged(who, &old, r.clone(), now)?;
-        let (obj, audit_after) = self.stored(kind, &new);
-        let audit_before = self.stored(kind, &old).1;
+        let obj = self.stored(kind, &new);
         let body = obj.body.clone();
         let m = Mutation {
             kind: kind_id(kind),
@@ -502,8 +489,6 @@ impl Inventory {
             put: Some(obj),
             checks: Self::checks_for(&new),
             change: Self::change_meta(who, verb, ctx, now),
-            audit_before,
-            audit_after,
         };
         let rev = self.commit(kind, &name, m).await?;
         self.view(kind, &body, rev)
@@ -651,7 +636,7 @@ impl Inventory {
             muster::names::validate_name("name", name)?;
             let mut attempt = 0;
             loop {
-                let Some((old_obj, old)) = self.load(kind, name)? else {
+                let Some((old_obj, _)) = self.load(kind, name)? else {
                     return Err(ApiError::NotFound {
                         kind: kind_name(kind),
                         name: name.to_string(),
@@ -680,8 +665,6 @@ impl Inventory {
                     put: None,
                     checks,
                     change: Self::change_meta(who, "delete", ctx, now_unix_nanos()),
-                    audit_before: self.stored(kind, &old).1,
-                    audit_after: None,
                 };
                 match self.commit(kind, name, m).await {
                     Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => {

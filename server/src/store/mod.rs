@@ -85,9 +85,6 @@ pub struct Mutation {
     pub put: Option<StoredObject>,
     pub checks: Vec<Check>,
     pub change: ChangeMeta,
-    /// Bodies to record in the audit entry (e.g. with secrets removed); the stored ones when None.
-    pub audit_before: Option<Vec<u8>>,
-    pub audit_after: Option<Vec<u8>>,
 }
 
 /// An accepted change, as kept in the event log.
@@ -102,6 +99,8 @@ pub struct ChangeEntry {
     pub meta: ChangeMeta,
     /// Revision of the replaced version, 0 on create.
     pub before_revision: u64,
+    /// Body of the replaced version. Only filled where asked for (`audit`, and the object of a
+    /// delete event); the log stores it once, as the `after` of `before_revision`.
     pub before: Option<Vec<u8>>,
     pub after: Option<Vec<u8>>,
 }

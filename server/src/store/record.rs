@@ -9,24 +9,8 @@ use super::{
     ChangeEntry, ChangeMeta, KindId, Refusal, RefusalKind, StoreError, StoredObject, StoredToken,
 };
 
-#[derive(Serialize, Deserialize)]
-enum ObjectRecord {
-    V1(ObjectV1),
-}
-
-#[derive(Serialize, Deserialize)]
-struct ObjectV1 {
-    id: String,
-    name: String,
-    labels: Vec<(String, String)>,
-    fields: Vec<(String, String)>,
-    revision: u64,
-    #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
-}
-
-/// The index-relevant part of an object, stored apart from the body so that opening the store
-/// reads a few hundred bytes per object instead of the whole object.
+/// An object's current version without its body: the body is the `after` of the change record
+/// at `revision`, so a write stores each body once.
 #[derive(Serialize, Deserialize)]
 enum EnvelopeRecord {
     V1(EnvelopeV1),
@@ -65,8 +49,7 @@ struct ChangeV1 {
     labels: Vec<(String, String)>,
     meta: ChangeMetaV1,
     before_revision: u64,
-    #[serde(with = "serde_bytes")]
-    before: Option<Vec<u8>>,
+    /// The new body; None for a delete. The old body is the `after` of `before_revision`.
     #[serde(with = "serde_bytes")]
     after: Option<Vec<u8>>,
 }
@@ -125,33 +108,6 @@ fn meta_from(m: ChangeMetaV1) -> ChangeMeta {
     }
 }
 
-pub fn encode_object(o: &StoredObject) -> Result<Vec<u8>, StoreError> {
-    encode(
-        "object",
-        &ObjectRecord::V1(ObjectV1 {
-            id: o.id.clone(),
-            name: o.name.clone(),
-            labels: pairs(&o.labels),
-            fields: pairs(&o.fields),
-            revision: o.revision,
-            body: o.body.clone(),
-        }),
-    )
-}
-
-pub fn decode_object(kind: KindId, bytes: &[u8]) -> Result<StoredObject, StoreError> {
-    let ObjectRecord::V1(o) = postcard::from_bytes(bytes).map_err(|e| corrupt("object", e))?;
-    Ok(StoredObject {
-        kind,
-        id: o.id,
-        name: o.name,
-        labels: o.labels.into_iter().collect(),
-        fields: o.fields.into_iter().collect(),
-        revision: o.revision,
-        body: o.body,
-    })
-}
-
 pub fn encode_envelope(o: &StoredObject) -> Result<Vec<u8>, StoreError> {
     encode(
         "envelope",
@@ -165,7 +121,7 @@ pub fn encode_envelope(o: &StoredObject) -> Result<Vec<u8>, StoreError> {
     )
 }
 
-/// An object without its body (the body is left empty).
+/// An object without its body (the body is left empty: it lives in the change record).
 pub fn decode_envelope(kind: KindId, bytes: &[u8]) -> Result<StoredObject, StoreError> {
     let EnvelopeRecord::V1(e) = postcard::from_bytes(bytes).map_err(|e| corrupt("envelope", e))?;
     Ok(StoredObject {
@@ -190,7 +146,6 @@ pub fn encode_change(c: &ChangeEntry) -> Result<Vec<u8>, StoreError> {
             labels: pairs(&c.labels),
             meta: meta_v1(&c.meta),
             before_revision: c.before_revision,
-            before: c.before.clone(),
             after: c.after.clone(),
         }),
     )
@@ -206,7 +161,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeEntry, StoreError> {
         labels: c.labels.into_iter().collect(),
         meta: meta_from(c.meta),
         before_revision: c.before_revision,
-        before: c.before,
+        before: None,
         after: c.after,
     })
 }
@@ -262,7 +217,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn object_round_trip_and_version_tag() {
+    fn envelope_round_trip_and_version_tag() {
         let o = StoredObject {
             kind: 3,
             id: "01J".into(),
@@ -270,11 +225,11 @@ mod tests {
             labels: [("role".to_string(), "web".to_string())].into(),
             fields: [("site".to_string(), "fra1".to_string())].into(),
             revision: 7,
-            body: vec![1, 2, 3],
+            body: Vec::new(),
         };
-        let bytes = encode_object(&o).unwrap();
+        let bytes = encode_envelope(&o).unwrap();
         assert_eq!(bytes[0], 0, "first byte is the record version tag (V1 = 0)");
-        assert_eq!(decode_object(3, &bytes).unwrap(), o);
-        assert!(decode_object(3, &[9, 9]).is_err());
+        assert_eq!(decode_envelope(3, &bytes).unwrap(), o);
+        assert!(decode_envelope(3, &[9, 9]).is_err());
     }
 }

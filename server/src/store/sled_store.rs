@@ -174,7 +174,7 @@ impl SledStore {
             .transpose()?
             .unwrap_or(0);
         let mut indexes = Index::default();
-        for item in tree.scan_prefix([keys::ENVELOPE]) {
+        for item in tree.scan_prefix([keys::OBJECT]) {
             let (k, v) = item?;
             let kind = *k
                 .get(1)
@@ -318,14 +318,36 @@ impl Inner {
         }
     }
 
-    fn read_object(&self, kind: KindId, id: &str) -> Result<Option<StoredObject>, StoreError> {
-        match self.tree.get(keys::object(kind, id))? {
-            Some(v) => Ok(Some(record::decode_object(kind, &v)?)),
+    /// The body written at `revision` (the `after` of that change record).
+    fn body_at(&self, revision: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.tree.get(keys::event(revision))? {
+            Some(v) => Ok(record::decode_change(&v)?.after),
             None => Ok(None),
         }
     }
 
-    /// The current version of an object, seen through the writes staged in this group.
+    fn read_envelope(&self, kind: KindId, id: &str) -> Result<Option<StoredObject>, StoreError> {
+        match self.tree.get(keys::object(kind, id))? {
+            Some(v) => Ok(Some(record::decode_envelope(kind, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// An object with its body.
+    fn read_object(&self, kind: KindId, id: &str) -> Result<Option<StoredObject>, StoreError> {
+        let Some(mut o) = self.read_envelope(kind, id)? else {
+            return Ok(None);
+        };
+        o.body = self.body_at(o.revision)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "no body at revision {} for object {id}",
+                o.revision
+            ))
+        })?;
+        Ok(Some(o))
+    }
+
+    /// The current envelope of an object, seen through the writes staged in this group.
     fn current(
         &self,
         staged: &HashMap<(KindId, String), Option<StoredObject>>,
@@ -337,7 +359,7 @@ impl Inner {
         }
         let id = self.indexes().id_of(kind, name);
         match id {
-            Some(id) => self.read_object(kind, &id),
+            Some(id) => self.read_envelope(kind, &id),
             None => Ok(None),
         }
     }
@@ -401,6 +423,7 @@ impl Inner {
         for c in &m.checks {
             self.check(staged, c)?;
         }
+        let mut body = None;
         let new = m.put.map(|mut new| {
             new.kind = m.kind;
             new.revision = revision;
@@ -408,6 +431,7 @@ impl Inner {
                 new.id = old.id.clone();
                 new.name = old.name.clone();
             }
+            body = Some(std::mem::take(&mut new.body));
             new
         });
         let id = new
@@ -416,14 +440,8 @@ impl Inner {
             .map(|o| o.id.clone())
             .unwrap_or_default();
         match &new {
-            Some(o) => {
-                batch.insert(keys::object(m.kind, &id), record::encode_object(o)?);
-                batch.insert(keys::envelope(m.kind, &id), record::encode_envelope(o)?);
-            }
-            None => {
-                batch.remove(keys::object(m.kind, &id));
-                batch.remove(keys::envelope(m.kind, &id));
-            }
+            Some(o) => batch.insert(keys::object(m.kind, &id), record::encode_envelope(o)?),
+            None => batch.remove(keys::object(m.kind, &id)),
         }
         let change = ChangeEntry {
             revision,
@@ -437,12 +455,8 @@ impl Inner {
                 .unwrap_or_default(),
             meta: m.change,
             before_revision: existing.as_ref().map_or(0, |o| o.revision),
-            before: m
-                .audit_before
-                .or_else(|| existing.as_ref().map(|o| o.body.clone())),
-            after: m
-                .audit_after
-                .or_else(|| new.as_ref().map(|o| o.body.clone())),
+            before: None,
+            after: body,
         };
         batch.insert(keys::history(m.kind, &m.name, revision), &[][..]);
         batch.insert(&keys::event(revision)[..], record::encode_change(&change)?);
@@ -584,7 +598,12 @@ impl Store for SledStore {
         let end = keys::event(upto);
         for item in self.inner.tree.range(start..=end) {
             let (_, v) = item?;
-            out.push(record::decode_change(&v)?);
+            let mut c = record::decode_change(&v)?;
+            // A delete event carries the deleted object, which lives in its last change.
+            if c.after.is_none() && c.before_revision > 0 {
+                c.before = self.inner.body_at(c.before_revision)?;
+            }
+            out.push(c);
             if out.len() >= limit {
                 break;
             }
@@ -637,6 +656,12 @@ impl Store for SledStore {
                         accepted.push(c);
                     }
                 }
+            }
+        }
+        // The audit shows before and after; the log keeps each body once.
+        for c in &mut accepted {
+            if c.before_revision > 0 {
+                c.before = inner.body_at(c.before_revision)?;
             }
         }
         let mut refused = Vec::new();
