@@ -3,8 +3,9 @@
 //! Writes: every writer queues its mutation and takes the writer lock; whoever holds the lock
 //! applies *all* queued mutations as one `apply_batch` (flat combining), assigning consecutive
 //! revisions, then publishes them to the in-memory indexes. sled charges ~40 us per batch plus
-//! ~20 us per 4 KB value and ~7 us per small key, so one batch per group and four keys per
-//! write (object, envelope, event, history) is what makes thousands of writes per second.
+//! ~20 us per 4 KB value and ~7 us per small key, so one batch per group and three keys per
+//! write (envelope, change record holding the body, history) is what makes thousands of
+//! writes per second.
 //!
 //! Durability is a separate step: a single flusher thread runs `db.flush()` and then
 //! `fdatasync` on sled's data file (sled's own flush uses `sync_file_range`, which leaves the
@@ -13,7 +14,8 @@
 //! `flush_async` is never used: with several concurrent callers it deadlocks in 0.34.7.
 //!
 //! Reads: the name, label and field indexes and every object's envelope are in memory
-//! (rebuilt from the `i` records at open); only bodies are read from sled.
+//! (rebuilt from the `o` records at open); a body is read from the change record at the
+//! object's revision.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
