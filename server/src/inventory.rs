@@ -340,11 +340,11 @@ impl Inventory {
     }
 
     async fn commit(&self, kind: ResourceKind, name: &str, m: Mutation) -> Result<u64, ApiError> {
-        // The writer lock and sled's log reservation can block: keep them off the async workers.
-        let store = Arc::clone(&self.store);
-        let rev = tokio::task::spawn_blocking(move || store.commit(m))
+        let rev = self
+            .store
+            .commit(m)
+            .revision()
             .await
-            .map_err(internal)?
             .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
         store::wait_durable(&*self.store, rev)
             .await

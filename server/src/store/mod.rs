@@ -224,8 +224,9 @@ pub struct FlushStats {
 /// event and revision together or nothing) and must advance `durable()` only past revisions
 /// that survive a crash.
 pub trait Store: Send + Sync + 'static {
-    /// Applies one mutation atomically and returns its revision (not yet durable).
-    fn commit(&self, m: Mutation) -> Result<u64, StoreError>;
+    /// Queues one mutation; it is applied atomically (with others queued at the same time) and
+    /// the answer is its revision, not yet durable.
+    fn commit(&self, m: Mutation) -> Pending;
     /// The durable revision, advanced by group commit; `Err` inside means persisting failed.
     fn durable(&self) -> watch::Receiver<Result<u64, String>>;
     /// The newest committed revision.
@@ -250,6 +251,24 @@ pub trait Store: Send + Sync + 'static {
     fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64, StoreError>;
     /// Flush statistics.
     fn flush_stats(&self) -> FlushStats;
+}
+
+/// The answer to a queued mutation.
+#[derive(Debug)]
+pub struct Pending(tokio::sync::oneshot::Receiver<Result<u64, StoreError>>);
+
+impl Pending {
+    /// Wraps the receiving end of a mutation's answer.
+    pub fn new(rx: tokio::sync::oneshot::Receiver<Result<u64, StoreError>>) -> Self {
+        Self(rx)
+    }
+
+    /// The revision the mutation was applied at, or why it was not.
+    pub async fn revision(self) -> Result<u64, StoreError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Io("the store stopped".into())))
+    }
 }
 
 /// Waits until `revision` is durable, or reports why it cannot become so.

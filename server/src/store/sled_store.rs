@@ -1,8 +1,9 @@
 //! The sled implementation of `Store`: group apply, group commit, in-memory indexes.
 //!
-//! Writes: every writer queues its mutation and takes the writer lock; whoever holds the lock
-//! applies *all* queued mutations as one `apply_batch` (flat combining), assigning consecutive
-//! revisions, then publishes them to the in-memory indexes. sled charges ~40 us per batch plus
+//! Writes: writers send their mutation to one committer thread and await their own answer; the
+//! committer takes *everything* queued and applies it as one `apply_batch`, assigning
+//! consecutive revisions, then publishes it to the in-memory indexes. Writers never contend for
+//! a lock and never occupy a thread while they wait. sled charges ~40 us per batch plus
 //! ~20 us per 4 KB value and ~7 us per small key, so one batch per group and three keys per
 //! write (envelope, change record holding the body, history) is what makes thousands of
 //! writes per second.
@@ -21,19 +22,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sled::{Batch, IVec, Tree};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::index::Index;
 use super::keys;
 use super::record;
 use super::{
     AuditEntry, AuditQuery, ChangeEntry, Check, Expect, FlushStats, KindId, ListQuery, Mutation,
-    Page, Refusal, Store, StoreError, StoredObject, StoredToken,
+    Page, Pending, Refusal, Store, StoreError, StoredObject, StoredToken,
 };
 
 /// How many refused attempts the audit trail keeps (oldest dropped first), so that a flood of
@@ -60,26 +61,19 @@ impl Default for StoreOptions {
 }
 
 /// Where a queued writer finds its result.
-#[derive(Default)]
-struct Slot(Mutex<Option<Result<u64, StoreError>>>);
+type Slot = oneshot::Sender<Result<u64, StoreError>>;
 
-impl Slot {
-    fn set(&self, r: Result<u64, StoreError>) {
-        *lock(&self.0) = Some(r);
-    }
-    fn take(&self) -> Option<Result<u64, StoreError>> {
-        lock(&self.0).take()
-    }
-}
+/// Largest group the committer applies as one batch.
+const MAX_GROUP: usize = 1024;
 
 struct Queued {
     mutation: Mutation,
-    slot: Arc<Slot>,
+    slot: Slot,
 }
 
 /// A staged write: what the batch holds for it, and what to publish once it is applied.
 struct Staged {
-    slot: Arc<Slot>,
+    slot: Slot,
     revision: u64,
     publish: Result<StoredObject, (KindId, String)>,
 }
@@ -92,7 +86,7 @@ struct WriterState {
 struct Inner {
     db: sled::Db,
     tree: Tree,
-    queue: Mutex<Vec<Queued>>,
+    /// Held by the committer while it applies a group, and by backups.
     writer: Mutex<WriterState>,
     indexes: RwLock<Index>,
     /// Serialises refusal records (they have their own sequence).
@@ -111,7 +105,10 @@ struct Inner {
 /// The sled-backed store. Dropping it flushes and stops the flusher thread.
 pub struct SledStore {
     inner: Arc<Inner>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Queue to the committer; dropped first on shutdown so the committer drains and stops.
+    submit: Option<mpsc::Sender<Queued>>,
+    committer: Option<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
     path: PathBuf,
 }
 
@@ -195,7 +192,6 @@ impl SledStore {
         let inner = Arc::new(Inner {
             db,
             tree,
-            queue: Mutex::new(Vec::new()),
             writer: Mutex::new(WriterState { revision }),
             indexes: RwLock::new(indexes),
             refusals: Mutex::new(refusal_seq),
@@ -207,14 +203,28 @@ impl SledStore {
             data_file,
             shutdown: AtomicBool::new(false),
         });
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StoreError::Io(format!("cannot start {name} thread: {e}")))
+        };
         let flusher_inner = Arc::clone(&inner);
-        let flusher = std::thread::Builder::new()
-            .name("muster-flusher".into())
-            .spawn(move || flusher_inner.run_flusher())
-            .map_err(|e| StoreError::Io(format!("cannot start flusher thread: {e}")))?;
+        let flusher = spawn(
+            "muster-flusher",
+            Box::new(move || flusher_inner.run_flusher()),
+        )?;
+        let (submit, queue) = mpsc::channel();
+        let committer_inner = Arc::clone(&inner);
+        let committer = spawn(
+            "muster-committer",
+            Box::new(move || committer_inner.run_committer(queue)),
+        )?;
         Ok(Self {
             inner,
-            flusher: Mutex::new(Some(flusher)),
+            submit: Some(submit),
+            committer: Some(committer),
+            flusher: Some(flusher),
             path: dir.to_path_buf(),
         })
     }
@@ -227,9 +237,14 @@ impl SledStore {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
+        // Stop taking writes, let the committer finish what is queued, then flush it all.
+        self.submit.take();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
         self.inner.shutdown.store(true, Ordering::SeqCst);
         self.inner.request_flush();
-        if let Some(h) = lock(&self.flusher).take() {
+        if let Some(h) = self.flusher.take() {
             let _ = h.join();
         }
     }
@@ -476,7 +491,7 @@ impl Inner {
         };
         if let Err(e) = self.tree.apply_batch(batch) {
             for s in staged {
-                s.slot.set(Err(StoreError::Io(e.to_string())));
+                let _ = s.slot.send(Err(StoreError::Io(e.to_string())));
             }
             return;
         }
@@ -496,9 +511,24 @@ impl Inner {
         w.revision = last;
         self.committed.store(last, Ordering::SeqCst);
         for s in staged {
-            s.slot.set(Ok(s.revision));
+            let _ = s.slot.send(Ok(s.revision));
         }
         self.request_flush();
+    }
+
+    /// The committer thread: applies everything queued as one group, until every sender is gone.
+    fn run_committer(&self, rx: mpsc::Receiver<Queued>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(q) => group.push(q),
+                    Err(_) => break,
+                }
+            }
+            let mut w = lock(&self.writer);
+            self.apply_group(&mut w, group);
+        }
     }
 
     /// Applies a group of queued mutations in as few batches as possible (one, unless a
@@ -524,7 +554,9 @@ impl Inner {
                     revision,
                     publish,
                 }),
-                Err(e) => q.slot.set(Err(e)),
+                Err(e) => {
+                    let _ = q.slot.send(Err(e));
+                }
             }
         }
         self.apply_staged(w, batch, staged);
@@ -532,23 +564,13 @@ impl Inner {
 }
 
 impl Store for SledStore {
-    fn commit(&self, m: Mutation) -> Result<u64, StoreError> {
-        let inner = &*self.inner;
-        let slot = Arc::new(Slot::default());
-        lock(&inner.queue).push(Queued {
-            mutation: m,
-            slot: Arc::clone(&slot),
-        });
-        let mut w = lock(&inner.writer);
-        // Whoever held the lock before us may have applied our mutation with theirs.
-        if let Some(r) = slot.take() {
-            return r;
+    fn commit(&self, m: Mutation) -> Pending {
+        let (slot, answer) = oneshot::channel();
+        if let Some(tx) = &self.submit {
+            // A send error means the committer is gone; the dropped slot reports it.
+            let _ = tx.send(Queued { mutation: m, slot });
         }
-        let group = std::mem::take(&mut *lock(&inner.queue));
-        inner.apply_group(&mut w, group);
-        drop(w);
-        slot.take()
-            .unwrap_or_else(|| Err(StoreError::Io("write was not applied".into())))
+        Pending::new(answer)
     }
 
     fn durable(&self) -> watch::Receiver<Result<u64, String>> {
