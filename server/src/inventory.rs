@@ -158,6 +158,16 @@ impl Inventory {
         &self.store
     }
 
+    /// Waits until everything committed so far is durable, so a read never shows state that a
+    /// crash could take back. Costs nothing when no write is in flight.
+    async fn settled(&self) -> Result<u64, ApiError> {
+        let rev = self.store.revision();
+        store::wait_durable(&*self.store, rev)
+            .await
+            .map_err(store_error)?;
+        Ok(rev)
+    }
+
     /// Decodes a stored body into the resource operators see (revision set, secrets removed).
     fn view(
         &self,
@@ -199,17 +209,17 @@ impl Inventory {
         let r = Refusal {
             seq: 0,
             kind: kind_id(kind),
-            name: name.chars().take(256).collect(),
+            name: printable(name, 256),
             meta: ChangeMeta {
                 principal: who.to_string(),
                 verb: verb.to_string(),
-                reason: ctx.reason.chars().take(1024).collect(),
-                ticket: ctx.ticket.chars().take(128).collect(),
-                origin: ctx.origin.chars().take(32).collect(),
+                reason: printable(&ctx.reason, 1024),
+                ticket: printable(&ctx.ticket, 128),
+                origin: printable(&ctx.origin, 32),
                 time_unix_nanos: now_unix_nanos(),
             },
             refusal,
-            message: message.chars().take(1024).collect(),
+            message: printable(message, 1024),
         };
         if let Err(e) = self.store.record_refusal(r) {
             tracing::warn!(error = %e, "could not record a refused attempt");
@@ -225,15 +235,18 @@ impl Inventory {
         ctx: &ChangeContext,
         r: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        if let Err(e) = &r {
-            self.record_refusal(
+        match &r {
+            // Not a refusal: the write may or may not have happened; the log says why.
+            Err(ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::ShuttingDown) => {}
+            Err(e) => self.record_refusal(
                 &who.name,
                 verb,
                 (kind, name),
                 ctx,
                 RefusalKind::Rejected,
                 &e.to_string(),
-            );
+            ),
+            Ok(_) => {}
         }
         r
     }
@@ -544,7 +557,11 @@ impl Inventory {
                     None => {
                         if dry_run {
                             self.check_references(&r)?;
-                            return Ok((ApplyAction::Created, r));
+                            let mut shown = r;
+                            if let Some(R::Credential(c)) = shown.resource.as_mut() {
+                                c.secret.clear();
+                            }
+                            return Ok((ApplyAction::Created, shown));
                         }
                         match self
                             .create_prepared(who, kind, r.clone(), "apply", ctx)
@@ -567,6 +584,10 @@ impl Inventory {
                         let candidate =
                             self.merged(who, &old, incoming.clone(), now_unix_nanos())?;
                         if resource::comparable(&candidate) == resource::comparable(&old) {
+                            // "Unchanged" must not be said of a state a crash could undo.
+                            store::wait_durable(&*self.store, old_obj.revision)
+                                .await
+                                .map_err(store_error)?;
                             return Ok((
                                 ApplyAction::Unchanged,
                                 self.view(kind, &old_obj.body, old_obj.revision)?,
@@ -679,9 +700,10 @@ impl Inventory {
     }
 
     /// One resource by kind and name.
-    pub fn get(&self, kind: i32, name: &str) -> Result<pb::Resource, ApiError> {
+    pub async fn get(&self, kind: i32, name: &str) -> Result<pb::Resource, ApiError> {
         let kind = parse_kind("kind", kind)?;
         muster::names::validate_name("name", name)?;
+        self.settled().await?;
         let o = self
             .store
             .get(kind_id(kind), name)
@@ -694,7 +716,7 @@ impl Inventory {
     }
 
     /// A page of resources; returns them, the next page token, and the revision read at.
-    pub fn list(&self, p: &ListParams) -> Result<(Vec<pb::Resource>, String, u64), ApiError> {
+    pub async fn list(&self, p: &ListParams) -> Result<(Vec<pb::Resource>, String, u64), ApiError> {
         let kind = parse_kind("kind", p.kind)?;
         let labels = Selector::parse(&p.selector)
             .map_err(|e| ApiError::invalid("selector", e.to_string()))?;
@@ -731,7 +753,9 @@ impl Inventory {
             }
             Some(id.to_string())
         };
-        let revision = self.store.revision();
+        // Read before the scan: a watch from here may repeat a change the list already shows,
+        // but never misses one.
+        let revision = self.settled().await?;
         let q = ListQuery {
             kind: kind_id(kind),
             labels,
@@ -743,8 +767,8 @@ impl Inventory {
             .store
             .list(&q)
             .map_err(|e| ApiError::from_store(kind_name(kind), "", e))?;
-        let next = match (page.more, page.objects.last()) {
-            (true, Some(last)) => URL_SAFE_NO_PAD.encode(format!("l1:{}", last.id)),
+        let next = match (page.more, &page.last_id) {
+            (true, Some(last)) => URL_SAFE_NO_PAD.encode(format!("l1:{last}")),
             _ => String::new(),
         };
         let items = page
@@ -796,10 +820,9 @@ impl Inventory {
             Ok(d) => *d,
             Err(e) => return Err(ApiError::Unavailable(e.clone())),
         };
-        if since > self.store.revision() {
+        if since > current {
             return Err(ApiError::OutOfRange(format!(
-                "since_revision {since} is ahead of the store (revision {})",
-                self.store.revision()
+                "since_revision {since} is ahead of the store (revision {current})"
             )));
         }
         let mut last = if since == 0 { current } else { since };
@@ -963,6 +986,15 @@ impl Inventory {
             seq: 0,
         })
     }
+}
+
+/// Input from a refused request, made safe to store and print: at most `max` characters,
+/// control characters (terminal escapes) replaced.
+fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn refusal_to_audit(r: &Refusal) -> pb::Change {

@@ -1,5 +1,6 @@
 //! AdminService handlers: online backup and WhoAmI.
 
+use std::io::Write;
 use std::pin::Pin;
 
 use futures::Stream;
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use super::status::to_status;
 use crate::inventory::store_error;
-use crate::model::Permission;
+use crate::model::{ApiError, Permission};
 
 /// Size of the chunks a backup is streamed in.
 const CHUNK: usize = 1024 * 1024;
@@ -46,6 +47,20 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
+/// Writes a consistent snapshot of the store to a new file at `path`.
+fn snapshot_to(store: &dyn crate::store::Store, path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    store.backup(&mut w).map_err(|e| e.to_string())?;
+    w.flush().map_err(|e| e.to_string())
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
@@ -64,14 +79,27 @@ impl AdminService for AdminApi {
         let (tx, rx) = mpsc::channel(4);
         let store = std::sync::Arc::clone(self.0.inventory.store());
         tokio::task::spawn_blocking(move || {
-            let mut w = ChunkWriter {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(CHUNK),
-            };
-            match store.backup(&mut w) {
-                Ok(n) => tracing::info!(records = n, "backup streamed"),
+            // Snapshot to a local file first: the store's writer is held only for as long as the
+            // local disk takes, never for as long as a slow client takes to read.
+            let path =
+                std::env::temp_dir().join(format!("muster-backup-{}.tmp", ulid::Ulid::new()));
+            let result = snapshot_to(&*store, &path).and_then(|_| {
+                let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                let mut w = ChunkWriter {
+                    tx: tx.clone(),
+                    buf: Vec::with_capacity(CHUNK),
+                };
+                std::io::copy(&mut file, &mut w).map_err(|e| e.to_string())?;
+                w.flush().map_err(|e| e.to_string())
+            });
+            let _ = std::fs::remove_file(&path);
+            match result {
+                Ok(()) => tracing::info!("backup streamed"),
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(to_status(store_error(e))));
+                    tracing::error!(error = %e, "backup failed");
+                    let _ = tx.blocking_send(Err(Status::unavailable(
+                        "backup failed; see the server log",
+                    )));
                 }
             }
         });
@@ -92,7 +120,8 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::WhoAmIResponse {
             principal: who.name,
             role: who.role.to_string(),
-            revision: self.0.inventory.store().revision(),
+            revision: crate::store::durable_revision(&**self.0.inventory.store())
+                .map_err(|e| to_status(store_error(e)))?,
         }))
     }
 }

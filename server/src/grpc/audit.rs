@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use super::status::to_status;
 use crate::inventory::AuditParams;
-use crate::model::{Permission, timestamp_nanos};
+use crate::model::{ApiError, Permission, timestamp_nanos};
 
 /// gRPC face of the audit trail.
 #[derive(Debug, Clone)]
@@ -37,7 +37,12 @@ impl AuditService for AuditApi {
             page_size: r.page_size,
             page_token: r.page_token,
         };
-        let (changes, next_page_token) = self.0.inventory.audit(&p).map_err(to_status)?;
+        // A filtered audit query may read much of the log: keep it off the async workers.
+        let inventory = std::sync::Arc::clone(&self.0.inventory);
+        let (changes, next_page_token) = tokio::task::spawn_blocking(move || inventory.audit(&p))
+            .await
+            .map_err(|e| to_status(ApiError::Internal(format!("audit task failed: {e}"))))?
+            .map_err(to_status)?;
         Ok(Response::new(pb::ListChangesResponse {
             changes,
             next_page_token,

@@ -80,6 +80,7 @@ impl InventoryService for InventoryApi {
         self.0
             .inventory
             .get(r.kind, &r.name)
+            .await
             .map(Response::new)
             .map_err(to_status)
     }
@@ -99,7 +100,7 @@ impl InventoryService for InventoryApi {
             page_token: r.page_token,
         };
         let (resources, next_page_token, revision) =
-            self.0.inventory.list(&p).map_err(to_status)?;
+            self.0.inventory.list(&p).await.map_err(to_status)?;
         Ok(Response::new(pb::ListResponse {
             resources,
             next_page_token,

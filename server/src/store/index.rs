@@ -2,7 +2,7 @@
 //! (name, revision, labels, indexed fields) for filtering without reading bodies.
 //!
 //! Compact on purpose, because a fleet is large and repetitive: label and field strings are
-//! interned (`role=web` is stored once, not per device), ids are ULIDs held as `u128`, and an
+//! interned and reference-counted (`role=web` is stored once, not per device), ids are ULIDs held as `u128`, and an
 //! object's labels and fields are short slices of interned pairs. About 400 bytes per object.
 //! Built from the envelope records when the store opens; changed only by the writer, after a
 //! batch is applied, so it never shows a write that is not in sled.
@@ -18,23 +18,52 @@ use super::{KindId, ListQuery, StoreError, StoredObject};
 /// An interned string.
 type Sym = u32;
 
-/// Interned strings, never freed (the set of label keys and values in a fleet is small).
+/// Interned strings, reference-counted: a value used by one object (a serial) is freed with it.
 #[derive(Default)]
 struct Interner {
     ids: HashMap<Arc<str>, Sym>,
-    strings: Vec<Arc<str>>,
+    /// The string and its reference count, per symbol; None for a free slot.
+    strings: Vec<Option<(Arc<str>, u32)>>,
+    free: Vec<Sym>,
 }
 
 impl Interner {
-    fn intern(&mut self, s: &str) -> Sym {
+    /// The symbol for `s`, taking one reference.
+    fn acquire(&mut self, s: &str) -> Sym {
         if let Some(id) = self.ids.get(s) {
+            if let Some(Some((_, refs))) = self.strings.get_mut(*id as usize) {
+                *refs += 1;
+            }
             return *id;
         }
-        let id = Sym::try_from(self.strings.len()).unwrap_or(Sym::MAX);
         let s: Arc<str> = Arc::from(s);
-        self.strings.push(Arc::clone(&s));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.strings[id as usize] = Some((Arc::clone(&s), 1));
+                id
+            }
+            None => {
+                self.strings.push(Some((Arc::clone(&s), 1)));
+                Sym::try_from(self.strings.len() - 1).unwrap_or(Sym::MAX)
+            }
+        };
         self.ids.insert(s, id);
         id
+    }
+
+    /// Drops one reference; the string is freed with its last one.
+    fn release(&mut self, id: Sym) {
+        let Some(slot) = self.strings.get_mut(id as usize) else {
+            return;
+        };
+        if let Some((s, refs)) = slot {
+            *refs -= 1;
+            if *refs == 0 {
+                self.ids.remove(s);
+                *slot = None;
+                self.free.push(id);
+            }
+        }
     }
 
     fn lookup(&self, s: &str) -> Option<Sym> {
@@ -42,7 +71,10 @@ impl Interner {
     }
 
     fn get(&self, id: Sym) -> &str {
-        self.strings.get(id as usize).map_or("", |s| s)
+        match self.strings.get(id as usize) {
+            Some(Some((s, _))) => s,
+            _ => "",
+        }
     }
 }
 
@@ -90,7 +122,7 @@ impl Index {
         let mut intern = |pairs: &BTreeMap<String, String>| -> Box<[(Sym, Sym)]> {
             pairs
                 .iter()
-                .map(|(k, v)| (self.strings.intern(k), self.strings.intern(v)))
+                .map(|(k, v)| (self.strings.acquire(k), self.strings.acquire(v)))
                 .collect()
         };
         let labels = intern(&o.labels);
@@ -137,6 +169,8 @@ impl Index {
                         self.postings.remove(&key);
                     }
                 }
+                self.strings.release(*k);
+                self.strings.release(*v);
             }
         }
         if let Some(n) = self.counts.get_mut(&kind) {
@@ -316,5 +350,34 @@ mod tests {
         assert_eq!(idx.referrers(3, "site", "fra1").0, 3);
         assert_eq!(idx.referrers(3, "site", "ams1").0, 0);
         assert!(parse_id("not-a-ulid").is_err());
+    }
+
+    #[test]
+    fn interned_strings_are_freed_with_their_last_user() {
+        let mut idx = Index::default();
+        idx.insert(&obj(1, "d1", "unique-role")).unwrap();
+        assert!(idx.strings.lookup("unique-role").is_some());
+        idx.insert(&obj(1, "d1", "web")).unwrap();
+        assert!(
+            idx.strings.lookup("unique-role").is_none(),
+            "replaced value not freed"
+        );
+        idx.remove(3, &id_string(1));
+        assert!(idx.strings.lookup("web").is_none() && idx.strings.lookup("site").is_none());
+        idx.insert(&obj(2, "d2", "db")).unwrap();
+        assert_eq!(
+            idx.select(
+                &ListQuery {
+                    kind: 3,
+                    labels: Selector::parse("role=db").unwrap(),
+                    fields: Selector::default(),
+                    after_id: None,
+                    limit: 5
+                },
+                5
+            )
+            .unwrap(),
+            [id_string(2)]
+        );
     }
 }

@@ -149,8 +149,11 @@ pub struct ListQuery {
 #[derive(Debug, Clone, Default)]
 pub struct Page {
     pub objects: Vec<StoredObject>,
-    /// Whether more objects match after the last one.
+    /// Whether more objects match after this page.
     pub more: bool,
+    /// The id this page ended at in the index (resume after it), even when the object itself
+    /// changed or vanished between the index read and the body read.
+    pub last_id: Option<String>,
 }
 
 /// Filters for the audit trail.
@@ -269,6 +272,11 @@ impl Pending {
             .await
             .unwrap_or_else(|_| Err(StoreError::Io("the store stopped".into())))
     }
+}
+
+/// The newest durable revision, or why nothing more can become durable.
+pub fn durable_revision(store: &dyn Store) -> Result<u64, StoreError> {
+    store.durable().borrow().clone().map_err(StoreError::Io)
 }
 
 /// Waits until `revision` is durable, or reports why it cannot become so.

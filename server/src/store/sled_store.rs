@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sled::{Batch, IVec, Tree};
 use tokio::sync::{oneshot, watch};
@@ -99,7 +99,14 @@ struct Inner {
     durable: watch::Sender<Result<u64, String>>,
     stats: Mutex<FlushStats>,
     data_file: Option<File>,
+    /// sled's directory of out-of-line values (log messages over a quarter segment), which
+    /// sled writes without fsync; and the blob files already synced.
+    blobs_dir: PathBuf,
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
     shutdown: AtomicBool,
+    /// Set when a flush or a batch failed: sled may hold a partial batch, and pages the kernel
+    /// failed to write may be gone, so nothing is acknowledged again until a restart.
+    poisoned: AtomicBool,
 }
 
 /// The sled-backed store. Dropping it flushes and stops the flusher thread.
@@ -201,7 +208,10 @@ impl SledStore {
             durable,
             stats: Mutex::new(FlushStats::default()),
             data_file,
+            blobs_dir: dir.join("blobs"),
+            synced_blobs: Mutex::new(std::collections::HashSet::new()),
             shutdown: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
         });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -280,6 +290,16 @@ impl Inner {
         self.indexes.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stops acknowledging anything until a restart (see `poisoned`).
+    fn poison(&self, why: &str) {
+        if !self.poisoned.swap(true, Ordering::SeqCst) {
+            tracing::error!(error = %why, "the store failed to persist; refusing writes until restart");
+        }
+        let _ = self.durable.send_replace(Err(format!(
+            "store failed earlier ({why}); restart musterd"
+        )));
+    }
+
     fn request_flush(&self) {
         let mut g = lock(&self.flush_generation);
         *g += 1;
@@ -287,11 +307,50 @@ impl Inner {
     }
 
     fn flush_once(&self) -> Result<(), String> {
+        // Blobs first, so that a log entry made durable by the flush points at a durable blob
+        // (a blob written during the flush is synced by the second pass, before any ack).
+        self.sync_blobs()?;
         self.db.flush().map_err(|e| format!("flush failed: {e}"))?;
         if let Some(f) = &self.data_file {
             f.sync_data()
                 .map_err(|e| format!("fdatasync failed: {e}"))?;
+            self.sync_blobs()?;
         }
+        Ok(())
+    }
+
+    /// fsyncs blob files not synced yet, and the blob directory when it gained any.
+    fn sync_blobs(&self) -> Result<(), String> {
+        if self.data_file.is_none() {
+            return Ok(());
+        }
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("listing blobs: {e}")),
+        };
+        let mut synced = lock(&self.synced_blobs);
+        let mut present = std::collections::HashSet::new();
+        let mut new = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("listing blobs: {e}"))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                // A blob removed by sled in the meantime needs no syncing.
+                if let Ok(f) = File::open(entry.path()) {
+                    f.sync_data()
+                        .map_err(|e| format!("fdatasync of a blob failed: {e}"))?;
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            File::open(&self.blobs_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("fsync of the blob directory failed: {e}"))?;
+        }
+        *synced = present;
         Ok(())
     }
 
@@ -318,15 +377,11 @@ impl Inner {
                 s.last = took;
             }
             match result {
-                Ok(()) => {
+                Ok(()) if !self.poisoned.load(Ordering::SeqCst) => {
                     let _ = self.durable.send_replace(Ok(target));
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "store flush failed; writes are not acknowledged");
-                    let _ = self.durable.send_replace(Err(e));
-                    // Do not spin on a failing disk.
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                Ok(()) => {}
+                Err(e) => self.poison(&e),
             }
             flushed_generation = generation;
             if stopping && *lock(&self.flush_generation) == flushed_generation {
@@ -490,6 +545,8 @@ impl Inner {
             return;
         };
         if let Err(e) = self.tree.apply_batch(batch) {
+            // sled may have applied part of the batch; the revision cannot safely move on.
+            self.poison(&e.to_string());
             for s in staged {
                 let _ = s.slot.send(Err(StoreError::Io(e.to_string())));
             }
@@ -534,6 +591,14 @@ impl Inner {
     /// Applies a group of queued mutations in as few batches as possible (one, unless a
     /// delete needs the referrer index to be current).
     fn apply_group(&self, w: &mut WriterState, group: Vec<Queued>) {
+        if self.poisoned.load(Ordering::SeqCst) {
+            for q in group {
+                let _ = q.slot.send(Err(StoreError::Io(
+                    "the store failed earlier; restart musterd".into(),
+                )));
+            }
+            return;
+        }
         let mut batch = Batch::default();
         let mut staged = Vec::new();
         let mut overlay = HashMap::new();
@@ -597,6 +662,7 @@ impl Store for SledStore {
         let mut page = Page {
             objects: Vec::with_capacity(limit),
             more,
+            last_id: ids.get(limit.min(ids.len()).saturating_sub(1)).cloned(),
         };
         for id in ids.iter().take(limit) {
             // A concurrent write may have changed or removed it since the index was read.
