@@ -96,10 +96,8 @@ impl AdminService for AdminApi {
             match result {
                 Ok(()) => tracing::info!("backup streamed"),
                 Err(e) => {
-                    tracing::error!(error = %e, "backup failed");
-                    let _ = tx.blocking_send(Err(Status::unavailable(
-                        "backup failed; see the server log",
-                    )));
+                    let status = to_status(ApiError::Unavailable(format!("backup failed: {e}")));
+                    let _ = tx.blocking_send(Err(status));
                 }
             }
         });
