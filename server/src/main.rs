@@ -10,6 +10,11 @@ use muster_server::config::{Config, LogFormat, TlsConfig};
 use muster_server::store::{SledStore, Store, StoreOptions};
 use muster_server::{Listeners, Server};
 
+/// mimalloc instead of glibc malloc: with many threads, glibc's per-thread arenas kept
+/// ~100 MiB more resident after a 100k-object scan (measured with the foundation benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The muster fleet inventory and configuration server.
 #[derive(Debug, Parser)]
 #[command(name = "musterd", version, about)]
