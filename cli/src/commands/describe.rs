@@ -25,17 +25,7 @@ const KEY_WIDTH: usize = 22;
 
 /// Fetches the resource and its recent changes, then prints them.
 pub async fn run(clients: &Clients, args: DescribeArgs) -> Result<()> {
-    let resource = clients
-        .unary(
-            clients
-                .inventory
-                .clone()
-                .get(clients.request(pb::GetRequest {
-                    kind: args.kind.to_pb() as i32,
-                    name: args.name.clone(),
-                })),
-        )
-        .await?;
+    let resource = super::fetch(clients, args.kind, &args.name).await?;
     let changes = recent_changes(clients, args.kind, &args.name).await;
     let mut text = describe(&resource, SystemTime::now());
     match changes {

@@ -22,17 +22,7 @@ pub async fn run(clients: &Clients, args: GetArgs) -> Result<()> {
         if !selector.is_empty() || !field_selector.is_empty() {
             bail!("a name cannot be combined with --selector or --field-selector");
         }
-        let resource = clients
-            .unary(
-                clients
-                    .inventory
-                    .clone()
-                    .get(clients.request(pb::GetRequest {
-                        kind: args.kind.to_pb() as i32,
-                        name: name.clone(),
-                    })),
-            )
-            .await?;
+        let resource = super::fetch(clients, args.kind, name).await?;
         return print_one(args.kind, &resource, args.output);
     }
     let mut resources = list(clients, args.kind, &selector, &field_selector, args.limit).await?;

@@ -17,6 +17,19 @@ mod get;
 mod watch;
 mod whoami;
 
+/// Fetches one resource by kind and name (get and describe).
+async fn fetch(
+    clients: &Clients,
+    kind: crate::kinds::Kind,
+    name: &str,
+) -> Result<muster::pb::Resource> {
+    let request = clients.request(muster::pb::GetRequest {
+        kind: kind.to_pb() as i32,
+        name: name.to_string(),
+    });
+    clients.unary(clients.inventory.clone().get(request)).await
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
     match &cli.command {
