@@ -168,6 +168,17 @@ impl Inventory {
         Ok(rev)
     }
 
+    /// The resource operators see, from one in hand: revision set, secrets removed.
+    fn shown(mut r: pb::Resource, revision: u64) -> pb::Resource {
+        if let Some(m) = resource::meta_mut(&mut r) {
+            m.revision = revision;
+        }
+        if let Some(R::Credential(c)) = r.resource.as_mut() {
+            c.secret.clear();
+        }
+        r
+    }
+
     /// Decodes a stored body into the resource operators see (revision set, secrets removed).
     fn view(
         &self,
@@ -395,7 +406,6 @@ impl Inventory {
         let name = resource::name(&r).to_string();
         let r = self.new_object(who, r, now)?;
         let obj = self.stored(kind, &r);
-        let body = obj.body.clone();
         let m = Mutation {
             kind: kind_id(kind),
             name: name.clone(),
@@ -405,7 +415,7 @@ impl Inventory {
             change: Self::change_meta(who, verb, ctx, now),
         };
         let rev = self.commit(kind, &name, m).await?;
-        self.view(kind, &body, rev)
+        Ok(Self::shown(r, rev))
     }
 
     /// Creates a resource; ALREADY_EXISTS if the name is taken.
@@ -494,7 +504,6 @@ impl Inventory {
         let now = now_unix_nanos();
         let new = self.merged(who, &old, r.clone(), now)?;
         let obj = self.stored(kind, &new);
-        let body = obj.body.clone();
         let m = Mutation {
             kind: kind_id(kind),
             name: name.clone(),
@@ -504,7 +513,7 @@ impl Inventory {
             change: Self::change_meta(who, verb, ctx, now),
         };
         let rev = self.commit(kind, &name, m).await?;
-        self.view(kind, &body, rev)
+        Ok(Self::shown(new, rev))
     }
 
     /// Replaces the operator-owned fields of an existing resource.

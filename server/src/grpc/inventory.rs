@@ -31,8 +31,15 @@ fn required(r: Option<pb::Resource>) -> Result<pb::Resource, Status> {
     r.ok_or_else(|| Status::invalid_argument("resource: is required"))
 }
 
-fn write_permission(r: &pb::Resource) -> Permission {
-    if kind_of(r) == Some(ResourceKind::Credential) {
+/// Kind and name of an optional resource, for authorization and the audit of a refusal.
+fn target(r: Option<&pb::Resource>) -> (ResourceKind, String) {
+    r.map_or((ResourceKind::Unspecified, String::new()), |r| {
+        (kind_of(r).unwrap_or_default(), name(r).to_string())
+    })
+}
+
+fn write_permission(kind: ResourceKind) -> Permission {
+    if kind == ResourceKind::Credential {
         Permission::WriteSecrets
     } else {
         Permission::Write
@@ -51,14 +58,10 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::CreateRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
-        let r = req.get_ref().resource.clone().unwrap_or_default();
-        let who = self.0.authorize(
-            &req,
-            write_permission(&r),
-            "create",
-            kind_of(&r).unwrap_or_default(),
-            name(&r),
-        )?;
+        let (kind, name) = target(req.get_ref().resource.as_ref());
+        let who = self
+            .0
+            .authorize(&req, write_permission(kind), "create", kind, &name)?;
         let body = req.into_inner();
         let out = self
             .0
@@ -112,14 +115,10 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
-        let r = req.get_ref().resource.clone().unwrap_or_default();
-        let who = self.0.authorize(
-            &req,
-            write_permission(&r),
-            "update",
-            kind_of(&r).unwrap_or_default(),
-            name(&r),
-        )?;
+        let (kind, name) = target(req.get_ref().resource.as_ref());
+        let who = self
+            .0
+            .authorize(&req, write_permission(kind), "update", kind, &name)?;
         let body = req.into_inner();
         let out = self
             .0
@@ -139,11 +138,7 @@ impl InventoryService for InventoryApi {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let k = kind(req.get_ref().kind);
-        let perm = if k == ResourceKind::Credential {
-            Permission::WriteSecrets
-        } else {
-            Permission::Write
-        };
+        let perm = write_permission(k);
         let who = self
             .0
             .authorize(&req, perm, "delete", k, &req.get_ref().name)?;
@@ -167,14 +162,10 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let r = req.get_ref().resource.clone().unwrap_or_default();
-        let who = self.0.authorize(
-            &req,
-            write_permission(&r),
-            "apply",
-            kind_of(&r).unwrap_or_default(),
-            name(&r),
-        )?;
+        let (kind, name) = target(req.get_ref().resource.as_ref());
+        let who = self
+            .0
+            .authorize(&req, write_permission(kind), "apply", kind, &name)?;
         let body = req.into_inner();
         let (action, resource) = self
             .0
