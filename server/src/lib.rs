@@ -164,6 +164,8 @@ impl Server {
             .max_decoding_message_size(backstop);
 
         let mut builder = tonic::transport::Server::builder()
+            // One span per request, so everything logged while serving it names the RPC.
+            .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .concurrency_limit_per_connection(1024);
         if let Some(tls) = &self.config.tls {
