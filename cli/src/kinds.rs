@@ -141,31 +141,10 @@ impl FromStr for Kind {
     }
 }
 
-/// The name in a resource's metadata ("" when it has none).
-pub fn resource_name(resource: &pb::Resource) -> &str {
-    resource_meta(resource)
-        .map(|m| m.name.as_str())
-        .unwrap_or("")
-}
-
-/// The metadata of any resource.
-pub fn resource_meta(resource: &pb::Resource) -> Option<&pb::ObjectMeta> {
-    use pb::resource::Resource as R;
-    match resource.resource.as_ref()? {
-        R::Site(r) => r.meta.as_ref(),
-        R::Rack(r) => r.meta.as_ref(),
-        R::Device(r) => r.meta.as_ref(),
-        R::Profile(r) => r.meta.as_ref(),
-        R::Window(r) => r.meta.as_ref(),
-        R::Credential(r) => r.meta.as_ref(),
-        R::Campaign(r) => r.meta.as_ref(),
-    }
-}
-
 /// `device/web-01`, the way kubectl names objects.
 pub fn qualified_name(resource: &pb::Resource) -> String {
     let kind = Kind::of(resource).map(Kind::singular).unwrap_or("unknown");
-    format!("{kind}/{}", resource_name(resource))
+    format!("{kind}/{}", resource.name())
 }
 
 #[cfg(test)]

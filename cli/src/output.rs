@@ -185,7 +185,7 @@ pub fn resource_table(
         let Some(body) = resource.resource.as_ref() else {
             continue;
         };
-        let meta = crate::kinds::resource_meta(resource);
+        let meta = resource.meta();
         let default_meta = pb::ObjectMeta::default();
         let meta = meta.unwrap_or(&default_meta);
         let created = age(meta.created_at.as_ref(), now);

@@ -170,7 +170,7 @@ impl Inventory {
 
     /// The resource operators see, from one in hand: revision set, secrets removed.
     fn shown(mut r: pb::Resource, revision: u64) -> pb::Resource {
-        if let Some(m) = resource::meta_mut(&mut r) {
+        if let Some(m) = r.meta_mut() {
             m.revision = revision;
         }
         if let Some(R::Credential(c)) = r.resource.as_mut() {
@@ -193,7 +193,7 @@ impl Inventory {
                 kind_name(kind)
             )));
         }
-        if let Some(m) = resource::meta_mut(&mut r) {
+        if let Some(m) = r.meta_mut() {
             m.revision = revision;
         }
         if let Some(R::Credential(c)) = r.resource.as_mut() {
@@ -280,7 +280,7 @@ impl Inventory {
     /// Encodes a resource for storage. Credentials keep only their sealed secret, which every
     /// read path (`view`) removes before anything leaves the server.
     fn stored(&self, kind: ResourceKind, r: &pb::Resource) -> StoredObject {
-        let m = resource::meta(r).cloned().unwrap_or_default();
+        let m = r.meta().cloned().unwrap_or_default();
         StoredObject {
             kind: kind_id(kind),
             id: m.id,
@@ -383,7 +383,7 @@ impl Inventory {
         now: i64,
     ) -> Result<pb::Resource, ApiError> {
         self.seal_secret(&mut r, None)?;
-        if let Some(m) = resource::meta_mut(&mut r) {
+        if let Some(m) = r.meta_mut() {
             m.id = ulid::Ulid::new().to_string();
             m.revision = 0;
             m.created_at = Some(timestamp(now));
@@ -403,7 +403,7 @@ impl Inventory {
         ctx: &ChangeContext,
     ) -> Result<pb::Resource, ApiError> {
         let now = now_unix_nanos();
-        let name = resource::name(&r).to_string();
+        let name = r.name().to_string();
         let r = self.new_object(who, r, now)?;
         let obj = self.stored(kind, &r);
         let m = Mutation {
@@ -426,7 +426,7 @@ impl Inventory {
         ctx: &ChangeContext,
     ) -> Result<pb::Resource, ApiError> {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
-        let name = resource::name(&r).to_string();
+        let name = r.name().to_string();
         let result = async {
             ctx.validate()?;
             let kind = Self::prepare(&mut r)?;
@@ -470,7 +470,7 @@ impl Inventory {
     ) -> Result<pb::Resource, ApiError> {
         resource::carry_server_owned(old, &mut new);
         self.seal_secret(&mut new, Some(old))?;
-        if let Some(m) = resource::meta_mut(&mut new) {
+        if let Some(m) = new.meta_mut() {
             m.updated_at = Some(timestamp(now));
             m.updated_by = who.name.clone();
         }
@@ -486,7 +486,7 @@ impl Inventory {
         verb: &str,
         ctx: &ChangeContext,
     ) -> Result<pb::Resource, ApiError> {
-        let name = resource::name(r).to_string();
+        let name = r.name().to_string();
         let Some((old_obj, old)) = self.load(kind, &name)? else {
             return Err(ApiError::NotFound {
                 kind: kind_name(kind),
@@ -525,7 +525,7 @@ impl Inventory {
         ctx: &ChangeContext,
     ) -> Result<pb::Resource, ApiError> {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
-        let name = resource::name(&r).to_string();
+        let name = r.name().to_string();
         let result = async {
             ctx.validate()?;
             let kind = Self::prepare(&mut r)?;
@@ -556,7 +556,7 @@ impl Inventory {
         dry_run: bool,
     ) -> Result<(ApplyAction, pb::Resource), ApiError> {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
-        let name = resource::name(&r).to_string();
+        let name = r.name().to_string();
         let result = async {
             ctx.validate()?;
             let kind = Self::prepare(&mut r)?;
@@ -642,7 +642,7 @@ impl Inventory {
                 return Err(ApiError::FailedPrecondition(format!(
                     "{} {:?} refers to {} {n:?}, which does not exist",
                     kind_name(resource::kind_of(r).unwrap_or_default()),
-                    resource::name(r),
+                    r.name(),
                     kind_name(k)
                 )));
             }

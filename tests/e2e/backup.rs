@@ -8,6 +8,16 @@ use muster_tests::fixtures::{device, rack, site};
 use muster_tests::{Options, TestServer, bin, snapshot};
 use tokio_stream::StreamExt;
 
+fn offline_backup(data_dir: &std::path::Path, to: &std::path::Path) -> std::process::Output {
+    Command::new(bin("musterd"))
+        .args(["backup", "--to"])
+        .arg(to)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
 fn restore(from: &std::path::Path, into: &std::path::Path) -> std::process::Output {
     Command::new(bin("musterd"))
         .args(["restore", "--from"])
@@ -67,13 +77,7 @@ async fn online_and_offline_backups_restore_the_same_store() {
 
     // Offline: refused while the server holds the store, works once it stopped.
     let offline = s.dir.path().join("offline.backup");
-    let busy = Command::new(bin("musterd"))
-        .args(["backup", "--to"])
-        .arg(&offline)
-        .arg("--data-dir")
-        .arg(&s.data_dir)
-        .output()
-        .unwrap();
+    let busy = offline_backup(&s.data_dir, &offline);
     assert!(
         !busy.status.success(),
         "backup of a data dir in use must fail"
@@ -82,13 +86,7 @@ async fn online_and_offline_backups_restore_the_same_store() {
     let _ = std::fs::remove_file(&offline);
     drop((c, admin));
     s.stop().unwrap();
-    let out = Command::new(bin("musterd"))
-        .args(["backup", "--to"])
-        .arg(&offline)
-        .arg("--data-dir")
-        .arg(&s.data_dir)
-        .output()
-        .unwrap();
+    let out = offline_backup(&s.data_dir, &offline);
     assert!(
         out.status.success(),
         "{}",

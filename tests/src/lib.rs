@@ -364,34 +364,14 @@ pub mod fixtures {
         }
     }
 
-    /// The name of a resource.
+    /// The name of a resource (for `.map(name_of)`).
     pub fn name_of(r: &pb::Resource) -> String {
-        match r.resource.as_ref() {
-            Some(R::Site(x)) => x.meta.as_ref().map(|m| m.name.clone()),
-            Some(R::Rack(x)) => x.meta.as_ref().map(|m| m.name.clone()),
-            Some(R::Device(x)) => x.meta.as_ref().map(|m| m.name.clone()),
-            Some(R::Profile(x)) => x.meta.as_ref().map(|m| m.name.clone()),
-            Some(R::Window(x)) => x.meta.as_ref().map(|m| m.name.clone()),
-            Some(R::Credential(x)) => x.meta.as_ref().map(|m| m.name.clone()),
-            Some(R::Campaign(x)) => x.meta.as_ref().map(|m| m.name.clone()),
-            None => None,
-        }
-        .unwrap_or_default()
+        r.name().to_string()
     }
 
     /// The revision of a resource.
     pub fn revision_of(r: &pb::Resource) -> u64 {
-        match r.resource.as_ref() {
-            Some(R::Site(x)) => x.meta.as_ref().map(|m| m.revision),
-            Some(R::Rack(x)) => x.meta.as_ref().map(|m| m.revision),
-            Some(R::Device(x)) => x.meta.as_ref().map(|m| m.revision),
-            Some(R::Profile(x)) => x.meta.as_ref().map(|m| m.revision),
-            Some(R::Window(x)) => x.meta.as_ref().map(|m| m.revision),
-            Some(R::Credential(x)) => x.meta.as_ref().map(|m| m.revision),
-            Some(R::Campaign(x)) => x.meta.as_ref().map(|m| m.revision),
-            None => None,
-        }
-        .unwrap_or_default()
+        r.meta().map_or(0, |m| m.revision)
     }
 }
 

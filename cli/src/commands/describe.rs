@@ -168,9 +168,7 @@ pub fn describe(resource: &pb::Resource, now: SystemTime) -> String {
         text: String::new(),
     };
     let kind = Kind::of(resource);
-    let meta = crate::kinds::resource_meta(resource)
-        .cloned()
-        .unwrap_or_default();
+    let meta = resource.meta().cloned().unwrap_or_default();
     d.kv(0, "Name", &meta.name);
     d.kv(0, "Kind", kind.map(Kind::manifest_name).unwrap_or(""));
     d.kv(0, "ID", &meta.id);

@@ -7,7 +7,7 @@ use muster::pb;
 
 use crate::args::GetArgs;
 use crate::client::Clients;
-use crate::kinds::{Kind, qualified_name, resource_name};
+use crate::kinds::{Kind, qualified_name};
 use crate::manifest;
 use crate::output::{self, Format};
 
@@ -27,7 +27,7 @@ pub async fn run(clients: &Clients, args: GetArgs) -> Result<()> {
     }
     let mut resources = list(clients, args.kind, &selector, &field_selector, args.limit).await?;
     // The server pages in creation order; people read lists by name, as kubectl prints them.
-    resources.sort_by(|a, b| resource_name(a).cmp(resource_name(b)));
+    resources.sort_by(|a, b| a.name().cmp(b.name()));
     print_list(args.kind, &resources, args.output)
 }
 

@@ -12,7 +12,7 @@ use super::Shared;
 use super::status::to_status;
 use crate::inventory::{ApplyAction, ChangeContext, ListParams};
 use crate::model::Permission;
-use crate::model::resource::{kind_of, name};
+use crate::model::resource::kind_of;
 
 /// gRPC face of the inventory.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ fn required(r: Option<pb::Resource>) -> Result<pb::Resource, Status> {
 /// Kind and name of an optional resource, for authorization and the audit of a refusal.
 fn target(r: Option<&pb::Resource>) -> (ResourceKind, String) {
     r.map_or((ResourceKind::Unspecified, String::new()), |r| {
-        (kind_of(r).unwrap_or_default(), name(r).to_string())
+        (kind_of(r).unwrap_or_default(), r.name().to_string())
     })
 }
 

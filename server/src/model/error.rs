@@ -3,6 +3,7 @@
 
 use thiserror::Error;
 
+use super::{kind_from_id, kind_name};
 use crate::store::StoreError;
 
 /// Why a request was refused or failed. Messages are for the operator and never carry
@@ -74,14 +75,22 @@ impl ApiError {
                 current,
             },
             StoreError::MissingReference {
-                kind_name,
+                kind: other,
                 name: missing,
-            } => ApiError::FailedPrecondition(format!(
-                "{kind} {name:?} refers to {kind_name} {missing:?}, which does not exist"
-            )),
-            StoreError::StillReferenced { count, example } => {
+            } => {
+                let other = kind_name(kind_from_id(other));
                 ApiError::FailedPrecondition(format!(
-                    "{kind} {name:?} is still referenced by {count} object(s) ({example}); delete or move them first"
+                    "{kind} {name:?} refers to {other} {missing:?}, which does not exist"
+                ))
+            }
+            StoreError::StillReferenced {
+                count,
+                kind: other,
+                example,
+            } => {
+                let other = kind_name(kind_from_id(other));
+                ApiError::FailedPrecondition(format!(
+                    "{kind} {name:?} is still referenced by {count} object(s) ({other} {example}); delete or move them first"
                 ))
             }
             StoreError::Corrupt(m) => ApiError::Internal(m),

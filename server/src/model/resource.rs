@@ -32,41 +32,6 @@ pub fn kind_of(r: &pb::Resource) -> Option<ResourceKind> {
     })
 }
 
-fn meta_slot(r: &mut pb::Resource) -> Option<&mut Option<ObjectMeta>> {
-    Some(match r.resource.as_mut()? {
-        R::Site(x) => &mut x.meta,
-        R::Rack(x) => &mut x.meta,
-        R::Device(x) => &mut x.meta,
-        R::Profile(x) => &mut x.meta,
-        R::Window(x) => &mut x.meta,
-        R::Credential(x) => &mut x.meta,
-        R::Campaign(x) => &mut x.meta,
-    })
-}
-
-/// The resource's metadata, if it has any.
-pub fn meta(r: &pb::Resource) -> Option<&ObjectMeta> {
-    match r.resource.as_ref()? {
-        R::Site(x) => x.meta.as_ref(),
-        R::Rack(x) => x.meta.as_ref(),
-        R::Device(x) => x.meta.as_ref(),
-        R::Profile(x) => x.meta.as_ref(),
-        R::Window(x) => x.meta.as_ref(),
-        R::Credential(x) => x.meta.as_ref(),
-        R::Campaign(x) => x.meta.as_ref(),
-    }
-}
-
-/// The resource's metadata, created empty when missing. None only without a variant.
-pub fn meta_mut(r: &mut pb::Resource) -> Option<&mut ObjectMeta> {
-    Some(meta_slot(r)?.get_or_insert_with(ObjectMeta::default))
-}
-
-/// The resource's name ("" when unset).
-pub fn name(r: &pb::Resource) -> &str {
-    meta(r).map_or("", |m| m.name.as_str())
-}
-
 /// Fills defaults an operator may leave out.
 pub fn apply_defaults(r: &mut pb::Resource) {
     match r.resource.as_mut() {
@@ -98,7 +63,7 @@ pub fn clear_server_owned(r: &mut pb::Resource) {
 
 /// Copies the server-owned parts of `old` into `new` (identity, creation, status).
 pub fn carry_server_owned(old: &pb::Resource, new: &mut pb::Resource) {
-    if let (Some(om), Some(nm)) = (meta(old).cloned(), meta_mut(new)) {
+    if let (Some(om), Some(nm)) = (old.meta().cloned(), new.meta_mut()) {
         nm.id = om.id;
         nm.created_at = om.created_at;
         nm.created_by = om.created_by;
@@ -425,7 +390,7 @@ fn validate_window(w: &pb::Window) -> Result<(), InvalidField> {
 
 /// Checks a resource an operator wrote; the error names the field at fault.
 pub fn validate(r: &pb::Resource) -> Result<(), ApiError> {
-    validate_meta(meta(r))?;
+    validate_meta(r.meta())?;
     match r.resource.as_ref() {
         None => return Err(no_variant()),
         Some(R::Site(s)) => {
@@ -604,7 +569,7 @@ pub fn referrers(kind: ResourceKind) -> &'static [(ResourceKind, &'static str)] 
 /// A copy without the fields every write changes, to tell whether an apply changes anything.
 pub fn comparable(r: &pb::Resource) -> pb::Resource {
     let mut c = r.clone();
-    if let Some(m) = meta_mut(&mut c) {
+    if let Some(m) = c.meta_mut() {
         m.revision = 0;
         m.updated_at = None;
         m.updated_by.clear();

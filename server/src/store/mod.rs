@@ -197,10 +197,16 @@ pub enum StoreError {
     NotFound(String),
     #[error("revision conflict: expected {expected}, current {current}")]
     Conflict { expected: u64, current: u64 },
-    #[error("{kind_name} {name:?} does not exist")]
-    MissingReference { kind_name: String, name: String },
-    #[error("still referenced by {count} object(s), e.g. {example:?}")]
-    StillReferenced { count: usize, example: String },
+    /// A reference names an object of `kind` that does not exist.
+    #[error("object {name:?} of kind {kind} does not exist")]
+    MissingReference { kind: KindId, name: String },
+    /// Objects of `kind` still refer to the one being deleted; `example` names one.
+    #[error("still referenced by {count} object(s) of kind {kind}, e.g. {example:?}")]
+    StillReferenced {
+        count: usize,
+        kind: KindId,
+        example: String,
+    },
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
     #[error("the store could not persist: {0}")]

@@ -238,11 +238,6 @@ impl SledStore {
             path: dir.to_path_buf(),
         })
     }
-
-    /// Where the store lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for SledStore {
@@ -257,20 +252,6 @@ impl Drop for SledStore {
         if let Some(h) = self.flusher.take() {
             let _ = h.join();
         }
-    }
-}
-
-/// Kind names for messages; the store only knows numbers, so keep these in step with the proto.
-fn kind_label(kind: KindId) -> &'static str {
-    match kind {
-        1 => "site",
-        2 => "rack",
-        3 => "device",
-        4 => "profile",
-        5 => "window",
-        6 => "credential",
-        7 => "campaign",
-        _ => "object",
     }
 }
 
@@ -449,7 +430,7 @@ impl Inner {
                 };
                 if !exists {
                     return Err(StoreError::MissingReference {
-                        kind_name: kind_label(*kind).to_string(),
+                        kind: *kind,
                         name: name.clone(),
                     });
                 }
@@ -459,10 +440,12 @@ impl Inner {
                 let idx = self.indexes();
                 let (count, example) = idx.referrers(*kind, field, value);
                 if count > 0 {
-                    let example = example
-                        .map(|n| format!("{} {n}", kind_label(*kind)))
-                        .unwrap_or_default();
-                    return Err(StoreError::StillReferenced { count, example });
+                    let example = example.unwrap_or_default().to_string();
+                    return Err(StoreError::StillReferenced {
+                        count,
+                        kind: *kind,
+                        example,
+                    });
                 }
             }
         }
