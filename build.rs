@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/muster/v1/inventory.proto",
         "proto/muster/v1/audit.proto",
         "proto/muster/v1/admin.proto",
+        "proto/muster/v1/agent.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

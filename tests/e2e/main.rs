@@ -4,10 +4,13 @@
 // Test code: a failed unwrap is a failed test with its location, which is what we want.
 #![allow(clippy::unwrap_used)]
 
+mod agent_facts;
 mod api;
 mod backup;
 mod cli;
 mod durability;
 mod errors;
+mod ipmi;
 mod peers;
+mod smart;
 mod watch;
