@@ -50,6 +50,14 @@ pub struct Config {
     /// Where the store, the secrets key and the bootstrap token live.
     pub data_dir: PathBuf,
     pub tls: Option<TlsConfig>,
+    /// Serve TLS with a certificate issued by musterd's own CA (when `tls` is not set).
+    pub tls_auto: bool,
+    /// Names the auto-TLS certificate is valid for.
+    pub tls_names: Vec<String>,
+    /// Report interval handed to agents, milliseconds.
+    pub agent_report_interval_ms: u64,
+    /// Random spread of agents' intervals, as a fraction (0.1 = ±10 %).
+    pub agent_jitter: f64,
     /// Allow plaintext on a non-loopback address.
     pub insecure: bool,
     /// Requests larger than this are refused with RESOURCE_EXHAUSTED.
@@ -73,6 +81,10 @@ impl Default for Config {
             metrics_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             tls: None,
+            tls_auto: false,
+            tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            agent_report_interval_ms: 60_000,
+            agent_jitter: 0.1,
             insecure: false,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             cache_capacity_mb: 64,
@@ -85,6 +97,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Whether the gRPC listener speaks TLS (configured or automatic).
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some() || self.tls_auto
+    }
+
     /// Parses a TOML config file's text.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

@@ -17,6 +17,7 @@ use crate::model::secrets::SecretBox;
 use crate::model::{
     ApiError, Principal, kind_from_id, kind_id, kind_name, now_unix_nanos, timestamp,
 };
+use crate::observed;
 use crate::store::{
     self, AuditEntry, AuditQuery, ChangeEntry, ChangeMeta, Check, Expect, ListQuery, Mutation,
     Refusal, RefusalKind, Store, StoreError, StoredObject,
@@ -721,7 +722,132 @@ impl Inventory {
                 kind: kind_name(kind),
                 name: name.to_string(),
             })?;
-        self.view_object(&o)
+        let mut r = self.view_object(&o)?;
+        self.with_observed(&mut r, &o.id, true)?;
+        Ok(r)
+    }
+
+    /// Adds a device's stored observed state to its status: everything for a Get, the report
+    /// metadata (last report, agent version) for a List.
+    fn with_observed(&self, r: &mut pb::Resource, id: &str, facts: bool) -> Result<(), ApiError> {
+        let Some(R::Device(d)) = r.resource.as_mut() else {
+            return Ok(());
+        };
+        if facts {
+            let stored = observed::load(&*self.store, id)?;
+            if stored.meta.is_some() || !stored.sel.is_empty() {
+                observed::fill_status(d.status.get_or_insert_with(Default::default), &stored, true);
+            }
+        } else if let (_, Some(meta)) = observed::load_meta(&*self.store, id)? {
+            observed::fill_meta(d.status.get_or_insert_with(Default::default), &meta);
+        }
+        Ok(())
+    }
+
+    /// A device with its stored form (for server-side writes such as health changes).
+    pub(crate) fn load_device(
+        &self,
+        name: &str,
+    ) -> Result<Option<(StoredObject, pb::Resource)>, ApiError> {
+        self.load(ResourceKind::Device, name)
+    }
+
+    /// Devices whose `parent` is `name` (VMs of a hypervisor, blades of a chassis).
+    pub(crate) fn devices_with_parent(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(StoredObject, pb::Resource)>, ApiError> {
+        let fields = Selector::parse_fields(&format!("parent={name}"))
+            .map_err(|e| ApiError::invalid("parent", e.to_string()))?;
+        let page = self
+            .store
+            .list(&ListQuery {
+                kind: kind_id(ResourceKind::Device),
+                labels: Selector::default(),
+                fields,
+                after_id: None,
+                limit: 100_000,
+            })
+            .map_err(|e| ApiError::from_store("device", name, e))?;
+        page.objects
+            .into_iter()
+            .map(|o| {
+                let r = pb::Resource::decode(o.body.as_slice()).map_err(internal)?;
+                Ok((o, r))
+            })
+            .collect()
+    }
+
+    /// A server-made update of an existing object (health, enrollment annotations, VM
+    /// marks): expects the revision it was read at, so a concurrent operator write wins and
+    /// the caller re-reads.
+    pub(crate) fn server_mutation(
+        &self,
+        old: &StoredObject,
+        mut new: pb::Resource,
+        principal: &str,
+        verb: &str,
+        ctx: &ChangeContext,
+        now: i64,
+    ) -> Mutation {
+        if let Some(m) = new.meta_mut() {
+            m.updated_at = Some(timestamp(now));
+            m.updated_by = principal.to_string();
+        }
+        let kind = kind_from_id(old.kind);
+        Mutation {
+            kind: old.kind,
+            name: old.name.clone(),
+            expect: Expect::Revision(old.revision),
+            put: Some(self.stored(kind, &new)),
+            checks: Vec::new(),
+            change: Self::server_change_meta(principal, verb, ctx, now),
+        }
+    }
+
+    /// A server-made creation (a VM its hypervisor reported).
+    pub(crate) fn server_create(
+        &self,
+        mut r: pb::Resource,
+        principal: &str,
+        verb: &str,
+        ctx: &ChangeContext,
+        now: i64,
+    ) -> Result<Mutation, ApiError> {
+        let kind = resource::kind_of(&r).ok_or_else(resource::no_variant)?;
+        resource::apply_defaults(&mut r);
+        resource::validate(&r)?;
+        if let Some(m) = r.meta_mut() {
+            m.id = ulid::Ulid::new().to_string();
+            m.created_at = Some(timestamp(now));
+            m.created_by = principal.to_string();
+            m.updated_at = Some(timestamp(now));
+            m.updated_by = principal.to_string();
+        }
+        Ok(Mutation {
+            kind: kind_id(kind),
+            name: r.name().to_string(),
+            expect: Expect::Absent,
+            put: Some(self.stored(kind, &r)),
+            checks: Self::checks_for(&r),
+            change: Self::server_change_meta(principal, verb, ctx, now),
+        })
+    }
+
+    fn server_change_meta(
+        principal: &str,
+        verb: &str,
+        ctx: &ChangeContext,
+        now: i64,
+    ) -> ChangeMeta {
+        ChangeMeta {
+            principal: principal.to_string(),
+            verb: verb.to_string(),
+            reason: ctx.reason.clone(),
+            ticket: ctx.ticket.clone(),
+            origin: ctx.origin.clone(),
+            time_unix_nanos: now,
+        }
     }
 
     /// A page of resources; returns them, the next page token, and the revision read at.
@@ -783,8 +909,12 @@ impl Inventory {
         let items = page
             .objects
             .iter()
-            .map(|o| self.view_object(o))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|o| {
+                let mut r = self.view_object(o)?;
+                self.with_observed(&mut r, &o.id, false)?;
+                Ok(r)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
         Ok((items, next, revision))
     }
 
@@ -999,6 +1129,11 @@ impl Inventory {
 
 /// Input from a refused request, made safe to store and print: at most `max` characters,
 /// control characters (terminal escapes) replaced.
+/// Text from a client made safe for logs and the audit trail: bounded, no control characters.
+pub(crate) fn printable_text(s: &str, max: usize) -> String {
+    printable(s, max)
+}
+
 fn printable(s: &str, max: usize) -> String {
     s.chars()
         .take(max)

@@ -7,12 +7,16 @@
 //! Layers: `model` (domain rules, no I/O), `store` (sled persistence), `inventory` (domain
 //! operations over both), `grpc` (thin handlers and the one error mapping), `auth`, `metrics`.
 
+pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod grpc;
+pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
+pub mod observed;
+pub mod pki;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -21,12 +25,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster::pb::admin_service_server::AdminServiceServer;
+use muster::pb::agent_service_server::AgentServiceServer;
 use muster::pb::audit_service_server::AuditServiceServer;
 use muster::pb::inventory_service_server::InventoryServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::agents::{AgentSettings, Agents};
+use crate::pki::{AgentCa, PkiError};
 
 use crate::auth::TokenRegistry;
 use crate::config::Config;
@@ -45,7 +53,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Error)]
 pub enum ServeError {
     #[error(
-        "refusing to listen on {0} without TLS: configure tls.cert and tls.key, or pass --insecure"
+        "refusing to listen on {0} without TLS: configure tls.cert and tls.key (or --tls-auto), or pass --insecure"
     )]
     PlaintextOffLoopback(SocketAddr),
     #[error("cannot open the store: {0}")]
@@ -62,6 +70,10 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("agent CA: {0}")]
+    Pki(#[from] PkiError),
+    #[error("cannot set up agent handling: {0}")]
+    Agents(crate::model::ApiError),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -84,6 +96,8 @@ pub struct Listeners {
 pub struct Server {
     config: Config,
     shared: Shared,
+    agents: Arc<Agents>,
+    ca: Arc<AgentCa>,
     metrics: Arc<Metrics>,
     /// Set when a bootstrap admin token was written at this start.
     pub created_admin_token: Option<PathBuf>,
@@ -113,6 +127,16 @@ impl Server {
         let (tokens, created_admin_token) =
             TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
         let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
+        let ca = Arc::new(AgentCa::load_or_create(&config.data_dir)?);
+        let settings = AgentSettings {
+            report_interval: Duration::from_millis(config.agent_report_interval_ms.max(1)),
+            jitter: config.agent_jitter,
+            ..AgentSettings::default()
+        };
+        let agents = Arc::new(
+            Agents::open(Arc::clone(&inventory), Arc::clone(&ca), settings)
+                .map_err(ServeError::Agents)?,
+        );
         let metrics = Arc::new(Metrics::new(store));
         Ok(Self {
             config,
@@ -120,6 +144,8 @@ impl Server {
                 inventory,
                 tokens: Arc::new(tokens),
             },
+            agents,
+            ca,
             metrics,
             created_admin_token,
         })
@@ -132,7 +158,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let addr = listeners.grpc.local_addr().map_err(ServeError::Listener)?;
-        if !addr.ip().is_loopback() && self.config.tls.is_none() && !self.config.insecure {
+        if !addr.ip().is_loopback() && !self.config.has_tls() && !self.config.insecure {
             return Err(ServeError::PlaintextOffLoopback(addr));
         }
         let limit = self.config.max_message_bytes;
@@ -145,6 +171,9 @@ impl Server {
             .await;
         health
             .set_serving::<AdminServiceServer<grpc::admin::AdminApi>>()
+            .await;
+        health
+            .set_serving::<AgentServiceServer<grpc::agent::AgentApi>>()
             .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -162,6 +191,11 @@ impl Server {
             .max_decoding_message_size(backstop);
         let admin = AdminServiceServer::new(grpc::admin::AdminApi(self.shared.clone()))
             .max_decoding_message_size(backstop);
+        let agent = AgentServiceServer::new(grpc::agent::AgentApi {
+            shared: self.shared.clone(),
+            agents: Arc::clone(&self.agents),
+        })
+        .max_decoding_message_size(backstop);
 
         let mut builder = tonic::transport::Server::builder()
             // One span per request, so everything logged while serving it names the RPC.
@@ -176,8 +210,15 @@ impl Server {
                 })
             };
             let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-            builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+            builder = builder.tls_config(self.tls_config(identity))?;
+        } else if self.config.tls_auto {
+            let (cert, key) = self.ca.issue_server(&self.config.tls_names)?;
+            builder = builder.tls_config(self.tls_config(Identity::from_pem(cert, key)))?;
         }
+        let sweeper = tokio::spawn(sweep_silent_agents(
+            Arc::clone(&self.agents),
+            Duration::from_millis(self.config.agent_report_interval_ms.clamp(100, 30_000) / 2),
+        ));
         let metrics_task = listeners
             .metrics
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
@@ -206,6 +247,7 @@ impl Server {
             .add_service(inventory)
             .add_service(audit)
             .add_service(admin)
+            .add_service(agent)
             .serve_with_incoming_shutdown(incoming, shutdown);
         let result = tokio::select! {
             r = serve => r,
@@ -217,7 +259,32 @@ impl Server {
         if let Some(t) = metrics_task {
             t.abort();
         }
+        sweeper.abort();
         result.map_err(ServeError::from)
+    }
+}
+
+impl Server {
+    /// TLS with optional client certificates: agents present the one issued at enrollment,
+    /// people and automation use bearer tokens without one.
+    fn tls_config(&self, identity: Identity) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(Certificate::from_pem(self.ca.ca_pem()))
+            .client_auth_optional(true)
+    }
+}
+
+/// Marks agents that stopped reporting, every `every`.
+async fn sweep_silent_agents(agents: Arc<Agents>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = agents.sweep_silent().await;
+        if n > 0 {
+            tracing::info!(devices = n, "agents went silent; health set to UNKNOWN");
+        }
     }
 }
 

@@ -45,6 +45,17 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "MUSTER_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate from musterd's own CA (`DATA_DIR/agent-ca.pem` is what
+    /// clients and agents trust); needed for agents' mTLS when no certificate is configured.
+    #[arg(long, env = "MUSTER_TLS_AUTO")]
+    tls_auto: bool,
+    /// Names (DNS or IP) the auto-TLS certificate is valid for, comma-separated
+    /// [default: localhost,127.0.0.1,::1].
+    #[arg(long, env = "MUSTER_TLS_NAMES", value_delimiter = ',')]
+    tls_names: Vec<String>,
+    /// Interval agents are told to report at, e.g. 60s [default: 60s].
+    #[arg(long, env = "MUSTER_AGENT_INTERVAL", value_parser = humantime::parse_duration)]
+    agent_interval: Option<std::time::Duration>,
     /// Allow plaintext gRPC on a non-loopback address.
     #[arg(long)]
     insecure: bool,
@@ -108,6 +119,13 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         });
     }
     c.insecure |= args.insecure;
+    c.tls_auto |= args.tls_auto;
+    if !args.tls_names.is_empty() {
+        c.tls_names = args.tls_names.clone();
+    }
+    if let Some(v) = args.agent_interval {
+        c.agent_report_interval_ms = u64::try_from(v.as_millis()).unwrap_or(u64::MAX).max(1);
+    }
     if let Some(v) = args.max_message_bytes {
         c.max_message_bytes = v;
     }
@@ -154,7 +172,7 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
 
 async fn run_server(config: Config) -> anyhow::Result<()> {
     // Checked before binding, so a refused address is never opened even briefly.
-    if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.insecure {
+    if !config.listen.ip().is_loopback() && !config.has_tls() && !config.insecure {
         bail!(
             "refusing to listen on {} without TLS: configure tls.cert and tls.key, or pass --insecure",
             config.listen

@@ -2,6 +2,7 @@
 //! one mapping of errors to `tonic::Status`, and the request-size and metrics layer.
 
 pub mod admin;
+pub mod agent;
 pub mod audit;
 pub mod edge;
 pub mod inventory;

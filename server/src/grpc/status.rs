@@ -11,7 +11,7 @@ pub fn to_status(e: ApiError) -> Status {
         ApiError::InvalidArgument { .. } => Code::InvalidArgument,
         ApiError::NotFound { .. } => Code::NotFound,
         ApiError::AlreadyExists { .. } => Code::AlreadyExists,
-        ApiError::Conflict { .. } => Code::Aborted,
+        ApiError::Conflict { .. } | ApiError::Aborted(_) => Code::Aborted,
         ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
         ApiError::Unauthenticated(_) => Code::Unauthenticated,
         ApiError::PermissionDenied(_) => Code::PermissionDenied,

@@ -27,6 +27,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A concurrent write won a race the caller cannot resolve by itself.
+    #[error("{0}")]
+    Aborted(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -92,6 +95,9 @@ impl ApiError {
                 ApiError::FailedPrecondition(format!(
                     "{kind} {name:?} is still referenced by {count} object(s) ({other} {example}); delete or move them first"
                 ))
+            }
+            StoreError::AuxConflict => {
+                ApiError::Aborted(format!("{kind} {name:?} was written concurrently; retry"))
             }
             StoreError::Corrupt(m) => ApiError::Internal(m),
             StoreError::Io(m) | StoreError::Locked(m) => ApiError::Unavailable(m),

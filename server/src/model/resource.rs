@@ -51,8 +51,16 @@ pub fn apply_defaults(r: &mut pb::Resource) {
     }
 }
 
+/// Annotations under this prefix are written by the server (agent enrollment state), never
+/// taken from operator input, and kept across operator updates.
+pub const SERVER_ANNOTATION_PREFIX: &str = "agent.muster.io/";
+
 /// Clears everything the server owns (observed status, campaign progress) from operator input.
 pub fn clear_server_owned(r: &mut pb::Resource) {
+    if let Some(m) = r.meta_mut() {
+        m.annotations
+            .retain(|k, _| !k.starts_with(SERVER_ANNOTATION_PREFIX));
+    }
     match r.resource.as_mut() {
         Some(R::Device(x)) => x.status = None,
         Some(R::Campaign(x)) => x.status = None,
@@ -70,6 +78,13 @@ pub fn carry_server_owned(old: &pb::Resource, new: &mut pb::Resource) {
         nm.updated_at = om.updated_at;
         nm.updated_by = om.updated_by;
         nm.revision = om.revision;
+        nm.annotations
+            .retain(|k, _| !k.starts_with(SERVER_ANNOTATION_PREFIX));
+        for (k, v) in om.annotations {
+            if k.starts_with(SERVER_ANNOTATION_PREFIX) {
+                nm.annotations.insert(k, v);
+            }
+        }
     }
     match (old.resource.as_ref(), new.resource.as_mut()) {
         (Some(R::Device(o)), Some(R::Device(n))) => n.status = o.status.clone(),
@@ -465,6 +480,7 @@ pub fn indexed_fields(kind: ResourceKind) -> &'static [&'static str] {
             "serial",
             "asset_tag",
             "parent",
+            "health",
             "bmc_credential",
             "ssh_credential",
         ],
@@ -503,6 +519,14 @@ pub fn index_fields(r: &pb::Resource) -> BTreeMap<String, String> {
             put("serial", d.serial.clone());
             put("asset_tag", d.asset_tag.clone());
             put("parent", d.parent.clone());
+            put(
+                "health",
+                d.status
+                    .as_ref()
+                    .filter(|s| s.health != 0)
+                    .map(|s| enum_name(s.health, pb::Health::as_str_name))
+                    .unwrap_or_default(),
+            );
             put(
                 "bmc_credential",
                 d.bmc

@@ -9,6 +9,7 @@
 //! | `x`    | refusal sequence (u64 BE)             | refusal record                          |
 //! | `t`    | token hash                            | token record                            |
 //! | `m`    | name                                  | store metadata                          |
+//! | `a`    | chosen by the layer above             | auxiliary records (observed facts, ...) |
 //!
 //! An object's body is stored once, as the `after` of the change record at the object's revision:
 //! sled charges ~20-35 us per 4 KB value, so writing it twice (object and event) halved the
@@ -23,6 +24,15 @@ pub const HISTORY: u8 = b'h';
 pub const EVENT: u8 = b'e';
 pub const REFUSAL: u8 = b'x';
 pub const TOKEN: u8 = b't';
+/// Auxiliary records: the layer above owns the rest of the key.
+pub const AUX: u8 = b'a';
+
+pub fn aux(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(AUX);
+    k.extend_from_slice(key);
+    k
+}
 
 pub const META_REFUSAL_SEQ: &[u8] = b"mrefusal_seq";
 pub const META_FORMAT: &[u8] = b"mformat";

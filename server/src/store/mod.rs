@@ -105,6 +105,29 @@ pub struct ChangeEntry {
     pub after: Option<Vec<u8>>,
 }
 
+/// A write of auxiliary records: keys the layer above owns (e.g. a device's observed facts,
+/// enrollment records), outside the event log and the global revision, so high-rate writes
+/// such as agent reports do not each append a change record. Guards make it a
+/// compare-and-swap; an object mutation may ride along atomically (e.g. a health change).
+#[derive(Debug, Clone, Default)]
+pub struct AuxWrite {
+    /// Each key must currently hold exactly this value (`None`: absent), else `AuxConflict`.
+    pub guards: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Values to store (`None` deletes).
+    pub puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Applied in the same batch, or nothing is.
+    pub mutation: Option<Mutation>,
+}
+
+/// What an applied auxiliary write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuxApplied {
+    /// Revision of the ride-along mutation, if there was one.
+    pub revision: Option<u64>,
+    /// The batch it was applied in; durable once `durable_batches()` reaches it.
+    pub batch: u64,
+}
+
 /// Why a refused attempt was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalKind {
@@ -207,6 +230,9 @@ pub enum StoreError {
         kind: KindId,
         example: String,
     },
+    /// An auxiliary write's guard did not hold: someone else wrote that key first.
+    #[error("concurrent write to the same record")]
+    AuxConflict,
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
     #[error("the store could not persist: {0}")]
@@ -238,6 +264,16 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, m: Mutation) -> Pending;
     /// The durable revision, advanced by group commit; `Err` inside means persisting failed.
     fn durable(&self) -> watch::Receiver<Result<u64, String>>;
+    /// Queues an auxiliary write (see `AuxWrite`); applied with the next group.
+    fn commit_aux(&self, w: AuxWrite) -> PendingAux;
+    /// The newest batch number covered by a completed flush; `Err` means persisting failed.
+    fn durable_batches(&self) -> watch::Receiver<Result<u64, String>>;
+    /// The newest applied batch number.
+    fn batches(&self) -> u64;
+    /// One auxiliary record.
+    fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Auxiliary records whose key starts with `prefix`, in key order.
+    fn aux_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
     /// The newest committed revision.
     fn revision(&self) -> u64;
     /// One object by kind and name.
@@ -277,6 +313,37 @@ impl Pending {
         self.0
             .await
             .unwrap_or_else(|_| Err(StoreError::Io("the store stopped".into())))
+    }
+}
+
+/// The answer to a queued auxiliary write.
+#[derive(Debug)]
+pub struct PendingAux(tokio::sync::oneshot::Receiver<Result<AuxApplied, StoreError>>);
+
+impl PendingAux {
+    /// Wraps the receiving end of an auxiliary write's answer.
+    pub fn new(rx: tokio::sync::oneshot::Receiver<Result<AuxApplied, StoreError>>) -> Self {
+        Self(rx)
+    }
+
+    /// Where the write was applied, or why it was not.
+    pub async fn applied(self) -> Result<AuxApplied, StoreError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Io("the store stopped".into())))
+    }
+}
+
+/// Waits until batch `batch` is durable, or reports why it cannot become so.
+pub async fn wait_durable_batch(store: &dyn Store, batch: u64) -> Result<(), StoreError> {
+    let mut rx = store.durable_batches();
+    let r = rx.wait_for(|d| !matches!(d, Ok(d) if *d < batch)).await;
+    match r {
+        Ok(v) => match &*v {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Io(e.clone())),
+        },
+        Err(_) => Err(StoreError::Io("store closed".into())),
     }
 }
 

@@ -33,8 +33,9 @@ use super::index::Index;
 use super::keys;
 use super::record;
 use super::{
-    AuditEntry, AuditQuery, ChangeEntry, Check, Expect, FlushStats, KindId, ListQuery, Mutation,
-    Page, Pending, Refusal, Store, StoreError, StoredObject, StoredToken,
+    AuditEntry, AuditQuery, AuxApplied, AuxWrite, ChangeEntry, Check, Expect, FlushStats, KindId,
+    ListQuery, Mutation, Page, Pending, PendingAux, Refusal, Store, StoreError, StoredObject,
+    StoredToken,
 };
 
 /// How many refused attempts the audit trail keeps (oldest dropped first), so that a flood of
@@ -62,20 +63,58 @@ impl Default for StoreOptions {
 
 /// Where a queued writer finds its result.
 type Slot = oneshot::Sender<Result<u64, StoreError>>;
+/// Where a queued auxiliary writer finds its result.
+type AuxSlot = oneshot::Sender<Result<AuxApplied, StoreError>>;
 
 /// Largest group the committer applies as one batch.
 const MAX_GROUP: usize = 1024;
 
-struct Queued {
-    mutation: Mutation,
-    slot: Slot,
+enum Queued {
+    Mutation { mutation: Mutation, slot: Slot },
+    Aux { write: AuxWrite, slot: AuxSlot },
 }
+
+/// Whom to answer once a staged write is applied.
+enum Answer {
+    Mutation(Slot),
+    Aux(AuxSlot),
+}
+
+/// An index change to publish once the batch is applied.
+type Publish = Result<StoredObject, (KindId, String)>;
 
 /// A staged write: what the batch holds for it, and what to publish once it is applied.
 struct Staged {
-    slot: Slot,
-    revision: u64,
-    publish: Result<StoredObject, (KindId, String)>,
+    answer: Answer,
+    /// The revision its mutation was given, if it had one.
+    revision: Option<u64>,
+    publish: Option<Publish>,
+}
+
+impl Staged {
+    fn fail(self, e: StoreError) {
+        match self.answer {
+            Answer::Mutation(s) => {
+                let _ = s.send(Err(e));
+            }
+            Answer::Aux(s) => {
+                let _ = s.send(Err(e));
+            }
+        }
+    }
+}
+
+impl Queued {
+    fn fail(self, e: StoreError) {
+        match self {
+            Queued::Mutation { slot, .. } => {
+                let _ = slot.send(Err(e));
+            }
+            Queued::Aux { slot, .. } => {
+                let _ = slot.send(Err(e));
+            }
+        }
+    }
 }
 
 /// State only the writer (holding the lock) may change.
@@ -93,6 +132,9 @@ struct Inner {
     refusals: Mutex<u64>,
     /// Newest revision applied to sled (maybe not yet durable).
     committed: AtomicU64,
+    /// Number of batches applied so far (auxiliary writes have no revision, only a batch).
+    batches: AtomicU64,
+    durable_batches: watch::Sender<Result<u64, String>>,
     /// Bumped by every write that needs flushing; the flusher runs until it catches up.
     flush_generation: Mutex<u64>,
     flush_wanted: Condvar,
@@ -196,6 +238,7 @@ impl SledStore {
             None
         };
         let (durable, _) = watch::channel(Ok(revision));
+        let (durable_batches, _) = watch::channel(Ok(0));
         let inner = Arc::new(Inner {
             db,
             tree,
@@ -203,6 +246,8 @@ impl SledStore {
             indexes: RwLock::new(indexes),
             refusals: Mutex::new(refusal_seq),
             committed: AtomicU64::new(revision),
+            batches: AtomicU64::new(0),
+            durable_batches,
             flush_generation: Mutex::new(0),
             flush_wanted: Condvar::new(),
             durable,
@@ -276,9 +321,9 @@ impl Inner {
         if !self.poisoned.swap(true, Ordering::SeqCst) {
             tracing::error!(error = %why, "the store failed to persist; refusing writes until restart");
         }
-        let _ = self.durable.send_replace(Err(format!(
-            "store failed earlier ({why}); restart musterd"
-        )));
+        let msg = format!("store failed earlier ({why}); restart musterd");
+        let _ = self.durable.send_replace(Err(msg.clone()));
+        let _ = self.durable_batches.send_replace(Err(msg));
     }
 
     fn request_flush(&self) {
@@ -348,6 +393,7 @@ impl Inner {
             let stopping = self.shutdown.load(Ordering::SeqCst);
             // Everything committed up to `target` was applied before this flush starts.
             let target = self.committed.load(Ordering::SeqCst);
+            let target_batch = self.batches.load(Ordering::SeqCst);
             let started = Instant::now();
             let result = self.flush_once();
             let took = started.elapsed();
@@ -360,6 +406,7 @@ impl Inner {
             match result {
                 Ok(()) if !self.poisoned.load(Ordering::SeqCst) => {
                     let _ = self.durable.send_replace(Ok(target));
+                    let _ = self.durable_batches.send_replace(Ok(target_batch));
                 }
                 Ok(()) => {}
                 Err(e) => self.poison(&e),
@@ -459,7 +506,7 @@ impl Inner {
         revision: u64,
         staged: &mut HashMap<(KindId, String), Option<StoredObject>>,
         batch: &mut Batch,
-    ) -> Result<Result<StoredObject, (KindId, String)>, StoreError> {
+    ) -> Result<Publish, StoreError> {
         let existing = self.current(staged, m.kind, &m.name)?;
         match (m.expect, &existing) {
             (Expect::Absent, Some(_)) => return Err(StoreError::AlreadyExists(m.name)),
@@ -524,14 +571,14 @@ impl Inner {
 
     /// Applies the staged batch and publishes it; answers every staged writer.
     fn apply_staged(&self, w: &mut WriterState, batch: Batch, staged: Vec<Staged>) {
-        let Some(last) = staged.last().map(|s| s.revision) else {
+        if staged.is_empty() {
             return;
-        };
+        }
         if let Err(e) = self.tree.apply_batch(batch) {
             // sled may have applied part of the batch; the revision cannot safely move on.
             self.poison(&e.to_string());
             for s in staged {
-                let _ = s.slot.send(Err(StoreError::Io(e.to_string())));
+                s.fail(StoreError::Io(e.to_string()));
             }
             return;
         }
@@ -539,19 +586,33 @@ impl Inner {
             let mut idx = self.indexes.write().unwrap_or_else(|p| p.into_inner());
             for s in &staged {
                 match &s.publish {
-                    Ok(o) => {
+                    Some(Ok(o)) => {
                         if let Err(e) = idx.insert(o) {
                             tracing::error!(error = %e, "index update failed");
                         }
                     }
-                    Err((kind, id)) => idx.remove(*kind, id),
+                    Some(Err((kind, id))) => idx.remove(*kind, id),
+                    None => {}
                 }
             }
         }
-        w.revision = last;
-        self.committed.store(last, Ordering::SeqCst);
+        if let Some(last) = staged.iter().filter_map(|s| s.revision).max() {
+            w.revision = last;
+            self.committed.store(last, Ordering::SeqCst);
+        }
+        let batch = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
         for s in staged {
-            let _ = s.slot.send(Ok(s.revision));
+            match s.answer {
+                Answer::Mutation(slot) => {
+                    let _ = slot.send(Ok(s.revision.unwrap_or_default()));
+                }
+                Answer::Aux(slot) => {
+                    let _ = slot.send(Ok(AuxApplied {
+                        revision: s.revision,
+                        batch,
+                    }));
+                }
+            }
         }
         self.request_flush();
     }
@@ -571,43 +632,120 @@ impl Inner {
         }
     }
 
-    /// Applies a group of queued mutations in as few batches as possible (one, unless a
+    /// The current value of an auxiliary key, seen through the writes staged in this group.
+    fn aux_current(
+        &self,
+        staged: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = staged.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(keys::aux(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Applies a group of queued writes in as few batches as possible (one, unless a
     /// delete needs the referrer index to be current).
     fn apply_group(&self, w: &mut WriterState, group: Vec<Queued>) {
         if self.poisoned.load(Ordering::SeqCst) {
             for q in group {
-                let _ = q.slot.send(Err(StoreError::Io(
+                q.fail(StoreError::Io(
                     "the store failed earlier; restart musterd".into(),
-                )));
+                ));
             }
             return;
         }
         let mut batch = Batch::default();
-        let mut staged = Vec::new();
+        let mut staged: Vec<Staged> = Vec::new();
         let mut overlay = HashMap::new();
+        let mut aux_overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         for q in group {
-            let needs_index = q
-                .mutation
-                .checks
-                .iter()
-                .any(|c| matches!(c, Check::NotReferenced { .. }));
+            let mutation = match &q {
+                Queued::Mutation { mutation, .. } => Some(mutation),
+                Queued::Aux { write, .. } => write.mutation.as_ref(),
+            };
+            let needs_index = mutation.is_some_and(|m| {
+                m.checks
+                    .iter()
+                    .any(|c| matches!(c, Check::NotReferenced { .. }))
+            });
             if needs_index && !staged.is_empty() {
                 self.apply_staged(w, std::mem::take(&mut batch), std::mem::take(&mut staged));
                 overlay.clear();
+                aux_overlay.clear();
             }
-            let revision = staged.last().map_or(w.revision, |s: &Staged| s.revision) + 1;
-            match self.stage(q.mutation, revision, &mut overlay, &mut batch) {
-                Ok(publish) => staged.push(Staged {
-                    slot: q.slot,
-                    revision,
-                    publish,
-                }),
-                Err(e) => {
-                    let _ = q.slot.send(Err(e));
+            let revision = staged
+                .iter()
+                .filter_map(|s| s.revision)
+                .max()
+                .unwrap_or(w.revision)
+                + 1;
+            match q {
+                Queued::Mutation { mutation, slot } => {
+                    match self.stage(mutation, revision, &mut overlay, &mut batch) {
+                        Ok(publish) => staged.push(Staged {
+                            answer: Answer::Mutation(slot),
+                            revision: Some(revision),
+                            publish: Some(publish),
+                        }),
+                        Err(e) => {
+                            let _ = slot.send(Err(e));
+                        }
+                    }
+                }
+                Queued::Aux { write, slot } => {
+                    match self.stage_aux(
+                        write,
+                        revision,
+                        &mut overlay,
+                        &mut aux_overlay,
+                        &mut batch,
+                    ) {
+                        Ok((rev, publish)) => staged.push(Staged {
+                            answer: Answer::Aux(slot),
+                            revision: rev,
+                            publish,
+                        }),
+                        Err(e) => {
+                            let _ = slot.send(Err(e));
+                        }
+                    }
                 }
             }
         }
         self.apply_staged(w, batch, staged);
+    }
+
+    /// Checks an auxiliary write's guards, stages its mutation (if any), then its puts. Nothing
+    /// reaches the batch unless every part is accepted.
+    fn stage_aux(
+        &self,
+        write: AuxWrite,
+        revision: u64,
+        overlay: &mut HashMap<(KindId, String), Option<StoredObject>>,
+        aux_overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+        batch: &mut Batch,
+    ) -> Result<(Option<u64>, Option<Publish>), StoreError> {
+        for (key, expected) in &write.guards {
+            if self.aux_current(aux_overlay, key)? != *expected {
+                return Err(StoreError::AuxConflict);
+            }
+        }
+        let (rev, publish) = match write.mutation {
+            Some(m) => (
+                Some(revision),
+                Some(self.stage(m, revision, overlay, batch)?),
+            ),
+            None => (None, None),
+        };
+        for (key, value) in write.puts {
+            match &value {
+                Some(v) => batch.insert(keys::aux(&key), v.as_slice()),
+                None => batch.remove(keys::aux(&key)),
+            }
+            aux_overlay.insert(key, value);
+        }
+        Ok((rev, publish))
     }
 }
 
@@ -616,9 +754,38 @@ impl Store for SledStore {
         let (slot, answer) = oneshot::channel();
         if let Some(tx) = &self.submit {
             // A send error means the committer is gone; the dropped slot reports it.
-            let _ = tx.send(Queued { mutation: m, slot });
+            let _ = tx.send(Queued::Mutation { mutation: m, slot });
         }
         Pending::new(answer)
+    }
+
+    fn commit_aux(&self, w: AuxWrite) -> PendingAux {
+        let (slot, answer) = oneshot::channel();
+        if let Some(tx) = &self.submit {
+            let _ = tx.send(Queued::Aux { write: w, slot });
+        }
+        PendingAux::new(answer)
+    }
+
+    fn durable_batches(&self) -> watch::Receiver<Result<u64, String>> {
+        self.inner.durable_batches.subscribe()
+    }
+
+    fn batches(&self) -> u64 {
+        self.inner.batches.load(Ordering::SeqCst)
+    }
+
+    fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.tree.get(keys::aux(key))?.map(|v| v.to_vec()))
+    }
+
+    fn aux_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix(keys::aux(prefix)) {
+            let (k, v) = item?;
+            out.push((k[1..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn durable(&self) -> watch::Receiver<Result<u64, String>> {

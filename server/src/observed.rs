@@ -1,0 +1,409 @@
+//! Observed state as stored: a device's facts live in auxiliary store records, one per section
+//! of `muster.v1.Facts`, so a delta report rewrites only the sections that changed (1,500
+//! packages are written once, not every minute) and never touches the event log. The device's
+//! body carries only what the server computed from them (health and its reasons), which is
+//! what Watch and the audit trail see change.
+//!
+//! Keys (under the store's auxiliary prefix): `ob/<device id>/m` the report metadata (sequence,
+//! boot id, facts hash, collector status, health memory), `ob/<device id>/f<N>` section N of
+//! `Facts` (encoded as a `Facts` holding only that field, so sections decode by merging), and
+//! `ob/<device id>/sel` the SEL entries the server keeps.
+
+use muster::pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::health::{HealthMemory, SelSeen};
+use crate::model::{ApiError, timestamp};
+use crate::store::{Store, StoreError};
+
+/// How many SEL entries the server keeps per device (oldest dropped first).
+pub const MAX_SEL_ENTRIES: usize = 512;
+
+/// Numbers of the `Facts` fields, i.e. the sections.
+pub const SECTIONS: [u8; 13] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+
+/// Prefix of every record of one device.
+pub fn prefix(device_id: &str) -> Vec<u8> {
+    format!("ob/{device_id}/").into_bytes()
+}
+
+/// Key of the report metadata.
+pub fn meta_key(device_id: &str) -> Vec<u8> {
+    format!("ob/{device_id}/m").into_bytes()
+}
+
+/// Key of one facts section.
+pub fn section_key(device_id: &str, section: u8) -> Vec<u8> {
+    format!("ob/{device_id}/f{section:02}").into_bytes()
+}
+
+/// Key of the kept SEL entries.
+pub fn sel_key(device_id: &str) -> Vec<u8> {
+    format!("ob/{device_id}/sel").into_bytes()
+}
+
+/// Report metadata of one device, versioned like every stored record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum MetaRecord {
+    V1(ReportMeta),
+}
+
+/// What the server keeps about a device's reporting.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportMeta {
+    /// The device's name (names never change; this record is keyed by id).
+    pub device: String,
+    /// The identity (certificate fingerprint) that reported; a new identity starts a new
+    /// sequence.
+    pub identity: String,
+    pub boot_id: String,
+    pub seq: u64,
+    pub facts_hash: String,
+    pub last_report_nanos: i64,
+    pub agent_version: String,
+    /// `pb::CollectorStatus` messages, encoded.
+    pub collectors: Vec<Vec<u8>>,
+    pub memory: HealthMemory,
+    pub interval_ms: u64,
+    pub health_since_nanos: i64,
+}
+
+impl ReportMeta {
+    /// Encodes for the store.
+    pub fn encode(&self) -> Result<Vec<u8>, ApiError> {
+        postcard::to_stdvec(&MetaRecord::V1(self.clone()))
+            .map_err(|e| ApiError::Internal(format!("encoding report metadata: {e}")))
+    }
+
+    /// Decodes a stored record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ApiError> {
+        match postcard::from_bytes(bytes) {
+            Ok(MetaRecord::V1(m)) => Ok(m),
+            Err(e) => Err(ApiError::Internal(format!(
+                "corrupt report metadata record: {e}"
+            ))),
+        }
+    }
+
+    /// The collector statuses, decoded.
+    pub fn collectors(&self) -> Vec<pb::CollectorStatus> {
+        self.collectors
+            .iter()
+            .filter_map(|b| pb::CollectorStatus::decode(b.as_slice()).ok())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum SelRecord {
+    V1(Vec<SelItem>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SelItem {
+    received_nanos: i64,
+    #[serde(with = "serde_bytes")]
+    entry: Vec<u8>,
+}
+
+/// Encodes the kept SEL entries.
+pub fn encode_sel(sel: &[SelSeen]) -> Result<Vec<u8>, ApiError> {
+    let items = sel
+        .iter()
+        .map(|s| SelItem {
+            received_nanos: s.received_nanos,
+            entry: s.entry.encode_to_vec(),
+        })
+        .collect();
+    postcard::to_stdvec(&SelRecord::V1(items))
+        .map_err(|e| ApiError::Internal(format!("encoding SEL: {e}")))
+}
+
+/// Decodes the kept SEL entries.
+pub fn decode_sel(bytes: &[u8]) -> Result<Vec<SelSeen>, ApiError> {
+    let SelRecord::V1(items) = postcard::from_bytes(bytes)
+        .map_err(|e| ApiError::Internal(format!("corrupt SEL record: {e}")))?;
+    items
+        .into_iter()
+        .map(|i| {
+            Ok(SelSeen {
+                received_nanos: i.received_nanos,
+                entry: pb::SelEntry::decode(i.entry.as_slice())
+                    .map_err(|e| ApiError::Internal(format!("corrupt SEL entry: {e}")))?,
+            })
+        })
+        .collect()
+}
+
+/// Splits facts into their sections: (section number, encoded `Facts` holding only it).
+pub fn split(f: &pb::Facts) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut one = |n: u8, part: pb::Facts| out.push((n, part.encode_to_vec()));
+    let empty = pb::Facts::default;
+    if let Some(v) = &f.os {
+        one(
+            1,
+            pb::Facts {
+                os: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.cpu {
+        one(
+            2,
+            pb::Facts {
+                cpu: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = f.memory_bytes {
+        one(
+            3,
+            pb::Facts {
+                memory_bytes: Some(v),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.nics {
+        one(
+            4,
+            pb::Facts {
+                nics: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.disks {
+        one(
+            5,
+            pb::Facts {
+                disks: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.packages {
+        one(
+            6,
+            pb::Facts {
+                packages: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.firmware {
+        one(
+            7,
+            pb::Facts {
+                firmware: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = f.power {
+        one(
+            8,
+            pb::Facts {
+                power: Some(v),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.sensors {
+        one(
+            9,
+            pb::Facts {
+                sensors: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.fru {
+        one(
+            10,
+            pb::Facts {
+                fru: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.smart {
+        one(
+            11,
+            pb::Facts {
+                smart: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.external_json {
+        one(
+            12,
+            pb::Facts {
+                external_json: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    if let Some(v) = &f.vms {
+        one(
+            13,
+            pb::Facts {
+                vms: Some(v.clone()),
+                ..empty()
+            },
+        );
+    }
+    out
+}
+
+/// Everything stored about one device's observed state.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    /// The raw metadata record (for compare-and-swap) and its decoded form.
+    pub meta_raw: Option<Vec<u8>>,
+    pub meta: Option<ReportMeta>,
+    pub facts: pb::Facts,
+    pub sel: Vec<SelSeen>,
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    ApiError::from_store("device", "", e)
+}
+
+/// Reads the metadata record only.
+pub fn load_meta(
+    store: &dyn Store,
+    device_id: &str,
+) -> Result<(Option<Vec<u8>>, Option<ReportMeta>), ApiError> {
+    let raw = store.aux_get(&meta_key(device_id)).map_err(store_error)?;
+    let meta = raw.as_deref().map(ReportMeta::decode).transpose()?;
+    Ok((raw, meta))
+}
+
+/// Reads everything stored for a device.
+pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
+    let mut out = Stored::default();
+    let meta = meta_key(device_id);
+    let sel = sel_key(device_id);
+    for (k, v) in store.aux_scan(&prefix(device_id)).map_err(store_error)? {
+        if k == meta {
+            out.meta = Some(ReportMeta::decode(&v)?);
+            out.meta_raw = Some(v);
+        } else if k == sel {
+            out.sel = decode_sel(&v)?;
+        } else {
+            out.facts
+                .merge(v.as_slice())
+                .map_err(|e| ApiError::Internal(format!("corrupt facts section: {e}")))?;
+        }
+    }
+    Ok(out)
+}
+
+/// External facts JSON as a protobuf Struct (empty when absent or not an object).
+fn external_struct(json: Option<&str>) -> Option<pbjson_types::Struct> {
+    serde_json::from_str::<pbjson_types::Struct>(json?).ok()
+}
+
+/// Fills the observed parts of `status` (its health stays as the body has it).
+pub fn fill_status(status: &mut pb::ObservedState, stored: &Stored, with_facts: bool) {
+    if let Some(m) = &stored.meta {
+        fill_meta(status, m);
+    }
+    if !with_facts {
+        return;
+    }
+    let f = &stored.facts;
+    status.os = f.os.clone();
+    status.cpu = f.cpu.clone();
+    status.memory_bytes = f.memory_bytes.unwrap_or_default();
+    status.nics = f.nics.clone().map(|l| l.items).unwrap_or_default();
+    status.disks = f.disks.clone().map(|l| l.items).unwrap_or_default();
+    status.packages = f.packages.clone().map(|l| l.items).unwrap_or_default();
+    status.firmware = f.firmware.clone();
+    status.power = f.power.unwrap_or_default();
+    status.sensors = f.sensors.clone().map(|l| l.items).unwrap_or_default();
+    status.fru = f.fru.clone();
+    status.smart = f.smart.clone().map(|l| l.items).unwrap_or_default();
+    status.external_facts = external_struct(f.external_json.as_deref());
+    status.vms = f.vms.clone().map(|l| l.items).unwrap_or_default();
+    // Latest first: what an operator reads first is what just happened.
+    status.sel = stored.sel.iter().rev().map(|s| s.entry.clone()).collect();
+}
+
+/// Fills the report metadata parts of `status`.
+pub fn fill_meta(status: &mut pb::ObservedState, m: &ReportMeta) {
+    status.last_report_at = Some(timestamp(m.last_report_nanos));
+    status.agent_version = m.agent_version.clone();
+    status.boot_id = m.boot_id.clone();
+    status.report_seq = m.seq;
+    status.facts_hash = m.facts_hash.clone();
+    status.collectors = m.collectors();
+    status.origin = "agent".into();
+    if m.interval_ms > 0 {
+        status.report_interval = Some(pbjson_types::Duration {
+            seconds: i64::try_from(m.interval_ms / 1000).unwrap_or(i64::MAX),
+            nanos: i32::try_from((m.interval_ms % 1000) * 1_000_000).unwrap_or(0),
+        });
+    }
+    if m.health_since_nanos > 0 {
+        status.health_since = Some(timestamp(m.health_since_nanos));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sections_merge_back_into_the_facts() {
+        let f = pb::Facts {
+            os: Some(pb::OsFacts {
+                hostname: "h".into(),
+                ..Default::default()
+            }),
+            memory_bytes: Some(42),
+            packages: Some(pb::PackageList {
+                items: vec![pb::InstalledPackage {
+                    name: "bash".into(),
+                    version: "5.2".into(),
+                    arch: "amd64".into(),
+                }],
+            }),
+            power: Some(pb::PowerState::PowerOn as i32),
+            ..Default::default()
+        };
+        let parts = split(&f);
+        assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 3, 6, 8]);
+        let mut back = pb::Facts::default();
+        for (_, b) in &parts {
+            back.merge(b.as_slice()).unwrap();
+        }
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn meta_and_sel_round_trip() {
+        let m = ReportMeta {
+            seq: 7,
+            facts_hash: "abc".into(),
+            ..Default::default()
+        };
+        assert_eq!(ReportMeta::decode(&m.encode().unwrap()).unwrap(), m);
+        let sel = vec![SelSeen {
+            received_nanos: 5,
+            entry: pb::SelEntry {
+                record_id: 3,
+                ..Default::default()
+            },
+        }];
+        assert_eq!(decode_sel(&encode_sel(&sel).unwrap()).unwrap(), sel);
+        assert!(ReportMeta::decode(b"\xff\xff").is_err());
+    }
+}
