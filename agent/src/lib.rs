@@ -1,6 +1,13 @@
 //! muster-agent: collects a host's hardware and OS state and reports it to musterd.
 //!
-//! `collect/` holds one module per source (OS, packages, IPMI, SMART, libvirt, external facts);
-//! each is usable on its own so tests and the load generator drive the real code.
+//! `collect/` holds one module per source (OS, packages, IPMI, SMART, libvirt, external facts),
+//! each usable on its own; `run` ties them to enrollment (`identity`), delta reports
+//! (`report`) and the offline spool (`spool`). The load generator and the tests drive this
+//! same code.
 
 pub mod collect;
+pub mod config;
+pub mod identity;
+pub mod report;
+pub mod run;
+pub mod spool;

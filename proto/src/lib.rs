@@ -3,6 +3,7 @@
 //! `pb` is generated from `proto/muster/v1/*.proto` by `build.rs`; `resource` adds `meta()`/`name()` to
 //! `pb::Resource`; `selector` and `names` hold the rules that both the server and its clients must agree on. No I/O here.
 
+pub mod facts;
 pub mod names;
 mod resource;
 pub mod selector;

@@ -855,11 +855,11 @@ impl Agents {
         let full = req.base_hash.is_empty();
         let now = now_unix_nanos();
         let facts = req.facts.clone().unwrap_or_default();
-        let parts = observed::split(&facts);
+        let parts = muster::facts::split(&facts);
         let mut puts: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         if full {
             let present: Vec<u8> = parts.iter().map(|p| p.0).collect();
-            for s in observed::SECTIONS {
+            for s in muster::facts::SECTIONS {
                 if !present.contains(&s) {
                     puts.push((observed::section_key(&id, s), None));
                 }

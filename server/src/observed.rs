@@ -20,9 +20,6 @@ use crate::store::{Store, StoreError};
 /// How many SEL entries the server keeps per device (oldest dropped first).
 pub const MAX_SEL_ENTRIES: usize = 512;
 
-/// Numbers of the `Facts` fields, i.e. the sections.
-pub const SECTIONS: [u8; 13] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
-
 /// Prefix of every record of one device.
 pub fn prefix(device_id: &str) -> Vec<u8> {
     format!("ob/{device_id}/").into_bytes()
@@ -134,131 +131,6 @@ pub fn decode_sel(bytes: &[u8]) -> Result<Vec<SelSeen>, ApiError> {
             })
         })
         .collect()
-}
-
-/// Splits facts into their sections: (section number, encoded `Facts` holding only it).
-pub fn split(f: &pb::Facts) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut one = |n: u8, part: pb::Facts| out.push((n, part.encode_to_vec()));
-    let empty = pb::Facts::default;
-    if let Some(v) = &f.os {
-        one(
-            1,
-            pb::Facts {
-                os: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.cpu {
-        one(
-            2,
-            pb::Facts {
-                cpu: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = f.memory_bytes {
-        one(
-            3,
-            pb::Facts {
-                memory_bytes: Some(v),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.nics {
-        one(
-            4,
-            pb::Facts {
-                nics: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.disks {
-        one(
-            5,
-            pb::Facts {
-                disks: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.packages {
-        one(
-            6,
-            pb::Facts {
-                packages: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.firmware {
-        one(
-            7,
-            pb::Facts {
-                firmware: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = f.power {
-        one(
-            8,
-            pb::Facts {
-                power: Some(v),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.sensors {
-        one(
-            9,
-            pb::Facts {
-                sensors: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.fru {
-        one(
-            10,
-            pb::Facts {
-                fru: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.smart {
-        one(
-            11,
-            pb::Facts {
-                smart: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.external_json {
-        one(
-            12,
-            pb::Facts {
-                external_json: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    if let Some(v) = &f.vms {
-        one(
-            13,
-            pb::Facts {
-                vms: Some(v.clone()),
-                ..empty()
-            },
-        );
-    }
-    out
 }
 
 /// Everything stored about one device's observed state.
@@ -379,7 +251,7 @@ mod tests {
             power: Some(pb::PowerState::PowerOn as i32),
             ..Default::default()
         };
-        let parts = split(&f);
+        let parts = muster::facts::split(&f);
         assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 3, 6, 8]);
         let mut back = pb::Facts::default();
         for (_, b) in &parts {

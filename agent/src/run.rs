@@ -1,0 +1,656 @@
+//! The agent's work: enroll once, then collect → spool → send, every interval the server
+//! assigns. Each collector runs under its own deadline; one that fails or times out leaves its
+//! section unchanged at the server (its last good data) and says so in the report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use muster::pb::{self, agent_service_client::AgentServiceClient};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tonic::transport::Channel;
+
+use crate::collect;
+use crate::config::AgentConfig;
+use crate::identity::{self, IdentityError, Paths, write_atomic};
+use crate::report::Chain;
+use crate::spool::{Spool, SpoolError};
+
+/// The agent's version, sent with every report.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Longest wait between retries while the server is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Why the agent could not run.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("enrollment refused: {0}")]
+    Enroll(String),
+    #[error("state file {path}: {problem}")]
+    State { path: PathBuf, problem: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What survives agent restarts besides the spool: the sequence, the chain, the SEL cursor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    seq: u64,
+    chain: Chain,
+    sel_cursor: Option<u16>,
+}
+
+/// Last good data per collector.
+#[derive(Debug, Clone, Default)]
+struct Freshness {
+    last_success: BTreeMap<&'static str, SystemTime>,
+}
+
+impl Freshness {
+    fn status(&mut self, name: &'static str, error: Option<String>, took: Duration) -> pb::CollectorStatus {
+        if error.is_none() {
+            self.last_success.insert(name, SystemTime::now());
+        }
+        pb::CollectorStatus {
+            name: name.into(),
+            error: error.unwrap_or_default(),
+            last_success: self.last_success.get(name).map(|t| {
+                let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                pbjson_types::Timestamp {
+                    seconds: i64::try_from(d.as_secs()).unwrap_or(0),
+                    nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+                }
+            }),
+            took: Some(pbjson_types::Duration {
+                seconds: i64::try_from(took.as_secs()).unwrap_or(0),
+                nanos: i32::try_from(took.subsec_nanos()).unwrap_or(0),
+            }),
+        }
+    }
+}
+
+/// One collection: complete facts (collectors that failed keep their last good section),
+/// new SEL events, and each collector's status.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    pub facts: pb::Facts,
+    pub sel: Vec<pb::SelEntry>,
+    pub sel_reset: bool,
+    pub collectors: Vec<pb::CollectorStatus>,
+    pub boot_id: String,
+    /// CPU time this process spent on the collection.
+    pub cpu_time: Duration,
+}
+
+/// Collectors and what they remember between runs.
+pub struct Collectors {
+    cfg: AgentConfig,
+    ipmi: Option<Arc<Mutex<collect::ipmi::IpmiCollector>>>,
+    ipmi_busy: Arc<AtomicBool>,
+    freshness: Freshness,
+    /// The complete facts as of the last collection.
+    current: pb::Facts,
+    boot_id: String,
+}
+
+impl std::fmt::Debug for Collectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collectors").finish_non_exhaustive()
+    }
+}
+
+fn process_cpu_time() -> Duration {
+    // utime + stime from /proc/self/stat, in clock ticks (100 Hz on Linux).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+impl Collectors {
+    /// Sets up the collectors the config asks for.
+    pub fn new(cfg: &AgentConfig, sel_cursor: Option<u16>) -> Result<Self, AgentError> {
+        let ipmi = match &cfg.bmc {
+            Some(spec) => {
+                let password = match &cfg.bmc_password_file {
+                    Some(p) => Some(
+                        std::fs::read_to_string(p)
+                            .map_err(|e| AgentError::Config(format!("{}: {e}", p.display())))?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string(),
+                    ),
+                    None => None,
+                };
+                let ep = collect::ipmi::BmcEndpoint::parse(spec, password)
+                    .map_err(|e| AgentError::Config(format!("bmc: {e}")))?;
+                // Each network wait gets a share of the deadline; the collector makes several.
+                let mut c = collect::ipmi::IpmiCollector::new(ep, cfg.deadlines.ipmi / 4);
+                c.set_sel_cursor(sel_cursor);
+                Some(Arc::new(Mutex::new(c)))
+            }
+            None => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            ipmi,
+            ipmi_busy: Arc::new(AtomicBool::new(false)),
+            freshness: Freshness::default(),
+            current: pb::Facts::default(),
+            boot_id: String::new(),
+        })
+    }
+
+    /// The SEL cursor to persist once the report carrying the new events is spooled.
+    pub fn sel_cursor(&self) -> Option<u16> {
+        self.ipmi
+            .as_ref()
+            .and_then(|c| c.lock().ok().and_then(|c| c.sel_cursor()))
+    }
+
+    /// Runs every collector under its deadline.
+    pub async fn collect(&mut self) -> Collected {
+        let cpu_before = process_cpu_time();
+        let d = self.cfg.deadlines.clone();
+        let mut out = Collected::default();
+        let mut statuses = Vec::new();
+
+        // OS facts.
+        let t = Instant::now();
+        let os = tokio::time::timeout(d.os, tokio::task::spawn_blocking(collect::os::collect)).await;
+        let err = match os {
+            Ok(Ok(Ok(s))) => {
+                self.current.os = Some(s.os);
+                self.current.cpu = Some(s.cpu);
+                self.current.memory_bytes = Some(s.memory_bytes);
+                self.current.nics = Some(pb::NicList { items: s.nics });
+                self.current.disks = Some(pb::BlockDeviceList { items: s.disks });
+                self.boot_id = s.boot_id;
+                None
+            }
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(e)) => Some(format!("collector panicked: {e}")),
+            Err(_) => Some(format!("timed out after {}", humantime::format_duration(d.os))),
+        };
+        statuses.push(self.freshness.status("os", err, t.elapsed()));
+
+        if self.cfg.packages {
+            let t = Instant::now();
+            let err = match tokio::time::timeout(d.packages, collect::packages::collect()).await {
+                Ok(Ok(p)) => {
+                    self.current.packages = Some(pb::PackageList { items: p });
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "timed out after {}",
+                    humantime::format_duration(d.packages)
+                )),
+            };
+            statuses.push(self.freshness.status("packages", err, t.elapsed()));
+        }
+
+        if let Some(ipmi) = &self.ipmi {
+            let t = Instant::now();
+            let err = if self.ipmi_busy.swap(true, Ordering::SeqCst) {
+                // The previous collection is still stuck in the BMC: never pile up threads.
+                Some("the previous IPMI collection has not finished; BMC unresponsive".to_string())
+            } else {
+                let ipmi = Arc::clone(ipmi);
+                let busy = Arc::clone(&self.ipmi_busy);
+                let task = tokio::task::spawn_blocking(move || {
+                    let r = ipmi
+                        .lock()
+                        .map_err(|_| "IPMI collector poisoned".to_string())
+                        .and_then(|mut c| c.collect().map_err(|e| e.to_string()));
+                    busy.store(false, Ordering::SeqCst);
+                    r
+                });
+                match tokio::time::timeout(d.ipmi, task).await {
+                    Ok(Ok(Ok(snap))) => {
+                        self.current.sensors = Some(pb::SensorList {
+                            items: snap.sensors,
+                        });
+                        if snap.fru.is_some() {
+                            self.current.fru = snap.fru;
+                        }
+                        self.current.power = Some(snap.power as i32);
+                        if let Some(fw) = snap.firmware {
+                            let f = self.current.firmware.get_or_insert_with(Default::default);
+                            f.bmc = fw;
+                        }
+                        out.sel = snap.new_sel;
+                        out.sel_reset = snap.sel_reset;
+                        None
+                    }
+                    Ok(Ok(Err(e))) => Some(e),
+                    Ok(Err(e)) => Some(format!("collector panicked: {e}")),
+                    Err(_) => Some(format!(
+                        "BMC did not answer within {}",
+                        humantime::format_duration(d.ipmi)
+                    )),
+                }
+            };
+            statuses.push(self.freshness.status("ipmi", err, t.elapsed()));
+        }
+
+        if self.cfg.smart {
+            let t = Instant::now();
+            let smartctl = self.cfg.smartctl.clone();
+            let disks = self.cfg.disks.clone();
+            let run = async move {
+                let refs = if disks.is_empty() {
+                    collect::smart::scan(&smartctl).await.map_err(|e| e.to_string())?
+                } else {
+                    disks
+                        .iter()
+                        .map(|s| collect::smart::DiskRef::parse(s))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())?
+                };
+                let (found, errors) = collect::smart::collect_all(&smartctl, &refs).await;
+                Ok::<_, String>((found, errors))
+            };
+            let err = match tokio::time::timeout(d.smart, run).await {
+                Ok(Ok((found, errors))) => {
+                    self.current.smart = Some(pb::SmartList { items: found });
+                    if errors.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            errors
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        )
+                    }
+                }
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!(
+                    "timed out after {}",
+                    humantime::format_duration(d.smart)
+                )),
+            };
+            statuses.push(self.freshness.status("smart", err, t.elapsed()));
+        }
+
+        if let Some(uri) = self.cfg.libvirt_uri.clone() {
+            let t = Instant::now();
+            let err = match tokio::time::timeout(
+                d.libvirt,
+                collect::libvirt::collect(&self.cfg.virsh, &uri),
+            )
+            .await
+            {
+                Ok(Ok(vms)) => {
+                    self.current.vms = Some(pb::VirtualMachineList { items: vms });
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "timed out after {}",
+                    humantime::format_duration(d.libvirt)
+                )),
+            };
+            statuses.push(self.freshness.status("libvirt", err, t.elapsed()));
+        }
+
+        if let Some(dir) = self.cfg.external_facts_dir.clone() {
+            let t = Instant::now();
+            let each = d.external / 2;
+            let err = match tokio::time::timeout(d.external, collect::external::collect(&dir, each))
+                .await
+            {
+                Ok(ext) => {
+                    self.current.external_json =
+                        Some(collect::external::canonical_json(&ext.facts));
+                    if ext.errors.is_empty() {
+                        None
+                    } else {
+                        Some(ext.errors.join("; "))
+                    }
+                }
+                Err(_) => Some(format!(
+                    "timed out after {}",
+                    humantime::format_duration(d.external)
+                )),
+            };
+            statuses.push(self.freshness.status("external", err, t.elapsed()));
+        }
+
+        out.facts = self.current.clone();
+        out.collectors = statuses;
+        out.boot_id = self.boot_id.clone();
+        out.cpu_time = process_cpu_time().saturating_sub(cpu_before);
+        out
+    }
+}
+
+/// A running agent: its identity, spool, chain and collectors.
+pub struct Agent {
+    cfg: AgentConfig,
+    paths: Paths,
+    device: String,
+    client: AgentServiceClient<Channel>,
+    spool: Spool,
+    state: State,
+    collectors: Collectors,
+    /// The next report must be full (first after start, or the server asked).
+    need_full: bool,
+    interval: Duration,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+fn state_path(cfg: &AgentConfig) -> PathBuf {
+    cfg.state_dir.join("state.json")
+}
+
+fn load_state(cfg: &AgentConfig) -> Result<State, AgentError> {
+    let p = state_path(cfg);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| AgentError::State {
+            path: p,
+            problem: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(AgentError::State {
+            path: p,
+            problem: e.to_string(),
+        }),
+    }
+}
+
+fn save_state(cfg: &AgentConfig, s: &State) -> Result<(), AgentError> {
+    let bytes = serde_json::to_vec(s).map_err(|e| AgentError::State {
+        path: state_path(cfg),
+        problem: e.to_string(),
+    })?;
+    write_atomic(&state_path(cfg), &bytes, 0o600)?;
+    Ok(())
+}
+
+/// Whether a failed send means "try again later" (keep the report) rather than "this report
+/// can never be accepted" (drop it, log why).
+fn retryable(code: tonic::Code) -> bool {
+    !matches!(
+        code,
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted
+    )
+}
+
+impl Agent {
+    /// Loads identity, state and spool.
+    pub fn open(cfg: AgentConfig) -> Result<Self, AgentError> {
+        let paths = Paths::new(&cfg.state_dir);
+        let device = identity::enrolled_device(&paths)?;
+        let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, true)?;
+        let spool = Spool::open(&cfg.spool_dir(), cfg.spool_max_reports)?;
+        let mut state = load_state(&cfg)?;
+        // A report may have been spooled after the state was last saved.
+        if let Some(last) = spool.sequences()?.last() {
+            state.seq = state.seq.max(*last);
+        }
+        let collectors = Collectors::new(&cfg, state.sel_cursor)?;
+        let client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024);
+        Ok(Self {
+            interval: cfg.interval,
+            cfg,
+            paths,
+            device,
+            client,
+            spool,
+            state,
+            collectors,
+            need_full: true,
+        })
+    }
+
+    /// The device this agent reports for.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Collects once and spools the report (durably, before anything is sent).
+    pub async fn collect_and_spool(&mut self) -> Result<Collected, AgentError> {
+        let c = self.collectors.collect().await;
+        let full = self.need_full;
+        let (base, delta, hash) = self.state.chain.advance(&c.facts, full);
+        self.state.seq += 1;
+        let report = pb::ReportRequest {
+            device: self.device.clone(),
+            boot_id: c.boot_id.clone(),
+            seq: self.state.seq,
+            agent_version: AGENT_VERSION.into(),
+            collected_at: Some(now_ts()),
+            base_hash: base,
+            facts_hash: hash,
+            facts: Some(delta),
+            sel: c.sel.clone(),
+            sel_reset: c.sel_reset,
+            collectors: c.collectors.clone(),
+        };
+        self.spool.push(&report)?;
+        self.need_full = false;
+        self.state.sel_cursor = self.collectors.sel_cursor();
+        save_state(&self.cfg, &self.state)?;
+        Ok(c)
+    }
+
+    /// Sends spooled reports in order until the spool is empty or the server is unreachable.
+    /// Returns whether everything was sent.
+    pub async fn drain(&mut self) -> Result<bool, AgentError> {
+        for seq in self.spool.sequences()? {
+            let report = match self.spool.read(seq) {
+                Ok(r) => r,
+                Err(e @ SpoolError::Corrupt(_)) => {
+                    tracing::error!(error = %e, "skipping a corrupt spooled report");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match self.client.report(report.clone()).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    if let Some(d) = resp.next_interval.filter(|d| d.seconds > 0 || d.nanos > 0) {
+                        self.interval = Duration::new(
+                            u64::try_from(d.seconds).unwrap_or(60),
+                            u32::try_from(d.nanos).unwrap_or(0),
+                        );
+                    }
+                    if resp.resend_full {
+                        tracing::info!(seq, "the server holds other facts; sending a full report");
+                        self.resend_full(report)?;
+                        return Ok(false);
+                    }
+                    self.spool.remove(seq)?;
+                }
+                Err(status) if retryable(status.code()) => {
+                    tracing::warn!(seq, code = ?status.code(), error = %status.message(), "report not delivered; kept in the spool");
+                    return Ok(false);
+                }
+                Err(status) => {
+                    tracing::error!(seq, code = ?status.code(), error = %status.message(), "report refused; dropping it");
+                    self.spool.remove(seq)?;
+                    self.need_full = true;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Replaces everything spooled from `first` on with one full report carrying all their
+    /// SEL events: the delta chain they build on is not what the server holds.
+    fn resend_full(&mut self, first: pb::ReportRequest) -> Result<(), AgentError> {
+        let mut sel = Vec::new();
+        let mut sel_reset = false;
+        let mut last = first.clone();
+        for seq in self.spool.sequences()? {
+            if let Ok(r) = self.spool.read(seq) {
+                if r.sel_reset {
+                    sel.clear();
+                    sel_reset = true;
+                }
+                sel.extend(r.sel.iter().cloned());
+                last = r;
+            }
+            self.spool.remove(seq)?;
+        }
+        let (_, facts, hash) = self.state.chain.advance(&self.collectors.current, true);
+        self.state.seq += 1;
+        let full = pb::ReportRequest {
+            seq: self.state.seq,
+            base_hash: String::new(),
+            facts_hash: hash,
+            facts: Some(facts),
+            sel,
+            sel_reset,
+            collected_at: Some(now_ts()),
+            ..last
+        };
+        self.spool.push(&full)?;
+        save_state(&self.cfg, &self.state)?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown` resolves: collect, spool, send; retry with jittered backoff.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            let c = self.collect_and_spool().await?;
+            tracing::info!(
+                seq = self.state.seq,
+                cpu_ms = c.cpu_time.as_millis() as u64,
+                took_ms = started.elapsed().as_millis() as u64,
+                "collected"
+            );
+            let sent = self.drain().await?;
+            let wait = if sent {
+                backoff = Duration::from_secs(1);
+                self.interval
+            } else {
+                let w = jitter(backoff).min(self.interval);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                w
+            };
+            // While the server is away, keep collecting each interval; retry sends sooner.
+            let deadline = started + self.interval;
+            let mut next_send = Instant::now() + wait;
+            loop {
+                let until = next_send.min(deadline);
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep_until(until.into()) => {}
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if self.drain().await? {
+                    backoff = Duration::from_secs(1);
+                    next_send = deadline;
+                } else {
+                    next_send = Instant::now() + jitter(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// The paths of this agent's identity files.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>())
+}
+
+fn now_ts() -> pbjson_types::Timestamp {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(0),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Enrolls: sends a CSR with the token, saves the certificate and CA. When the server holds
+/// the enrollment for approval, waits (polling) until an operator approves or `wait` runs out.
+pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<String, AgentError> {
+    let paths = Paths::new(&cfg.state_dir);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let (_, csr) = identity::key_and_csr(&paths, &hostname)?;
+    let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, false)?;
+    let mut client = AgentServiceClient::new(channel);
+    let mut pending = std::fs::read_to_string(&paths.pending)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let started = Instant::now();
+    loop {
+        let req = pb::EnrollRequest {
+            token: if pending.is_empty() { token.to_string() } else { String::new() },
+            csr_pem: csr.clone(),
+            pending_id: pending.clone(),
+            hostname: hostname.clone(),
+        };
+        let resp = client
+            .enroll(req)
+            .await
+            .map_err(|s| AgentError::Enroll(format!("{:?}: {}", s.code(), s.message())))?
+            .into_inner();
+        match resp.result {
+            Some(pb::enroll_response::Result::Identity(id)) => {
+                write_atomic(&paths.cert, id.certificate_pem.as_bytes(), 0o644)?;
+                write_atomic(&paths.ca, id.ca_pem.as_bytes(), 0o644)?;
+                write_atomic(&paths.device, id.device.as_bytes(), 0o644)?;
+                let _ = std::fs::remove_file(&paths.pending);
+                let _ = std::fs::remove_file(&paths.csr);
+                return Ok(id.device);
+            }
+            Some(pb::enroll_response::Result::Pending(p)) => {
+                if pending.is_empty() {
+                    write_atomic(&paths.pending, p.pending_id.as_bytes(), 0o600)?;
+                    pending = p.pending_id.clone();
+                    eprintln!("muster-agent: {}", p.message);
+                }
+                if started.elapsed() >= wait {
+                    return Err(AgentError::Enroll(format!(
+                        "still waiting for approval ({}); run enroll again later to collect the identity",
+                        p.message
+                    )));
+                }
+                let retry = p
+                    .retry_after
+                    .map_or(Duration::from_secs(10), |d| Duration::from_secs(u64::try_from(d.seconds).unwrap_or(10).max(1)));
+                tokio::time::sleep(retry.min(wait.saturating_sub(started.elapsed())).max(Duration::from_millis(200))).await;
+            }
+            None => return Err(AgentError::Enroll("empty answer from the server".into())),
+        }
+    }
+}
