@@ -1,1 +1,776 @@
-//! (being written)
+//! OS facts: hostname, release, kernel, boot time, timezone, CPU, memory, NICs and block devices,
+//! read from `/proc`, `/sys` and `/etc`.
+//!
+//! Parsing lives in pure functions over strings (unit-tested with inline samples); the readers
+//! around them are thin. Everything reads under a root directory so tests can point the collector
+//! at a fake tree; interface addresses are the one exception (they come from the running kernel
+//! through `getifaddrs`, matched to the NIC names found under the root).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use muster::pb;
+
+/// Everything the OS collector learns in one pass; the caller places each part in the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OsSnapshot {
+    pub os: pb::OsFacts,
+    pub cpu: pb::CpuFacts,
+    /// `MemTotal` from `/proc/meminfo`, in bytes.
+    pub memory_bytes: u64,
+    /// Network interfaces except loopback, sorted by name.
+    pub nics: Vec<pb::Nic>,
+    /// Block devices except virtual ones (loop, ram, zram, device-mapper, md, nbd), by name.
+    pub disks: Vec<pb::BlockDevice>,
+    /// Kernel boot id: a new value means the host rebooted.
+    pub boot_id: String,
+    /// Machine-readable distribution identity (`OsFacts::release` is the human form), for
+    /// labels and selectors such as `os=debian,os_version=12`.
+    pub os_release: OsRelease,
+    /// Optional facts that could not be read (e.g. interface addresses), so the caller can
+    /// surface them in the collector status instead of losing them silently.
+    pub warnings: Vec<String>,
+}
+
+/// The identifying fields of `/etc/os-release`; empty strings where the file has no such key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OsRelease {
+    /// `ID`, e.g. "debian", "rhel".
+    pub id: String,
+    /// `VERSION_ID`, e.g. "12", "9.4".
+    pub version_id: String,
+    /// `PRETTY_NAME`, or `NAME VERSION_ID`, or `NAME`: what `OsFacts::release` holds.
+    pub pretty: String,
+}
+
+/// Why the OS facts could not be collected.
+#[derive(Debug, thiserror::Error)]
+pub enum OsError {
+    /// A file every Linux host has could not be read (is /proc mounted? is this Linux?).
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// A file was read but did not have the expected shape.
+    #[error("unexpected content in {}: {reason}", path.display())]
+    Parse { path: PathBuf, reason: String },
+}
+
+/// Collects the facts of the running host (root "/"). Blocking: call from `spawn_blocking`.
+pub fn collect() -> Result<OsSnapshot, OsError> {
+    collect_at(Path::new("/"))
+}
+
+/// Collects the facts under `root` ("/" normally; a fake tree in tests). Blocking.
+pub fn collect_at(root: &Path) -> Result<OsSnapshot, OsError> {
+    let mut warnings = Vec::new();
+
+    let hostname = read_required(root, "proc/sys/kernel/hostname")?
+        .trim()
+        .to_string();
+    let kernel = read_required(root, "proc/sys/kernel/osrelease")?
+        .trim()
+        .to_string();
+    let boot_id = read_required(root, "proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_string();
+
+    let os_release = match read_optional(root, "etc/os-release")
+        .or_else(|| read_optional(root, "usr/lib/os-release"))
+    {
+        Some(text) => parse_os_release(&text),
+        None => {
+            warnings.push("neither /etc/os-release nor /usr/lib/os-release is readable".into());
+            OsRelease {
+                pretty: "Linux".into(),
+                ..OsRelease::default()
+            }
+        }
+    };
+
+    let stat_path = "proc/stat";
+    let btime = parse_btime(&read_required(root, stat_path)?)
+        .ok_or_else(|| parse_error(root, stat_path, "no `btime` line"))?;
+    let uptime_path = "proc/uptime";
+    let uptime_seconds = parse_uptime(&read_required(root, uptime_path)?)
+        .ok_or_else(|| parse_error(root, uptime_path, "expected `SECONDS IDLE`"))?;
+
+    let timezone = read_timezone(root);
+
+    let cpuinfo_path = "proc/cpuinfo";
+    let cpu = parse_cpuinfo(&read_required(root, cpuinfo_path)?);
+    if cpu.threads == 0 {
+        return Err(parse_error(root, cpuinfo_path, "no `processor` entries"));
+    }
+
+    let meminfo_path = "proc/meminfo";
+    let memory_bytes = parse_meminfo_total(&read_required(root, meminfo_path)?)
+        .ok_or_else(|| parse_error(root, meminfo_path, "no `MemTotal: N kB` line"))?;
+
+    let addresses = match if_addrs::get_if_addrs() {
+        Ok(list) => group_addresses(
+            list.into_iter()
+                .map(|i| (i.name.clone(), i.ip(), prefix_len(&i.addr))),
+        ),
+        Err(e) => {
+            warnings.push(format!("cannot list interface addresses: {e}"));
+            BTreeMap::new()
+        }
+    };
+    let nics = read_nics(root, &addresses)?;
+    let disks = read_block_devices(root)?;
+
+    Ok(OsSnapshot {
+        os: pb::OsFacts {
+            hostname,
+            release: os_release.pretty.clone(),
+            kernel,
+            booted_at: Some(pbjson_types::Timestamp {
+                seconds: btime,
+                nanos: 0,
+            }),
+            uptime_seconds,
+            timezone,
+        },
+        cpu,
+        memory_bytes,
+        nics,
+        disks,
+        boot_id,
+        os_release,
+        warnings,
+    })
+}
+
+fn prefix_len(addr: &if_addrs::IfAddr) -> u8 {
+    match addr {
+        if_addrs::IfAddr::V4(a) => a.prefixlen,
+        if_addrs::IfAddr::V6(a) => a.prefixlen,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thin readers.
+
+fn read_required(root: &Path, rel: &str) -> Result<String, OsError> {
+    let path = root.join(rel);
+    std::fs::read_to_string(&path).map_err(|source| OsError::Read { path, source })
+}
+
+fn read_optional(root: &Path, rel: &str) -> Option<String> {
+    std::fs::read_to_string(root.join(rel)).ok()
+}
+
+/// A sysfs attribute, trimmed; `None` when absent, unreadable (EINVAL on virtual NICs) or empty.
+fn read_attr(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+fn parse_error(root: &Path, rel: &str, reason: &str) -> OsError {
+    OsError::Parse {
+        path: root.join(rel),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_timezone(root: &Path) -> String {
+    if let Some(tz) = read_optional(root, "etc/timezone") {
+        let tz = tz.trim();
+        if !tz.is_empty() {
+            return tz.to_string();
+        }
+    }
+    std::fs::read_link(root.join("etc/localtime"))
+        .ok()
+        .and_then(|target| timezone_from_link(&target.to_string_lossy()))
+        .unwrap_or_else(|| "UTC".to_string())
+}
+
+/// Entry names of a directory, sorted; a missing directory is an empty list (a container may
+/// lack /sys/block), any other failure is an error.
+fn list_dir(dir: &Path) -> Result<Vec<String>, OsError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(OsError::Read {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| OsError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// ARPHRD_LOOPBACK in `/sys/class/net/X/type`.
+const ARPHRD_LOOPBACK: &str = "772";
+
+fn read_nics(
+    root: &Path,
+    addresses: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<pb::Nic>, OsError> {
+    let base = root.join("sys/class/net");
+    let mut nics = Vec::new();
+    for name in list_dir(&base)? {
+        let dir = base.join(&name);
+        if name == "lo" || read_attr(&dir.join("type")).as_deref() == Some(ARPHRD_LOOPBACK) {
+            continue;
+        }
+        nics.push(pb::Nic {
+            mac: read_attr(&dir.join("address")).unwrap_or_default(),
+            speed_mbps: parse_speed(read_attr(&dir.join("speed")).as_deref()),
+            addresses: addresses.get(&name).cloned().unwrap_or_default(),
+            name,
+        });
+    }
+    Ok(nics)
+}
+
+fn read_block_devices(root: &Path) -> Result<Vec<pb::BlockDevice>, OsError> {
+    let base = root.join("sys/block");
+    let mut disks = Vec::new();
+    for name in list_dir(&base)? {
+        if is_virtual_block_device(&name) {
+            continue;
+        }
+        let dir = base.join(&name);
+        let size_path = dir.join("size");
+        let sectors = read_attr(&size_path).unwrap_or_default();
+        let size_bytes = parse_sectors(&sectors).ok_or_else(|| OsError::Parse {
+            path: size_path.clone(),
+            reason: format!("expected a sector count, found {sectors:?}"),
+        })?;
+        disks.push(pb::BlockDevice {
+            size_bytes,
+            model: read_attr(&dir.join("device/model")).unwrap_or_default(),
+            serial: read_serial(&dir),
+            rotational: read_attr(&dir.join("queue/rotational")).as_deref() == Some("1"),
+            name,
+        });
+    }
+    Ok(disks)
+}
+
+/// The first serial source that exists: NVMe and virtio expose it as text, SCSI/SATA disks in
+/// VPD page 0x80, and the WWID identifies the disk when there is nothing else.
+fn read_serial(dir: &Path) -> String {
+    read_attr(&dir.join("device/serial"))
+        .or_else(|| read_attr(&dir.join("serial")))
+        .or_else(|| {
+            std::fs::read(dir.join("device/vpd_pg80"))
+                .ok()
+                .and_then(|bytes| serial_from_vpd_pg80(&bytes))
+        })
+        .or_else(|| read_attr(&dir.join("device/wwid")))
+        .or_else(|| read_attr(&dir.join("wwid")))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure parsers.
+
+/// Parses os-release (`KEY=value` lines, values optionally quoted, `#` comments).
+pub fn parse_os_release(text: &str) -> OsRelease {
+    let mut fields = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            fields.insert(key.trim(), unquote(value.trim()));
+        }
+    }
+    let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let name = get("NAME");
+    let version_id = get("VERSION_ID");
+    let pretty = match fields.get("PRETTY_NAME") {
+        Some(p) if !p.is_empty() => p.clone(),
+        _ if !name.is_empty() && !version_id.is_empty() => format!("{name} {version_id}"),
+        _ if !name.is_empty() => name,
+        _ => "Linux".to_string(),
+    };
+    OsRelease {
+        id: get("ID"),
+        version_id,
+        pretty,
+    }
+}
+
+/// Removes shell-style quotes: `"a \"b\""` → `a "b"`, `'x'` → `x`.
+fn unquote(value: &str) -> String {
+    if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        inner.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// The `btime` (boot time, seconds since the epoch) line of `/proc/stat`.
+pub fn parse_btime(stat: &str) -> Option<i64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whole seconds since boot from `/proc/uptime` ("12345.67 23456.78").
+pub fn parse_uptime(text: &str) -> Option<u64> {
+    let first = text.split_whitespace().next()?;
+    let whole = first.split('.').next()?;
+    whole.parse().ok()
+}
+
+/// The zone name from an `/etc/localtime` symlink target such as
+/// `/usr/share/zoneinfo/Europe/Berlin` (also `../usr/share/zoneinfo/posix/...`).
+pub fn timezone_from_link(target: &str) -> Option<String> {
+    let (_, zone) = target.split_once("zoneinfo/")?;
+    let zone = zone
+        .strip_prefix("posix/")
+        .or_else(|| zone.strip_prefix("right/"))
+        .unwrap_or(zone);
+    (!zone.is_empty()).then(|| zone.to_string())
+}
+
+/// CPU model and topology from `/proc/cpuinfo`.
+///
+/// Threads are the `processor` entries; sockets the distinct `physical id`s; cores the distinct
+/// (`physical id`, `core id`) pairs. VMs and some architectures omit the topology fields: then
+/// there is one socket and every thread counts as a core. The model comes from `model name`
+/// (x86), else `Processor`, `cpu model` or `cpu` (ARM, MIPS, POWER).
+pub fn parse_cpuinfo(text: &str) -> pb::CpuFacts {
+    let mut threads = 0u32;
+    let mut sockets = BTreeSet::new();
+    let mut cores = BTreeSet::new();
+    let mut model = String::new();
+    let mut fallback_model = String::new();
+    // Per processor block: (physical id, core id).
+    let mut current: (Option<String>, Option<String>) = (None, None);
+    let mut in_block = false;
+
+    let mut finish = |current: &mut (Option<String>, Option<String>), in_block: &mut bool| {
+        if *in_block {
+            if let Some(p) = &current.0 {
+                sockets.insert(p.clone());
+            }
+            if let Some(c) = &current.1 {
+                cores.insert((current.0.clone().unwrap_or_default(), c.clone()));
+            }
+        }
+        *current = (None, None);
+        *in_block = false;
+    };
+
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            if line.trim().is_empty() {
+                finish(&mut current, &mut in_block);
+            }
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "processor" => {
+                // A new block even without a blank line before it.
+                finish(&mut current, &mut in_block);
+                threads += 1;
+                in_block = true;
+            }
+            "physical id" => current.0 = Some(value.to_string()),
+            "core id" => current.1 = Some(value.to_string()),
+            "model name" if model.is_empty() => model = value.to_string(),
+            "Processor" | "cpu model" | "cpu" if fallback_model.is_empty() => {
+                fallback_model = value.to_string()
+            }
+            _ => {}
+        }
+    }
+    finish(&mut current, &mut in_block);
+
+    let sockets = match sockets.len() {
+        0 if threads > 0 => 1,
+        n => u32::try_from(n).unwrap_or(u32::MAX),
+    };
+    let cores = match cores.len() {
+        0 => threads,
+        n => u32::try_from(n).unwrap_or(u32::MAX),
+    };
+    pb::CpuFacts {
+        model: if model.is_empty() {
+            fallback_model
+        } else {
+            model
+        },
+        sockets,
+        cores,
+        threads,
+    }
+}
+
+/// `MemTotal` from `/proc/meminfo` in bytes (the file says kB and means KiB).
+pub fn parse_meminfo_total(text: &str) -> Option<u64> {
+    let rest = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    let mut parts = rest.split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") | None => value.checked_mul(1024),
+        Some(_) => None,
+    }
+}
+
+/// Link speed in Mb/s from `/sys/class/net/X/speed`; virtual and down links report -1 or fail
+/// to read, which means "unknown" and becomes 0.
+pub fn parse_speed(text: Option<&str>) -> u64 {
+    text.and_then(|t| t.trim().parse::<i64>().ok())
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+/// `/sys/block/X/size` counts 512-byte sectors whatever the device's sector size.
+pub fn parse_sectors(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok()?.checked_mul(512)
+}
+
+/// Block devices that are not hardware: loop, RAM disks, zram, device-mapper, md RAID, nbd,
+/// floppies. They would make every host look different for no inventory value.
+pub fn is_virtual_block_device(name: &str) -> bool {
+    const PREFIXES: [&str; 7] = ["loop", "ram", "zram", "dm-", "md", "nbd", "fd"];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The serial number in a SCSI VPD page 0x80 (Unit Serial Number): a 4-byte header whose bytes
+/// 2..4 give the length, then ASCII, often padded with spaces.
+pub fn serial_from_vpd_pg80(page: &[u8]) -> Option<String> {
+    if page.len() < 4 || page[1] != 0x80 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([page[2], page[3]]));
+    let body = page.get(4..4 + len).unwrap_or(&page[4..]);
+    let text: String = body
+        .iter()
+        .filter(|b| b.is_ascii_graphic() || **b == b' ')
+        .map(|b| char::from(*b))
+        .collect();
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// Groups (interface, address, prefix) triples into "ADDR/PREFIX" strings per interface, IPv4
+/// before IPv6 and in address order, so the list is stable between reports.
+pub fn group_addresses(
+    items: impl IntoIterator<Item = (String, IpAddr, u8)>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut sorted: BTreeMap<String, BTreeSet<(IpAddr, u8)>> = BTreeMap::new();
+    for (name, ip, prefix) in items {
+        sorted.entry(name).or_default().insert((ip, prefix));
+    }
+    sorted
+        .into_iter()
+        .map(|(name, set)| {
+            let list = set
+                .into_iter()
+                .map(|(ip, prefix)| format!("{ip}/{prefix}"))
+                .collect();
+            (name, list)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN: &str = r#"PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
+NAME="Debian GNU/Linux"
+VERSION_ID="12"
+VERSION="12 (bookworm)"
+ID=debian
+"#;
+
+    #[test]
+    fn os_release_prefers_pretty_name() {
+        let r = parse_os_release(DEBIAN);
+        assert_eq!(r.pretty, "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(r.id, "debian");
+        assert_eq!(r.version_id, "12");
+    }
+
+    #[test]
+    fn os_release_falls_back_to_name_and_version() {
+        let r = parse_os_release("# comment\nNAME='Rocky Linux'\nVERSION_ID=\"9.4\"\nID=rocky\n");
+        assert_eq!(r.pretty, "Rocky Linux 9.4");
+        assert_eq!(r.id, "rocky");
+        let r = parse_os_release("NAME=Alpine\n");
+        assert_eq!(r.pretty, "Alpine");
+        assert_eq!(parse_os_release("").pretty, "Linux");
+    }
+
+    #[test]
+    fn os_release_unescapes_double_quotes() {
+        let r = parse_os_release(r#"PRETTY_NAME="A \"quoted\" \$name""#);
+        assert_eq!(r.pretty, r#"A "quoted" $name"#);
+    }
+
+    #[test]
+    fn btime_and_uptime() {
+        let stat = "cpu  1 2 3\nintr 5\nctxt 10\nbtime 1700000000\nprocesses 9\n";
+        assert_eq!(parse_btime(stat), Some(1_700_000_000));
+        assert_eq!(parse_btime("cpu 1\n"), None);
+        assert_eq!(parse_uptime("3600.51 7000.00\n"), Some(3600));
+        assert_eq!(parse_uptime(""), None);
+    }
+
+    #[test]
+    fn timezone_from_symlink_target() {
+        assert_eq!(
+            timezone_from_link("/usr/share/zoneinfo/Europe/Berlin").as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert_eq!(
+            timezone_from_link("../usr/share/zoneinfo/posix/America/New_York").as_deref(),
+            Some("America/New_York")
+        );
+        assert_eq!(timezone_from_link("/etc/somewhere"), None);
+    }
+
+    const CPUINFO_2_SOCKETS: &str = "\
+processor\t: 0
+model name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz
+physical id\t: 0
+core id\t\t: 0
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz
+physical id\t: 0
+core id\t\t: 1
+
+processor\t: 2
+model name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz
+physical id\t: 1
+core id\t\t: 0
+
+processor\t: 3
+model name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz
+physical id\t: 1
+core id\t\t: 1
+
+processor\t: 4
+model name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz
+physical id\t: 0
+core id\t\t: 0
+
+processor\t: 5
+model name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz
+physical id\t: 0
+core id\t\t: 1
+";
+
+    #[test]
+    fn cpuinfo_counts_sockets_cores_threads() {
+        let cpu = parse_cpuinfo(CPUINFO_2_SOCKETS);
+        assert_eq!(cpu.model, "Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz");
+        assert_eq!(cpu.threads, 6);
+        assert_eq!(cpu.sockets, 2);
+        // Core ids repeat across sockets: (0,0) (0,1) (1,0) (1,1).
+        assert_eq!(cpu.cores, 4);
+    }
+
+    #[test]
+    fn cpuinfo_without_topology_is_one_socket_of_single_thread_cores() {
+        let text = "processor : 0\nmodel name : QEMU Virtual CPU\n\nprocessor : 1\nmodel name : QEMU Virtual CPU\n";
+        let cpu = parse_cpuinfo(text);
+        assert_eq!((cpu.sockets, cpu.cores, cpu.threads), (1, 2, 2));
+        assert_eq!(cpu.model, "QEMU Virtual CPU");
+    }
+
+    #[test]
+    fn cpuinfo_arm_style_model() {
+        let text = "Processor\t: ARMv7 Processor rev 4 (v7l)\nprocessor\t: 0\nBogoMIPS\t: 38.40\n\nprocessor\t: 1\n";
+        let cpu = parse_cpuinfo(text);
+        assert_eq!(cpu.model, "ARMv7 Processor rev 4 (v7l)");
+        assert_eq!(cpu.threads, 2);
+        assert_eq!(parse_cpuinfo("").threads, 0);
+    }
+
+    #[test]
+    fn meminfo_total_in_bytes() {
+        let text = "MemTotal:        8041416 kB\nMemFree:          123 kB\n";
+        assert_eq!(parse_meminfo_total(text), Some(8_041_416 * 1024));
+        assert_eq!(parse_meminfo_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_meminfo_total("MemTotal: 1 MB\n"), None);
+    }
+
+    #[test]
+    fn speed_unknown_is_zero() {
+        assert_eq!(parse_speed(Some("10000")), 10_000);
+        assert_eq!(parse_speed(Some("-1")), 0);
+        assert_eq!(parse_speed(None), 0);
+        assert_eq!(parse_speed(Some("garbage")), 0);
+    }
+
+    #[test]
+    fn sectors_and_virtual_devices() {
+        assert_eq!(parse_sectors("536870912\n"), Some(274_877_906_944));
+        assert_eq!(parse_sectors("x"), None);
+        for name in ["loop0", "ram1", "zram0", "dm-3", "md127", "nbd0"] {
+            assert!(is_virtual_block_device(name), "{name}");
+        }
+        for name in ["sda", "vda", "nvme0n1", "xvda", "mmcblk0"] {
+            assert!(!is_virtual_block_device(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn vpd_page_80_serial() {
+        let mut page = vec![0x00, 0x80, 0x00, 0x0c];
+        page.extend_from_slice(b"  WD-WCC4N12");
+        assert_eq!(serial_from_vpd_pg80(&page).as_deref(), Some("WD-WCC4N12"));
+        assert_eq!(serial_from_vpd_pg80(&[0, 0x83, 0, 0]), None);
+        assert_eq!(serial_from_vpd_pg80(&[0, 0x80, 0, 0]), None);
+    }
+
+    #[test]
+    fn addresses_grouped_and_ordered() {
+        let items = vec![
+            ("eth0".to_string(), "fe80::1".parse().unwrap(), 64),
+            ("eth0".to_string(), "192.0.2.10".parse().unwrap(), 24),
+            ("eth1".to_string(), "10.0.0.1".parse().unwrap(), 8),
+            ("eth0".to_string(), "10.1.1.1".parse().unwrap(), 16),
+        ];
+        let grouped = group_addresses(items);
+        assert_eq!(
+            grouped["eth0"],
+            vec!["10.1.1.1/16", "192.0.2.10/24", "fe80::1/64"]
+        );
+        assert_eq!(grouped["eth1"], vec!["10.0.0.1/8"]);
+    }
+
+    /// A whole fake root: the readers find every file where the real system keeps it.
+    #[test]
+    fn collect_at_a_fake_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |rel: &str, text: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("proc/sys/kernel/hostname", "fake-host\n");
+        write("proc/sys/kernel/osrelease", "6.1.0-fake\n");
+        write(
+            "proc/sys/kernel/random/boot_id",
+            "0b5e1d2c-aaaa-bbbb-cccc-000000000001\n",
+        );
+        write("etc/os-release", DEBIAN);
+        write("etc/timezone", "Europe/Berlin\n");
+        write("proc/stat", "cpu 1 2 3\nbtime 1700000000\n");
+        write("proc/uptime", "120.5 200.0\n");
+        write("proc/cpuinfo", CPUINFO_2_SOCKETS);
+        write("proc/meminfo", "MemTotal: 1024 kB\n");
+        write("sys/class/net/lo/address", "00:00:00:00:00:00\n");
+        write("sys/class/net/lo/type", "772\n");
+        write("sys/class/net/zz-fake0/address", "52:54:00:12:34:56\n");
+        write("sys/class/net/zz-fake0/speed", "1000\n");
+        write("sys/class/net/zz-fake0/type", "1\n");
+        write("sys/class/net/zz-fake1/address", "52:54:00:12:34:57\n");
+        write("sys/class/net/zz-fake1/speed", "-1\n");
+        write("sys/block/loop0/size", "0\n");
+        write("sys/block/sda/size", "2048\n");
+        write("sys/block/sda/queue/rotational", "1\n");
+        write("sys/block/sda/device/model", "ST1000DM003     \n");
+        write("sys/block/sda/device/wwid", "naa.5000c500a1b2c3d4\n");
+        write("sys/block/nvme0n1/size", "4096\n");
+        write("sys/block/nvme0n1/queue/rotational", "0\n");
+        write("sys/block/nvme0n1/device/model", "Samsung SSD 980\n");
+        write("sys/block/nvme0n1/device/serial", "S64DNX0R123456\n");
+
+        let snap = collect_at(root).unwrap();
+        assert_eq!(snap.os.hostname, "fake-host");
+        assert_eq!(snap.os.kernel, "6.1.0-fake");
+        assert_eq!(snap.os.release, "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(snap.os.timezone, "Europe/Berlin");
+        assert_eq!(snap.os.uptime_seconds, 120);
+        assert_eq!(snap.os.booted_at.as_ref().unwrap().seconds, 1_700_000_000);
+        assert_eq!(snap.boot_id, "0b5e1d2c-aaaa-bbbb-cccc-000000000001");
+        assert_eq!(snap.os_release.id, "debian");
+        assert_eq!(snap.memory_bytes, 1024 * 1024);
+        assert_eq!(snap.cpu.threads, 6);
+
+        let nics: Vec<_> = snap
+            .nics
+            .iter()
+            .map(|n| (n.name.as_str(), n.mac.as_str(), n.speed_mbps))
+            .collect();
+        assert_eq!(
+            nics,
+            vec![
+                ("zz-fake0", "52:54:00:12:34:56", 1000),
+                ("zz-fake1", "52:54:00:12:34:57", 0)
+            ]
+        );
+
+        assert_eq!(
+            snap.disks,
+            vec![
+                pb::BlockDevice {
+                    name: "nvme0n1".into(),
+                    size_bytes: 4096 * 512,
+                    model: "Samsung SSD 980".into(),
+                    serial: "S64DNX0R123456".into(),
+                    rotational: false,
+                },
+                pb::BlockDevice {
+                    name: "sda".into(),
+                    size_bytes: 2048 * 512,
+                    model: "ST1000DM003".into(),
+                    serial: "naa.5000c500a1b2c3d4".into(),
+                    rotational: true,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_proc_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = collect_at(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("proc/sys/kernel/hostname"), "{msg}");
+    }
+
+    #[test]
+    fn localtime_symlink_when_no_timezone_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        assert_eq!(read_timezone(dir.path()), "UTC");
+        std::os::unix::fs::symlink(
+            "/usr/share/zoneinfo/Asia/Tokyo",
+            dir.path().join("etc/localtime"),
+        )
+        .unwrap();
+        assert_eq!(read_timezone(dir.path()), "Asia/Tokyo");
+    }
+}
