@@ -59,6 +59,11 @@ pub enum Command {
     Watch(WatchArgs),
     /// Search the audit trail.
     Audit(AuditArgs),
+    /// Agent enrollment: tokens, approvals, identities.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Server administration.
     Admin {
         #[command(subcommand)]
@@ -94,6 +99,47 @@ pub struct GetArgs {
     /// Stop after this many resources.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Devices only: those with this health (ok, warning, critical, unknown).
+    #[arg(long, value_name = "HEALTH")]
+    pub health: Option<String>,
+}
+
+/// `muster agent ...`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// One-time enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: AgentTokenCommand,
+    },
+    /// Let a held re-enrollment take over a device's identity (the old one is revoked).
+    Approve {
+        /// Device name.
+        device: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Enrolled identities and enrollments waiting for approval.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+/// `muster agent token ...`.
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCommand {
+    /// Create a one-time token that lets DEVICE's agent enroll; printed once.
+    Create {
+        /// Device name.
+        device: String,
+        /// How long the token is valid (e.g. 1h, 30m; at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
 }
 
 /// `muster describe`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use muster::pb::admin_service_client::AdminServiceClient;
+use muster::pb::agent_service_client::AgentServiceClient;
 use muster::pb::audit_service_client::AuditServiceClient;
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use tonic::codegen::http::Uri;
@@ -49,6 +50,8 @@ pub struct Clients {
     pub audit: AuditServiceClient<Svc>,
     /// Backup and whoami.
     pub admin: AdminServiceClient<Svc>,
+    /// Agent enrollment.
+    pub agent: AgentServiceClient<Svc>,
     timeout: Duration,
 }
 
@@ -73,7 +76,9 @@ impl Clients {
                 .max_decoding_message_size(MAX_DECODING_BYTES),
             audit: AuditServiceClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_DECODING_BYTES),
-            admin: AdminServiceClient::with_interceptor(channel, auth)
+            admin: AdminServiceClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(MAX_DECODING_BYTES),
+            agent: AgentServiceClient::with_interceptor(channel, auth)
                 .max_decoding_message_size(MAX_DECODING_BYTES),
             timeout: settings.timeout,
         })

@@ -450,6 +450,9 @@ fn status_section(d: &mut Doc, st: &pb::ObservedState, now: SystemTime) {
         time_with_age(st.last_report_at.as_ref(), now),
     );
     d.kv(2, "Agent Version", &st.agent_version);
+    if st.report_seq != 0 {
+        d.kv(2, "Report Seq", format!("{} (boot {})", st.report_seq, st.boot_id));
+    }
     d.kv(2, "Origin", &st.origin);
     if let Some(os) = &st.os {
         d.kv(2, "Hostname", &os.hostname);
@@ -512,10 +515,30 @@ fn status_section(d: &mut Doc, st: &pb::ObservedState, now: SystemTime) {
     if !st.sensors.is_empty() {
         d.heading("Sensors");
         d.table(
-            &["NAME", "TYPE", "VALUE", "STATE"],
+            &["NAME", "TYPE", "VALUE", "STATE", "THRESHOLDS (LC/LNC/UNC/UC)"],
             st.sensors.iter().map(|s| {
-                let value = format!("{} {}", s.value, s.unit).trim().to_string();
-                vec![cell(&s.name), cell(&s.r#type), value, cell(&s.state)]
+                let value = if s.asserted.is_empty() {
+                    format!("{} {}", s.value, s.unit).trim().to_string()
+                } else {
+                    s.asserted.join(", ")
+                };
+                let t = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+                let thresholds = if s.lower_critical.is_none()
+                    && s.lower_non_critical.is_none()
+                    && s.upper_non_critical.is_none()
+                    && s.upper_critical.is_none()
+                {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{}/{}/{}/{}",
+                        t(s.lower_critical),
+                        t(s.lower_non_critical),
+                        t(s.upper_non_critical),
+                        t(s.upper_critical)
+                    )
+                };
+                vec![cell(&s.name), cell(&s.r#type), value, cell(&s.state), thresholds]
             }),
         );
     }
@@ -557,6 +580,35 @@ fn status_section(d: &mut Doc, st: &pb::ObservedState, now: SystemTime) {
             let _ = writeln!(d.text, "  ... {} older entries", total - SEL_SHOWN);
         }
     }
+    if !st.collectors.is_empty() {
+        d.heading("Collectors");
+        d.table(
+            &["NAME", "LAST SUCCESS", "TOOK", "ERROR"],
+            st.collectors.iter().map(|c| {
+                vec![
+                    cell(&c.name),
+                    time_with_age(c.last_success.as_ref(), now),
+                    crate::output::duration(c.took.as_ref()).unwrap_or_else(|| "-".into()),
+                    cell(&c.error),
+                ]
+            }),
+        );
+    }
+    if !st.vms.is_empty() {
+        d.heading("Virtual Machines");
+        d.table(
+            &["NAME", "UUID", "STATE", "VCPUS", "MEMORY"],
+            st.vms.iter().map(|v| {
+                vec![
+                    cell(&v.name),
+                    cell(&v.uuid),
+                    cell(&v.state),
+                    v.vcpus.to_string(),
+                    bytes(v.memory_bytes),
+                ]
+            }),
+        );
+    }
     if let Some(fru) = st.fru.as_ref().filter(|f| **f != pb::Fru::default()) {
         d.heading("FRU");
         d.kv(2, "Manufacturer", &fru.manufacturer);
@@ -586,6 +638,10 @@ fn status_section(d: &mut Doc, st: &pb::ObservedState, now: SystemTime) {
                 for a in &s.attributes {
                     if a.thresh != 0 && a.value <= a.thresh {
                         details.push(format!("{} at threshold", a.name));
+                    }
+                    // Backblaze's failure predictors, shown whenever they are not zero.
+                    if [5, 187, 188, 197, 198].contains(&a.id) && a.raw != 0 {
+                        details.push(format!("{} {}={}", a.id, a.name, a.raw));
                     }
                 }
                 vec![

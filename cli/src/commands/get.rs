@@ -17,7 +17,23 @@ const PAGE_SIZE: u32 = 500;
 /// Fetches and prints.
 pub async fn run(clients: &Clients, args: GetArgs) -> Result<()> {
     let selector = super::check_selector(args.selector.as_deref())?;
-    let field_selector = super::check_field_selector(args.field_selector.as_deref())?;
+    let mut field_selector = super::check_field_selector(args.field_selector.as_deref())?;
+    if let Some(h) = &args.health {
+        if args.kind != Kind::Device {
+            bail!("--health applies to devices only");
+        }
+        let wanted = match h.to_ascii_lowercase().as_str() {
+            "ok" => "OK",
+            "warning" => "WARNING",
+            "critical" => "CRITICAL",
+            "unknown" => "UNKNOWN",
+            other => bail!("--health {other:?}: use ok, warning, critical or unknown"),
+        };
+        if !field_selector.is_empty() {
+            field_selector.push(',');
+        }
+        field_selector.push_str(&format!("health={wanted}"));
+    }
     if let Some(name) = &args.name {
         if !selector.is_empty() || !field_selector.is_empty() {
             bail!("a name cannot be combined with --selector or --field-selector");

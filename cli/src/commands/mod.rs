@@ -9,6 +9,7 @@ use crate::config::{self, Sources};
 use crate::output;
 
 mod admin;
+mod agent;
 mod apply;
 mod audit;
 mod delete;
@@ -61,6 +62,7 @@ pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
             command: AdminCommand::Backup { to },
         } => admin::backup(&clients, &to).await,
         Command::Whoami => whoami::run(&clients).await,
+        Command::Agent { command } => agent::run(&clients, command).await,
         Command::Completion { .. } | Command::Version => Ok(()),
     }
 }
