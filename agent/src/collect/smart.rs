@@ -282,10 +282,10 @@ fn report_from_value(value: &Value) -> Result<SmartReport, SmartError> {
     let root = Obj::root(value)?;
     let mut disk = pb::SmartDisk::default();
 
-    if let Some(smartctl) = root.obj("smartctl")? {
-        if let Some(status) = smartctl.u32("exit_status")? {
-            disk.exit_status = status;
-        }
+    if let Some(smartctl) = root.obj("smartctl")?
+        && let Some(status) = smartctl.u32("exit_status")?
+    {
+        disk.exit_status = status;
     }
     let mut protocol = None;
     if let Some(device) = root.obj("device")? {
@@ -298,17 +298,17 @@ fn report_from_value(value: &Value) -> Result<SmartReport, SmartError> {
     if let Some(serial) = root.str("serial_number")? {
         disk.serial = serial.to_owned();
     }
-    if let Some(status) = root.obj("smart_status")? {
-        if let Some(passed) = status.bool("passed")? {
-            disk.passed = passed;
-        }
+    if let Some(status) = root.obj("smart_status")?
+        && let Some(passed) = status.bool("passed")?
+    {
+        disk.passed = passed;
     }
-    if let Some(attrs) = root.obj("ata_smart_attributes")? {
-        if let Some(table) = attrs.array("table")? {
-            for (i, entry) in table.iter().enumerate() {
-                let entry = Obj::at(entry, format!("{}[{i}]", attrs.path_of("table")))?;
-                disk.attributes.push(attribute(&entry)?);
-            }
+    if let Some(attrs) = root.obj("ata_smart_attributes")?
+        && let Some(table) = attrs.array("table")?
+    {
+        for (i, entry) in table.iter().enumerate() {
+            let entry = Obj::at(entry, format!("{}[{i}]", attrs.path_of("table")))?;
+            disk.attributes.push(attribute(&entry)?);
         }
     }
     if let Some(log) = root.obj("nvme_smart_health_information_log")? {
