@@ -20,7 +20,8 @@ pub struct OsSnapshot {
     pub cpu: pb::CpuFacts,
     /// `MemTotal` from `/proc/meminfo`, in bytes.
     pub memory_bytes: u64,
-    /// Network interfaces except loopback, sorted by name.
+    /// Network interfaces except loopback, sorted by name; addresses as "ADDR/PREFIX" without
+    /// IPv6 link-local ones (see [`group_addresses`]).
     pub nics: Vec<pb::Nic>,
     /// Block devices except virtual ones (loop, ram, zram, device-mapper, md, nbd), by name.
     pub disks: Vec<pb::BlockDevice>,
@@ -480,11 +481,21 @@ pub fn serial_from_vpd_pg80(page: &[u8]) -> Option<String> {
 
 /// Groups (interface, address, prefix) triples into "ADDR/PREFIX" strings per interface, IPv4
 /// before IPv6 and in address order, so the list is stable between reports.
+///
+/// IPv6 link-local addresses (fe80::/10) are left out: every IPv6 interface has one, derived
+/// from its MAC or random, so they add churn and no inventory value (if-addrs drops them too
+/// unless its `link-local` feature is on). IPv4 link-local (169.254/16) stays: it is a real,
+/// telling state (DHCP failed).
 pub fn group_addresses(
     items: impl IntoIterator<Item = (String, IpAddr, u8)>,
 ) -> BTreeMap<String, Vec<String>> {
     let mut sorted: BTreeMap<String, BTreeSet<(IpAddr, u8)>> = BTreeMap::new();
     for (name, ip, prefix) in items {
+        if let IpAddr::V6(v6) = ip
+            && (v6.segments()[0] & 0xffc0) == 0xfe80
+        {
+            continue;
+        }
         sorted.entry(name).or_default().insert((ip, prefix));
     }
     sorted
@@ -659,13 +670,21 @@ core id\t\t: 1
             ("eth0".to_string(), "192.0.2.10".parse().unwrap(), 24),
             ("eth1".to_string(), "10.0.0.1".parse().unwrap(), 8),
             ("eth0".to_string(), "10.1.1.1".parse().unwrap(), 16),
+            (
+                "eth0".to_string(),
+                "fe80::5054:ff:fe12:3456".parse().unwrap(),
+                64,
+            ),
+            ("eth0".to_string(), "febf::1".parse().unwrap(), 64),
+            ("eth0".to_string(), "169.254.3.4".parse().unwrap(), 16),
+            ("eth1".to_string(), "fd00::1".parse().unwrap(), 64),
         ];
         let grouped = group_addresses(items);
         assert_eq!(
             grouped["eth0"],
-            vec!["10.1.1.1/16", "192.0.2.10/24", "fe80::1/64"]
+            vec!["10.1.1.1/16", "169.254.3.4/16", "192.0.2.10/24"]
         );
-        assert_eq!(grouped["eth1"], vec!["10.0.0.1/8"]);
+        assert_eq!(grouped["eth1"], vec!["10.0.0.1/8", "fd00::1/64"]);
     }
 
     /// A whole fake root: the readers find every file where the real system keeps it.
