@@ -690,7 +690,8 @@ impl IpmiCollector {
 /// An open connection: a kernel device or an activated RMCP+ session.
 enum Conn {
     Local(ipmi_rs::File),
-    Lan(Rmcp),
+    // Boxed: the session holds a 1 KiB receive buffer.
+    Lan(Box<Rmcp>),
 }
 
 impl Conn {
@@ -719,7 +720,7 @@ impl Conn {
                 })?;
                 rmcp.activate(true, Some(user), Some(password.as_bytes()))
                     .map_err(|e| activation_error(e, &bmc, user, timeout))?;
-                Ok(Conn::Lan(rmcp))
+                Ok(Conn::Lan(Box::new(rmcp)))
             }
         }
     }
