@@ -2,6 +2,8 @@
 //! loopback port with a temporary data directory, learn its ports from the line it prints, and
 //! talk to it over gRPC or through the real `muster` CLI.
 
+pub mod ipmi;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
