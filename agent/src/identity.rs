@@ -140,7 +140,8 @@ pub fn channel(
     let ca_pem = std::fs::read(&ca_path).map_err(io(&ca_path))?;
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     if with_identity {
-        let cert = std::fs::read(&paths.cert).map_err(|_| IdentityError::NotEnrolled(paths.cert.clone()))?;
+        let cert = std::fs::read(&paths.cert)
+            .map_err(|_| IdentityError::NotEnrolled(paths.cert.clone()))?;
         let key = std::fs::read(&paths.key).map_err(io(&paths.key))?;
         tls = tls.identity(Identity::from_pem(cert, key));
     }

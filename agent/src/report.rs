@@ -159,10 +159,16 @@ mod tests {
             ..Default::default()
         };
         let c = coalesce(a, b);
-        assert_eq!((c.seq, c.base_hash.as_str(), c.facts_hash.as_str()), (2, "h0", "h2"));
+        assert_eq!(
+            (c.seq, c.base_hash.as_str(), c.facts_hash.as_str()),
+            (2, "h0", "h2")
+        );
         let f = c.facts.unwrap();
         assert_eq!(f.os.unwrap().hostname, "b");
         assert_eq!(f.packages.unwrap().items.len(), 1);
-        assert_eq!(c.sel.iter().map(|s| s.record_id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            c.sel.iter().map(|s| s.record_id).collect::<Vec<_>>(),
+            [1, 2]
+        );
     }
 }

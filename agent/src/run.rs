@@ -54,7 +54,13 @@ struct Freshness {
 }
 
 impl Freshness {
-    fn status(&mut self, name: &'static str, error: Option<String>, took: Duration) -> pb::CollectorStatus {
+    fn status(
+        &mut self,
+        name: &'static str,
+        error: Option<String>,
+        took: Duration,
+    ) -> pb::CollectorStatus {
+        let took = Duration::from_millis(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
         if error.is_none() {
             self.last_success.insert(name, SystemTime::now());
         }
@@ -168,7 +174,8 @@ impl Collectors {
 
         // OS facts.
         let t = Instant::now();
-        let os = tokio::time::timeout(d.os, tokio::task::spawn_blocking(collect::os::collect)).await;
+        let os =
+            tokio::time::timeout(d.os, tokio::task::spawn_blocking(collect::os::collect)).await;
         let err = match os {
             Ok(Ok(Ok(s))) => {
                 self.current.os = Some(s.os);
@@ -181,7 +188,10 @@ impl Collectors {
             }
             Ok(Ok(Err(e))) => Some(e.to_string()),
             Ok(Err(e)) => Some(format!("collector panicked: {e}")),
-            Err(_) => Some(format!("timed out after {}", humantime::format_duration(d.os))),
+            Err(_) => Some(format!(
+                "timed out after {}",
+                humantime::format_duration(d.os)
+            )),
         };
         statuses.push(self.freshness.status("os", err, t.elapsed()));
 
@@ -251,7 +261,9 @@ impl Collectors {
             let disks = self.cfg.disks.clone();
             let run = async move {
                 let refs = if disks.is_empty() {
-                    collect::smart::scan(&smartctl).await.map_err(|e| e.to_string())?
+                    collect::smart::scan(&smartctl)
+                        .await
+                        .map_err(|e| e.to_string())?
                 } else {
                     disks
                         .iter()
@@ -393,7 +405,9 @@ fn save_state(cfg: &AgentConfig, s: &State) -> Result<(), AgentError> {
 fn retryable(code: tonic::Code) -> bool {
     !matches!(
         code,
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted
+        tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::ResourceExhausted
     )
 }
 
@@ -469,9 +483,24 @@ impl Agent {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let sections: Vec<u8> = report
+                .facts
+                .as_ref()
+                .map(|f| muster::facts::split(f).into_iter().map(|p| p.0).collect())
+                .unwrap_or_default();
+            let bytes = prost::Message::encoded_len(&report);
             match self.client.report(report.clone()).await {
                 Ok(resp) => {
                     let resp = resp.into_inner();
+                    tracing::info!(
+                        seq,
+                        bytes,
+                        full = report.base_hash.is_empty(),
+                        sections = ?sections,
+                        sel = report.sel.len(),
+                        applied = resp.applied,
+                        "reported"
+                    );
                     if let Some(d) = resp.next_interval.filter(|d| d.seconds > 0 || d.nanos > 0) {
                         self.interval = Duration::new(
                             u64::try_from(d.seconds).unwrap_or(60),
@@ -614,7 +643,11 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
     let started = Instant::now();
     loop {
         let req = pb::EnrollRequest {
-            token: if pending.is_empty() { token.to_string() } else { String::new() },
+            token: if pending.is_empty() {
+                token.to_string()
+            } else {
+                String::new()
+            },
             csr_pem: csr.clone(),
             pending_id: pending.clone(),
             hostname: hostname.clone(),
@@ -645,10 +678,15 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
                         p.message
                     )));
                 }
-                let retry = p
-                    .retry_after
-                    .map_or(Duration::from_secs(10), |d| Duration::from_secs(u64::try_from(d.seconds).unwrap_or(10).max(1)));
-                tokio::time::sleep(retry.min(wait.saturating_sub(started.elapsed())).max(Duration::from_millis(200))).await;
+                let retry = p.retry_after.map_or(Duration::from_secs(10), |d| {
+                    Duration::from_secs(u64::try_from(d.seconds).unwrap_or(10).max(1))
+                });
+                tokio::time::sleep(
+                    retry
+                        .min(wait.saturating_sub(started.elapsed()))
+                        .max(Duration::from_millis(200)),
+                )
+                .await;
             }
             None => return Err(AgentError::Enroll("empty answer from the server".into())),
         }

@@ -167,18 +167,23 @@ fn sensor_reasons(s: &pb::Sensor, out: &mut Vec<pb::HealthReason>) {
 }
 
 fn sel_reasons(sel: &[SelSeen], now: i64, out: &mut Vec<pb::HealthReason>) {
-    // One reason per (sensor type, sensor, event): a storm of identical events is one problem.
-    let mut seen = std::collections::BTreeSet::new();
-    for s in sel.iter().rev() {
+    // Replay the log: a critical assertion is active until the same sensor's same event is
+    // deasserted (the BMC logs the recovery) or the SEL is cleared. One reason per active
+    // (sensor type, sensor, event): a storm of identical events is one problem.
+    let mut active: BTreeMap<(String, String, String), &SelSeen> = BTreeMap::new();
+    for s in sel {
         let e = &s.entry;
-        if e.severity != "critical"
-            || now.saturating_sub(s.received_nanos) > SEL_CRITICAL_WINDOW_NANOS
+        let key = (e.sensor_type.clone(), e.sensor.clone(), e.event.clone());
+        if !e.asserted {
+            active.remove(&key);
+        } else if e.severity == "critical"
+            && now.saturating_sub(s.received_nanos) <= SEL_CRITICAL_WINDOW_NANOS
         {
-            continue;
+            active.insert(key, s);
         }
-        if !seen.insert((e.sensor_type.clone(), e.sensor.clone(), e.event.clone())) {
-            continue;
-        }
+    }
+    for s in active.values() {
+        let e = &s.entry;
         let source = if e.sensor.is_empty() {
             e.sensor_type.clone()
         } else {
@@ -189,11 +194,10 @@ fn sel_reasons(sel: &[SelSeen], now: i64, out: &mut Vec<pb::HealthReason>) {
             "sel.critical",
             &source,
             format!(
-                "SEL record {}: {} {}{}",
+                "SEL record {}: {} {}",
                 e.record_id,
                 e.sensor_type.replace('_', " "),
-                e.event,
-                if e.asserted { "" } else { " (deasserted)" }
+                e.event
             ),
         ));
     }

@@ -56,6 +56,8 @@ pub struct Options {
     pub config: String,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Serve TLS with musterd's own CA (`--tls-auto`): what agents' mTLS needs.
+    pub tls_auto: bool,
 }
 
 /// A running `musterd` process and its data directory.
@@ -129,8 +131,16 @@ impl TestServer {
             .arg(self.config_path())
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            // A restart keeps the port, so clients (agents) configured with it find it again.
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.addr.port()))
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(&self.opts.args)
+            .args(if self.opts.tls_auto {
+                &["--tls-auto"][..]
+            } else {
+                &[][..]
+            })
             .env("MUSTER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -168,9 +178,18 @@ impl TestServer {
         std::fs::read_to_string(self.dir.path().join("musterd.log")).unwrap_or_default()
     }
 
-    /// `http://ADDR` for clients.
+    /// `http://ADDR` for clients (`https://` with auto-TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.opts.tls_auto {
+            format!("https://{}", self.addr)
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// The CA certificate clients and agents trust (auto-TLS).
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("agent-ca.pem")
     }
 
     /// Kills the process with SIGKILL (no flush, no cleanup) and waits for it.
@@ -214,7 +233,15 @@ impl TestServer {
 
     /// A gRPC channel to the server.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.url())?.connect().await?)
+        let mut ep = Channel::from_shared(self.url())?;
+        if self.opts.tls_auto {
+            let ca = std::fs::read(self.ca_path())?;
+            ep = ep.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )?;
+        }
+        Ok(ep.connect().await?)
     }
 
     /// An inventory client sending `token`.
@@ -247,6 +274,13 @@ impl TestServer {
 
     /// Runs the CLI with a token and optional stdin.
     pub fn muster_with(&self, args: &[&str], token: &str, stdin: Option<&[u8]>) -> Output {
+        if self.opts.tls_auto {
+            // The CLI trusts the server's CA through MUSTER_CA_CERT, as an operator would.
+            let ca = self.ca_path();
+            let mut full: Vec<&str> = vec!["--ca-cert", ca.to_str().unwrap_or_default()];
+            full.extend_from_slice(args);
+            return run_cli(&self.url(), token, &full, stdin);
+        }
         run_cli(&self.url(), token, args, stdin)
     }
 }

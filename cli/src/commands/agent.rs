@@ -41,13 +41,13 @@ pub async fn run(clients: &Clients, command: AgentCommand) -> Result<()> {
         AgentCommand::Approve { device, change } => {
             let ctx = super::change_context(&change);
             let r = clients
-                .unary(agent().approve_enrollment(clients.request(
-                    pb::ApproveEnrollmentRequest {
+                .unary(
+                    agent().approve_enrollment(clients.request(pb::ApproveEnrollmentRequest {
                         device: device.clone(),
                         reason: ctx.reason,
                         ticket: ctx.ticket,
-                    },
-                )))
+                    })),
+                )
                 .await?;
             output::println(&format!(
                 "approved the held enrollment of device {device} (key sha256 {}); the agent collects its identity at its next try",

@@ -451,7 +451,11 @@ fn status_section(d: &mut Doc, st: &pb::ObservedState, now: SystemTime) {
     );
     d.kv(2, "Agent Version", &st.agent_version);
     if st.report_seq != 0 {
-        d.kv(2, "Report Seq", format!("{} (boot {})", st.report_seq, st.boot_id));
+        d.kv(
+            2,
+            "Report Seq",
+            format!("{} (boot {})", st.report_seq, st.boot_id),
+        );
     }
     d.kv(2, "Origin", &st.origin);
     if let Some(os) = &st.os {
@@ -515,7 +519,13 @@ fn status_section(d: &mut Doc, st: &pb::ObservedState, now: SystemTime) {
     if !st.sensors.is_empty() {
         d.heading("Sensors");
         d.table(
-            &["NAME", "TYPE", "VALUE", "STATE", "THRESHOLDS (LC/LNC/UNC/UC)"],
+            &[
+                "NAME",
+                "TYPE",
+                "VALUE",
+                "STATE",
+                "THRESHOLDS (LC/LNC/UNC/UC)",
+            ],
             st.sensors.iter().map(|s| {
                 let value = if s.asserted.is_empty() {
                     format!("{} {}", s.value, s.unit).trim().to_string()
@@ -538,7 +548,13 @@ fn status_section(d: &mut Doc, st: &pb::ObservedState, now: SystemTime) {
                         t(s.upper_critical)
                     )
                 };
-                vec![cell(&s.name), cell(&s.r#type), value, cell(&s.state), thresholds]
+                vec![
+                    cell(&s.name),
+                    cell(&s.r#type),
+                    value,
+                    cell(&s.state),
+                    thresholds,
+                ]
             }),
         );
     }
