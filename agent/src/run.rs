@@ -573,6 +573,7 @@ impl Agent {
                 seq = self.state.seq,
                 cpu_ms = c.cpu_time.as_millis() as u64,
                 took_ms = started.elapsed().as_millis() as u64,
+                peak_rss_kib = peak_rss_kib(),
                 "collected"
             );
             let sent = self.drain().await?;
@@ -611,6 +612,19 @@ impl Agent {
     pub fn paths(&self) -> &Paths {
         &self.paths
     }
+}
+
+/// This process's peak resident set (VmHWM), KiB; 0 when unreadable.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn jitter(d: Duration) -> Duration {

@@ -995,10 +995,10 @@ impl Agents {
                 interval: self.settings.report_interval,
             },
         );
-        if let Some(vms) = &facts.vms {
-            if let Err(e) = self.reconcile_vms(device, &vms.items).await {
-                tracing::warn!(device, error = %e, "could not link the VMs a hypervisor reported");
-            }
+        if let Some(vms) = &facts.vms
+            && let Err(e) = self.reconcile_vms(device, &vms.items).await
+        {
+            tracing::warn!(device, error = %e, "could not link the VMs a hypervisor reported");
         }
         Ok(pb::ReportResponse {
             acked_seq: req.seq,
@@ -1122,7 +1122,7 @@ impl Agents {
             mutation: Some(m),
         })
         .await
-        .map_err(|e| ApiError::from_store("device", &name, e))?;
+        .map_err(|e| ApiError::from_store("device", name, e))?;
         Ok(true)
     }
 

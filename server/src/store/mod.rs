@@ -119,6 +119,9 @@ pub struct AuxWrite {
     pub mutation: Option<Mutation>,
 }
 
+/// One auxiliary record: key (without the store's prefix) and value.
+pub type AuxRecord = (Vec<u8>, Vec<u8>);
+
 /// What an applied auxiliary write produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuxApplied {
@@ -273,7 +276,7 @@ pub trait Store: Send + Sync + 'static {
     /// One auxiliary record.
     fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Auxiliary records whose key starts with `prefix`, in key order.
-    fn aux_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn aux_scan(&self, prefix: &[u8]) -> Result<Vec<AuxRecord>, StoreError>;
     /// The newest committed revision.
     fn revision(&self) -> u64;
     /// One object by kind and name.

@@ -779,7 +779,7 @@ impl Store for SledStore {
         Ok(self.inner.tree.get(keys::aux(key))?.map(|v| v.to_vec()))
     }
 
-    fn aux_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn aux_scan(&self, prefix: &[u8]) -> Result<Vec<super::AuxRecord>, StoreError> {
         let mut out = Vec::new();
         for item in self.inner.tree.scan_prefix(keys::aux(prefix)) {
             let (k, v) = item?;
