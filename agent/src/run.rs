@@ -565,6 +565,7 @@ impl Agent {
     /// Runs until `shutdown` resolves: collect, spool, send; retry with jittered backoff.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
+        self.resume_chain().await?;
         let mut backoff = Duration::from_secs(1);
         loop {
             let started = Instant::now();
@@ -606,6 +607,29 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// After a restart with nothing spooled: when the server still holds the facts this agent
+    /// last sent (same hash), continue with deltas instead of resending everything.
+    async fn resume_chain(&mut self) -> Result<(), AgentError> {
+        if self.state.chain.facts_hash.is_empty() || !self.spool.is_empty()? {
+            return Ok(());
+        }
+        let req = pb::HeartbeatRequest {
+            device: self.device.clone(),
+            boot_id: String::new(),
+        };
+        match self.client.heartbeat(req).await {
+            Ok(r) if r.get_ref().acked_hash == self.state.chain.facts_hash => {
+                tracing::info!("the server holds this agent's last facts; continuing with deltas");
+                self.need_full = false;
+            }
+            Ok(_) => {}
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "heartbeat failed; the first report will be full");
+            }
+        }
+        Ok(())
     }
 
     /// The paths of this agent's identity files.

@@ -869,29 +869,25 @@ impl Agents {
             puts.push((observed::section_key(&id, *s), Some(bytes.clone())));
         }
         // What health needs: sensors and SMART as they are after this report.
-        let need_stored = facts.sensors.is_none() || facts.smart.is_none();
-        let stored_facts = if need_stored && !full {
-            observed::load(&*self.store, &id)?
-        } else {
-            observed::Stored::default()
+        // What health needs, as it is after this report: a section the delta leaves out is
+        // read from the store (only that section: never the packages).
+        let stored_section = |n: u8| -> Result<pb::Facts, ApiError> {
+            if full {
+                return Ok(pb::Facts::default());
+            }
+            observed::load_section(&*self.store, &id, n)
         };
-        let sensors = facts
-            .sensors
-            .as_ref()
-            .or(stored_facts.facts.sensors.as_ref())
-            .map(|l| l.items.clone())
-            .unwrap_or_default();
-        let smart = facts
-            .smart
-            .as_ref()
-            .or(stored_facts.facts.smart.as_ref())
-            .map(|l| l.items.clone())
-            .unwrap_or_default();
+        let sensors = match &facts.sensors {
+            Some(l) => l.items.clone(),
+            None => stored_section(9)?.sensors.map(|l| l.items).unwrap_or_default(),
+        };
+        let smart = match &facts.smart {
+            Some(l) => l.items.clone(),
+            None => stored_section(11)?.smart.map(|l| l.items).unwrap_or_default(),
+        };
         // SEL: append what is new (by record id), or start over after a clear.
-        let mut sel = if req.sel_reset || full && req.sel.is_empty() && prior.is_none() {
+        let mut sel = if req.sel_reset {
             Vec::new()
-        } else if need_stored && !full {
-            stored_facts.sel.clone()
         } else {
             match self
                 .store

@@ -177,6 +177,19 @@ pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
     Ok(out)
 }
 
+/// Reads one facts section (empty `Facts` when the device has none stored).
+pub fn load_section(store: &dyn Store, device_id: &str, section: u8) -> Result<pb::Facts, ApiError> {
+    let mut f = pb::Facts::default();
+    if let Some(v) = store
+        .aux_get(&section_key(device_id, section))
+        .map_err(store_error)?
+    {
+        f.merge(v.as_slice())
+            .map_err(|e| ApiError::Internal(format!("corrupt facts section: {e}")))?;
+    }
+    Ok(f)
+}
+
 /// External facts JSON as a protobuf Struct (empty when absent or not an object).
 fn external_struct(json: Option<&str>) -> Option<pbjson_types::Struct> {
     serde_json::from_str::<pbjson_types::Struct>(json?).ok()

@@ -613,6 +613,10 @@ async fn smart_growth_predicts_failure_and_deltas_skip_unchanged_sections() {
     assert_eq!(health(&d), pb::Health::Critical);
     let msg = &d.status.unwrap().health_reasons[0].message;
     assert!(msg.contains("from 8 to 24"), "{msg}");
+    // A restarted agent whose facts the server still holds (Heartbeat says so) sends deltas.
+    let log = a.log();
+    assert!(log.contains("continuing with deltas"), "{log}");
+    assert!(!log.contains("full=true"), "{log}");
     // A failing disk.
     a.stop();
     a.run(&cfg("hdd-failing.ioctl"), &[]);
