@@ -63,7 +63,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::PermissionsExt;
+    let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -71,6 +73,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
             .truncate(true)
             .mode(mode)
             .open(&tmp)
+            .map_err(io(&tmp))?;
+        // A leftover temp file keeps its old mode; a private key must not.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(io(&tmp))?;
         f.write_all(data).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;

@@ -67,16 +67,24 @@ pub fn overlay(older: &pb::Facts, newer: &pb::Facts) -> pb::Facts {
 /// facts of both, the newer sequence, and every SEL event of both, unless the newer one
 /// follows a SEL clear (then the older events were cleared on the BMC itself).
 pub fn coalesce(older: pb::ReportRequest, newer: pb::ReportRequest) -> pb::ReportRequest {
-    let facts = match (&older.facts, &newer.facts) {
-        (Some(a), Some(b)) => Some(overlay(a, b)),
-        (a, b) => b.clone().or_else(|| a.clone()),
-    };
     let (sel, sel_reset) = if newer.sel_reset {
         (newer.sel.clone(), true)
     } else {
         let mut s = older.sel.clone();
         s.extend(newer.sel.iter().cloned());
         (s, older.sel_reset)
+    };
+    // A full report replaces everything before it: it stays full.
+    if newer.base_hash.is_empty() {
+        return pb::ReportRequest {
+            sel,
+            sel_reset,
+            ..newer
+        };
+    }
+    let facts = match (&older.facts, &newer.facts) {
+        (Some(a), Some(b)) => Some(overlay(a, b)),
+        (a, b) => b.clone().or_else(|| a.clone()),
     };
     pb::ReportRequest {
         base_hash: older.base_hash,

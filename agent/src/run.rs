@@ -100,6 +100,11 @@ pub struct Collectors {
     cfg: AgentConfig,
     ipmi: Option<Arc<Mutex<collect::ipmi::IpmiCollector>>>,
     ipmi_busy: Arc<AtomicBool>,
+    /// SEL cursor of the last spooled report: every IPMI collection starts from it, so events
+    /// of a snapshot that was lost (deadline, error) are read again.
+    spooled_cursor: Option<u16>,
+    /// SEL cursor of the latest collection, persisted once its report is spooled.
+    collected_cursor: Option<u16>,
     freshness: Freshness,
     /// The complete facts as of the last collection.
     current: pb::Facts,
@@ -142,8 +147,7 @@ impl Collectors {
                 let ep = collect::ipmi::BmcEndpoint::parse(spec, password)
                     .map_err(|e| AgentError::Config(format!("bmc: {e}")))?;
                 // Each network wait gets a share of the deadline; the collector makes several.
-                let mut c = collect::ipmi::IpmiCollector::new(ep, cfg.deadlines.ipmi / 4);
-                c.set_sel_cursor(sel_cursor);
+                let c = collect::ipmi::IpmiCollector::new(ep, cfg.deadlines.ipmi / 4);
                 Some(Arc::new(Mutex::new(c)))
             }
             None => None,
@@ -152,17 +156,19 @@ impl Collectors {
             cfg: cfg.clone(),
             ipmi,
             ipmi_busy: Arc::new(AtomicBool::new(false)),
+            spooled_cursor: sel_cursor,
+            collected_cursor: sel_cursor,
             freshness: Freshness::default(),
             current: pb::Facts::default(),
             boot_id: String::new(),
         })
     }
 
-    /// The SEL cursor to persist once the report carrying the new events is spooled.
-    pub fn sel_cursor(&self) -> Option<u16> {
-        self.ipmi
-            .as_ref()
-            .and_then(|c| c.lock().ok().and_then(|c| c.sel_cursor()))
+    /// The report carrying the latest collection's SEL events is spooled: its cursor is now
+    /// the one to persist and to start from.
+    pub fn sel_spooled(&mut self) -> Option<u16> {
+        self.spooled_cursor = self.collected_cursor;
+        self.spooled_cursor
     }
 
     /// Runs every collector under its deadline.
@@ -219,16 +225,22 @@ impl Collectors {
             } else {
                 let ipmi = Arc::clone(ipmi);
                 let busy = Arc::clone(&self.ipmi_busy);
+                let from = self.spooled_cursor;
                 let task = tokio::task::spawn_blocking(move || {
                     let r = ipmi
                         .lock()
                         .map_err(|_| "IPMI collector poisoned".to_string())
-                        .and_then(|mut c| c.collect().map_err(|e| e.to_string()));
+                        .and_then(|mut c| {
+                            c.set_sel_cursor(from);
+                            let snap = c.collect().map_err(|e| e.to_string())?;
+                            Ok((snap, c.sel_cursor()))
+                        });
                     busy.store(false, Ordering::SeqCst);
                     r
                 });
                 match tokio::time::timeout(d.ipmi, task).await {
-                    Ok(Ok(Ok(snap))) => {
+                    Ok(Ok(Ok((snap, cursor)))) => {
+                        self.collected_cursor = cursor;
                         self.current.sensors = Some(pb::SensorList {
                             items: snap.sensors,
                         });
@@ -353,7 +365,6 @@ impl Collectors {
 /// A running agent: its identity, spool, chain and collectors.
 pub struct Agent {
     cfg: AgentConfig,
-    paths: Paths,
     device: String,
     client: AgentServiceClient<Channel>,
     spool: Spool,
@@ -408,6 +419,7 @@ fn retryable(code: tonic::Code) -> bool {
         tonic::Code::InvalidArgument
             | tonic::Code::FailedPrecondition
             | tonic::Code::ResourceExhausted
+            | tonic::Code::OutOfRange
     )
 }
 
@@ -430,7 +442,6 @@ impl Agent {
         Ok(Self {
             interval: cfg.interval,
             cfg,
-            paths,
             device,
             client,
             spool,
@@ -466,7 +477,7 @@ impl Agent {
         };
         self.spool.push(&report)?;
         self.need_full = false;
-        self.state.sel_cursor = self.collectors.sel_cursor();
+        self.state.sel_cursor = self.collectors.sel_spooled();
         save_state(&self.cfg, &self.state)?;
         Ok(c)
     }
@@ -533,17 +544,20 @@ impl Agent {
     fn resend_full(&mut self, first: pb::ReportRequest) -> Result<(), AgentError> {
         let mut sel = Vec::new();
         let mut sel_reset = false;
-        let mut last = first.clone();
-        for seq in self.spool.sequences()? {
-            if let Ok(r) = self.spool.read(seq) {
-                if r.sel_reset {
-                    sel.clear();
-                    sel_reset = true;
-                }
-                sel.extend(r.sel.iter().cloned());
-                last = r;
+        let mut last = first;
+        let replaced = self.spool.sequences()?;
+        for seq in &replaced {
+            let r = match self.spool.read(*seq) {
+                Ok(r) => r,
+                Err(SpoolError::Corrupt(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if r.sel_reset {
+                sel.clear();
+                sel_reset = true;
             }
-            self.spool.remove(seq)?;
+            sel.extend(r.sel.iter().cloned());
+            last = r;
         }
         let (_, facts, hash) = self.state.chain.advance(&self.collectors.current, true);
         self.state.seq += 1;
@@ -557,8 +571,13 @@ impl Agent {
             collected_at: Some(now_ts()),
             ..last
         };
+        // The replacement is durable before what it replaces goes: a crash in between sends
+        // some SEL events twice (the server skips the ones it has), never loses one.
         self.spool.push(&full)?;
         save_state(&self.cfg, &self.state)?;
+        for seq in replaced {
+            self.spool.remove(seq)?;
+        }
         Ok(())
     }
 
@@ -632,10 +651,6 @@ impl Agent {
         Ok(())
     }
 
-    /// The paths of this agent's identity files.
-    pub fn paths(&self) -> &Paths {
-        &self.paths
-    }
 }
 
 /// This process's peak resident set (VmHWM), KiB; 0 when unreadable.
@@ -690,11 +705,16 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
             pending_id: pending.clone(),
             hostname: hostname.clone(),
         };
-        let resp = client
-            .enroll(req)
-            .await
-            .map_err(|s| AgentError::Enroll(format!("{:?}: {}", s.code(), s.message())))?
-            .into_inner();
+        let resp = match client.enroll(req).await {
+            Ok(r) => r.into_inner(),
+            // The held enrollment is gone (superseded or unknown): start over with the token.
+            Err(s) if !pending.is_empty() && !token.is_empty() && s.code() == tonic::Code::Unauthenticated => {
+                let _ = std::fs::remove_file(&paths.pending);
+                pending.clear();
+                continue;
+            }
+            Err(s) => return Err(AgentError::Enroll(format!("{:?}: {}", s.code(), s.message()))),
+        };
         match resp.result {
             Some(pb::enroll_response::Result::Identity(id)) => {
                 write_atomic(&paths.cert, id.certificate_pem.as_bytes(), 0o644)?;

@@ -822,6 +822,11 @@ impl Agents {
         let interval = self.next_interval();
         if let Some(m) = &prior {
             if req.seq == m.seq && req.boot_id == m.boot_id {
+                // The first attempt may still be waiting for its flush (or its flush failed):
+                // acknowledge the repeat only once everything applied so far is durable.
+                store::wait_durable_batch(&*self.store, self.store.batches())
+                    .await
+                    .map_err(store_err)?;
                 return Ok(pb::ReportResponse {
                     acked_seq: m.seq,
                     acked_hash: m.facts_hash.clone(),
@@ -902,13 +907,14 @@ impl Agents {
         if req.sel_reset {
             sel.clear();
         }
-        let last_id = sel.last().map(|s| s.entry.record_id);
+        let mut kept: std::collections::HashSet<u32> =
+            sel.iter().map(|s| s.entry.record_id).collect();
         let mut sel_changed = req.sel_reset;
-        for e in &req.sel {
-            if !req.sel_reset
-                && last_id.is_some_and(|l| e.record_id <= l)
-                && sel.iter().any(|s| s.entry.record_id == e.record_id)
-            {
+        // Only the newest entries can be kept anyway; never do more work than that.
+        let skip = req.sel.len().saturating_sub(observed::MAX_SEL_ENTRIES);
+        for e in &req.sel[skip..] {
+            // A record the server already has (a resent spool file) is not added twice.
+            if !kept.insert(e.record_id) {
                 continue;
             }
             sel.push(SelSeen {
@@ -941,26 +947,8 @@ impl Agents {
             (Some(m), false) if m.health_since_nanos > 0 => m.health_since_nanos,
             _ => now,
         };
-        let mutation = if changed {
-            let mut r = body.clone();
-            if let Some(R::Device(d)) = r.resource.as_mut() {
-                let st = d.status.get_or_insert_with(Default::default);
-                st.health = assessment.health as i32;
-                st.health_reasons = assessment.reasons.clone();
-                st.health_since = Some(timestamp(now));
-            }
-            let ctx = ChangeContext {
-                origin: "agent".into(),
-                reason: health_change_reason(&status, &assessment),
-                ticket: String::new(),
-            };
-            Some(
-                self.inventory
-                    .server_mutation(&obj, r, principal, "health", &ctx, now),
-            )
-        } else {
-            None
-        };
+        let mutation = changed
+            .then(|| self.health_mutation(&obj, &body, &assessment, (principal, "agent"), now));
         let new_meta = ReportMeta {
             device: device.to_string(),
             identity: fp.to_string(),
@@ -1004,6 +992,32 @@ impl Agents {
             health: assessment.health as i32,
             applied: true,
         })
+    }
+
+    /// The write that records a device's new health (its reasons go in the audit reason).
+    fn health_mutation(
+        &self,
+        obj: &crate::store::StoredObject,
+        body: &pb::Resource,
+        a: &health::Assessment,
+        (principal, origin): (&str, &str),
+        now: i64,
+    ) -> Mutation {
+        let old = body_status(body);
+        let mut r = body.clone();
+        if let Some(R::Device(d)) = r.resource.as_mut() {
+            let st = d.status.get_or_insert_with(Default::default);
+            st.health = a.health as i32;
+            st.health_reasons = a.reasons.clone();
+            st.health_since = Some(timestamp(now));
+        }
+        let ctx = ChangeContext {
+            origin: origin.into(),
+            reason: health_change_reason(&old, a),
+            ticket: String::new(),
+        };
+        self.inventory
+            .server_mutation(obj, r, principal, "health", &ctx, now)
     }
 
     /// Agent: liveness without facts.
@@ -1096,24 +1110,19 @@ impl Agents {
         if status.health == Health::Unknown as i32 {
             return Ok(false);
         }
-        let a = health::silent(last, now);
-        let mut r = body.clone();
-        if let Some(R::Device(d)) = r.resource.as_mut() {
-            let st = d.status.get_or_insert_with(Default::default);
-            st.health = a.health as i32;
-            st.health_reasons = a.reasons.clone();
-            st.health_since = Some(timestamp(now));
+        // A report may have arrived since the sweep looked: it wins.
+        if self
+            .live_map()
+            .get(id)
+            .is_some_and(|l| l.last_seen_nanos > last)
+        {
+            return Ok(false);
         }
-        let ctx = ChangeContext {
-            origin: "server".into(),
-            reason: health_change_reason(&status, &a),
-            ticket: String::new(),
-        };
-        let m = self
-            .inventory
-            .server_mutation(&obj, r, "server", "health", &ctx, now);
+        let (meta_raw, _) = observed::load_meta(&*self.store, id)?;
+        let a = health::silent(last, now, self.settings.silent_intervals);
+        let m = self.health_mutation(&obj, &body, &a, ("server", "server"), now);
         self.commit(AuxWrite {
-            guards: Vec::new(),
+            guards: vec![(observed::meta_key(id), meta_raw)],
             puts: Vec::new(),
             mutation: Some(m),
         })

@@ -383,7 +383,7 @@ pub fn evaluate(input: HealthInput<'_>, memory: &mut HealthMemory) -> Assessment
 }
 
 /// The assessment of a device whose agent went silent.
-pub fn silent(last_report_nanos: i64, now_nanos: i64) -> Assessment {
+pub fn silent(last_report_nanos: i64, now_nanos: i64, intervals: u32) -> Assessment {
     let secs = now_nanos.saturating_sub(last_report_nanos) / 1_000_000_000;
     Assessment {
         health: Health::Unknown,
@@ -391,7 +391,7 @@ pub fn silent(last_report_nanos: i64, now_nanos: i64) -> Assessment {
             Health::Unknown,
             "agent.silent",
             "agent",
-            format!("no report for {secs} s (more than 3 report intervals)"),
+            format!("no report for {secs} s (more than {intervals} report intervals)"),
         )],
     }
 }

@@ -136,8 +136,6 @@ pub fn decode_sel(bytes: &[u8]) -> Result<Vec<SelSeen>, ApiError> {
 /// Everything stored about one device's observed state.
 #[derive(Debug, Clone, Default)]
 pub struct Stored {
-    /// The raw metadata record (for compare-and-swap) and its decoded form.
-    pub meta_raw: Option<Vec<u8>>,
     pub meta: Option<ReportMeta>,
     pub facts: pb::Facts,
     pub sel: Vec<SelSeen>,
@@ -165,7 +163,6 @@ pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
     for (k, v) in store.aux_scan(&prefix(device_id)).map_err(store_error)? {
         if k == meta {
             out.meta = Some(ReportMeta::decode(&v)?);
-            out.meta_raw = Some(v);
         } else if k == sel {
             out.sel = decode_sel(&v)?;
         } else {
