@@ -64,7 +64,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     use std::os::unix::fs::PermissionsExt;
-    let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut f = std::fs::OpenOptions::new()

@@ -650,7 +650,6 @@ impl Agent {
         }
         Ok(())
     }
-
 }
 
 /// This process's peak resident set (VmHWM), KiB; 0 when unreadable.
@@ -708,12 +707,22 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
         let resp = match client.enroll(req).await {
             Ok(r) => r.into_inner(),
             // The held enrollment is gone (superseded or unknown): start over with the token.
-            Err(s) if !pending.is_empty() && !token.is_empty() && s.code() == tonic::Code::Unauthenticated => {
+            Err(s)
+                if !pending.is_empty()
+                    && !token.is_empty()
+                    && s.code() == tonic::Code::Unauthenticated =>
+            {
                 let _ = std::fs::remove_file(&paths.pending);
                 pending.clear();
                 continue;
             }
-            Err(s) => return Err(AgentError::Enroll(format!("{:?}: {}", s.code(), s.message()))),
+            Err(s) => {
+                return Err(AgentError::Enroll(format!(
+                    "{:?}: {}",
+                    s.code(),
+                    s.message()
+                )));
+            }
         };
         match resp.result {
             Some(pb::enroll_response::Result::Identity(id)) => {

@@ -884,11 +884,17 @@ impl Agents {
         };
         let sensors = match &facts.sensors {
             Some(l) => l.items.clone(),
-            None => stored_section(9)?.sensors.map(|l| l.items).unwrap_or_default(),
+            None => stored_section(9)?
+                .sensors
+                .map(|l| l.items)
+                .unwrap_or_default(),
         };
         let smart = match &facts.smart {
             Some(l) => l.items.clone(),
-            None => stored_section(11)?.smart.map(|l| l.items).unwrap_or_default(),
+            None => stored_section(11)?
+                .smart
+                .map(|l| l.items)
+                .unwrap_or_default(),
         };
         // SEL: append what is new (by record id), or start over after a clear.
         let mut sel = if req.sel_reset {

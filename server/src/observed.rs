@@ -175,7 +175,11 @@ pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
 }
 
 /// Reads one facts section (empty `Facts` when the device has none stored).
-pub fn load_section(store: &dyn Store, device_id: &str, section: u8) -> Result<pb::Facts, ApiError> {
+pub fn load_section(
+    store: &dyn Store,
+    device_id: &str,
+    section: u8,
+) -> Result<pb::Facts, ApiError> {
     let mut f = pb::Facts::default();
     if let Some(v) = store
         .aux_get(&section_key(device_id, section))
