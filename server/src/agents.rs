@@ -86,6 +86,9 @@ struct TokenV1 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct IdentityV1 {
     device: String,
+    /// The id of the device it was issued for: a device deleted and created again under the
+    /// same name is another device, which this identity must not speak for.
+    device_id: String,
     since_nanos: i64,
     hostname: String,
 }
@@ -172,7 +175,8 @@ pub struct Agents {
     ca: Arc<AgentCa>,
     settings: AgentSettings,
     /// Certificate fingerprint → device name, mirrored from the `ag/id/` records.
-    identities: RwLock<HashMap<String, String>>,
+    /// Certificate fingerprint → (device name, device id).
+    identities: RwLock<HashMap<String, (String, String)>>,
     /// Device id → liveness, for devices that have reported.
     live: Mutex<HashMap<String, Liveness>>,
 }
@@ -211,7 +215,7 @@ impl Agents {
         for (k, v) in store.aux_scan(b"ag/id/").map_err(store_err)? {
             if let Record::Identity(i) = decode(&v)? {
                 let fp = String::from_utf8_lossy(&k[6..]).into_owned();
-                identities.insert(fp, i.device);
+                identities.insert(fp, (i.device, i.device_id));
             }
         }
         let agents = Self {
@@ -253,7 +257,7 @@ impl Agents {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn identities_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, String>> {
+    fn identities_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, (String, String)>> {
         self.identities.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -269,12 +273,25 @@ impl Agents {
                 "no client certificate: enroll first (muster-agent enroll --token ...)".into(),
             )
         })?;
-        self.identities_map().get(fp).cloned().ok_or_else(|| {
-            ApiError::Unauthenticated(
-                "this client certificate is not enrolled (or was replaced by a newer enrollment)"
-                    .into(),
-            )
-        })
+        self.identities_map()
+            .get(fp)
+            .map(|(name, _)| name.clone())
+            .ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "this client certificate is not enrolled (or was replaced by a newer enrollment)"
+                        .into(),
+                )
+            })
+    }
+
+    /// Refuses a certificate issued for an earlier device of the same name (deleted since).
+    fn check_same_device(&self, fingerprint: &str, device_id: &str) -> Result<(), ApiError> {
+        match self.identities_map().get(fingerprint) {
+            Some((_, id)) if id == device_id => Ok(()),
+            _ => Err(ApiError::Unauthenticated(
+                "this client certificate was issued for a device that has since been deleted; enroll again".into(),
+            )),
+        }
     }
 
     fn read(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Record)>, ApiError> {
@@ -547,6 +564,11 @@ impl Agents {
         ctx: &ChangeContext,
         now: i64,
     ) -> Result<(), StoreError> {
+        let device_id = match self.inventory.load_device(device) {
+            Ok(Some((obj, _))) => obj.id,
+            Ok(None) => return Err(StoreError::NotFound(device.to_string())),
+            Err(e) => return Err(StoreError::Io(e.to_string())),
+        };
         if let Some(old) = &dev.active {
             puts.push((identity_key(old), None));
         }
@@ -555,6 +577,7 @@ impl Agents {
             Some(
                 encode(&Record::Identity(IdentityV1 {
                     device: device.to_string(),
+                    device_id: device_id.clone(),
                     since_nanos: now,
                     hostname: hostname.to_string(),
                 }))
@@ -603,7 +626,7 @@ impl Agents {
         if let Some(old) = &dev.active {
             ids.remove(old);
         }
-        ids.insert(issued.fingerprint.clone(), device.to_string());
+        ids.insert(issued.fingerprint.clone(), (device.to_string(), device_id));
         Ok(())
     }
 
@@ -815,6 +838,7 @@ impl Agents {
                     kind: "device",
                     name: device.to_string(),
                 })?;
+        self.check_same_device(fp, &obj.id)?;
         let id = obj.id.clone();
         let (meta_raw, meta) = observed::load_meta(&*self.store, &id)?;
         // A new identity (re-enrollment) starts a new sequence.
@@ -1056,6 +1080,7 @@ impl Agents {
                 kind: "device",
                 name: device.clone(),
             })?;
+        self.check_same_device(fingerprint.unwrap_or_default(), &obj.id)?;
         let (_, meta) = observed::load_meta(&*self.store, &obj.id)?;
         // Liveness is kept in memory: after a restart every agent gets a fresh grace period.
         if let Some(l) = self.live_map().get_mut(&obj.id) {
