@@ -52,12 +52,11 @@ pub fn overlay(older: &pb::Facts, newer: &pb::Facts) -> pb::Facts {
     let newer_parts = facts::split(newer);
     let replaced: Vec<u8> = newer_parts.iter().map(|p| p.0).collect();
     let mut out = pb::Facts::default();
-    for (n, bytes) in facts::split(older)
+    for (_, bytes) in facts::split(older)
         .into_iter()
         .filter(|(n, _)| !replaced.contains(n))
         .chain(newer_parts)
     {
-        let _ = n;
         let _ = out.merge(bytes.as_slice());
     }
     out

@@ -27,32 +27,13 @@ use muster_agent::report::Chain;
 use muster_server::store::{AuxWrite, SledStore, Store, StoreOptions, wait_durable_batch};
 use tonic::transport::Channel;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::{BoxError, ms, pct, scale, spawn_musterd};
 
 const IN_FLIGHT: usize = 256;
 const PACKAGES: usize = 1500;
 const SENSORS: usize = 32;
-
-fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64) * s).max(1.0) as usize
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort_unstable();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 struct Musterd {
     child: Child,
@@ -63,27 +44,8 @@ struct Musterd {
 
 impl Musterd {
     fn start(data_dir: &Path, interval: &str) -> Result<Self, BoxError> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_musterd"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--tls-auto",
-                "--agent-interval",
-                interval,
-            ])
-            .env("MUSTER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
-        let addr = line
-            .split_whitespace()
-            .find_map(|p| p.strip_prefix("grpc="))
-            .ok_or_else(|| format!("musterd did not start: {line:?}"))?
-            .to_string();
+        let extra = ["--tls-auto", "--agent-interval", interval].map(String::from);
+        let (child, addr) = spawn_musterd(data_dir, &extra)?;
         let token = std::fs::read_to_string(data_dir.join("admin.token"))?
             .trim()
             .to_string();

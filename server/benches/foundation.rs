@@ -27,18 +27,12 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 type Client = InventoryServiceClient<InterceptedService<Channel, Auth>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::{BoxError, ms, pct, scale, spawn_musterd};
 
 const CLIENTS: usize = 64;
 const PAYLOAD: usize = 3600;
-
-fn scale(n: usize) -> usize {
-    let s: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64) * s).max(1.0) as usize
-}
 
 #[derive(Clone)]
 struct Auth(MetadataValue<tonic::metadata::Ascii>);
@@ -71,19 +65,6 @@ fn device(i: usize, role: &str) -> pb::Resource {
             ..Default::default()
         })),
     }
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort_unstable();
-    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[idx]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 // ---------------------------------------------------------------- musterd process
@@ -169,26 +150,6 @@ impl Drop for Musterd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn spawn_musterd(data_dir: &Path, extra: &[String]) -> Result<(Child, String), BoxError> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_musterd"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("MUSTER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|p| p.strip_prefix("grpc="))
-        .ok_or_else(|| format!("musterd did not start: {line:?}"))?
-        .to_string();
-    Ok((child, addr))
 }
 
 // ---------------------------------------------------------------- bare tonic baseline

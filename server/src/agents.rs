@@ -234,11 +234,9 @@ impl Agents {
         // Agents get a full silence period after a server start before they count as silent.
         let now = now_unix_nanos();
         let mut live = self.live_map();
-        for (k, v) in self.store.aux_scan(b"ob/").map_err(store_err)? {
-            if !k.ends_with(b"/m") {
-                continue;
-            }
-            let id = String::from_utf8_lossy(&k[3..k.len() - 2]).into_owned();
+        let prefix = observed::META_PREFIX.as_bytes();
+        for (k, v) in self.store.aux_scan(prefix).map_err(store_err)? {
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             let meta = ReportMeta::decode(&v)?;
             // The name is looked up when needed (a device may have been deleted since).
             live.insert(

@@ -4,8 +4,9 @@
 //! body carries only what the server computed from them (health and its reasons), which is
 //! what Watch and the audit trail see change.
 //!
-//! Keys (under the store's auxiliary prefix): `ob/<device id>/m` the report metadata (sequence,
-//! boot id, facts hash, collector status, health memory), `ob/<device id>/f<N>` section N of
+//! Keys (under the store's auxiliary prefix): `om/<device id>` the report metadata (sequence,
+//! boot id, facts hash, collector status, health memory; a prefix of its own, so start-up reads
+//! every device's metadata without touching its facts), `ob/<device id>/f<N>` section N of
 //! `Facts` (encoded as a `Facts` holding only that field, so sections decode by merging), and
 //! `ob/<device id>/sel` the SEL entries the server keeps.
 
@@ -27,8 +28,11 @@ pub fn prefix(device_id: &str) -> Vec<u8> {
 
 /// Key of the report metadata.
 pub fn meta_key(device_id: &str) -> Vec<u8> {
-    format!("ob/{device_id}/m").into_bytes()
+    format!("{}{device_id}", META_PREFIX).into_bytes()
 }
+
+/// Prefix of every device's report metadata.
+pub const META_PREFIX: &str = "om/";
 
 /// Key of one facts section.
 pub fn section_key(device_id: &str, section: u8) -> Vec<u8> {
@@ -157,13 +161,13 @@ pub fn load_meta(
 
 /// Reads everything stored for a device.
 pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
-    let mut out = Stored::default();
-    let meta = meta_key(device_id);
+    let mut out = Stored {
+        meta: load_meta(store, device_id)?.1,
+        ..Stored::default()
+    };
     let sel = sel_key(device_id);
     for (k, v) in store.aux_scan(&prefix(device_id)).map_err(store_error)? {
-        if k == meta {
-            out.meta = Some(ReportMeta::decode(&v)?);
-        } else if k == sel {
+        if k == sel {
             out.sel = decode_sel(&v)?;
         } else {
             out.facts

@@ -703,6 +703,14 @@ async fn hypervisor_vms_are_linked_and_vanished_ones_marked() {
     .await;
     let web = device(&s, "vm-web-1").await;
     assert!(!web.meta.unwrap().labels.contains_key("muster.io/vanished"));
+
+    // An agent that stops reporting turns its device UNKNOWN after three intervals.
+    a.stop();
+    let d = wait_for(&s, "hv-01", Duration::from_secs(10), "silent agent", |d| {
+        health(d) == pb::Health::Unknown
+    })
+    .await;
+    assert_eq!(reason_codes(&d), ["agent.silent"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

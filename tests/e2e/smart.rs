@@ -216,30 +216,6 @@ async fn scan_runs_the_real_smartctl() {
     }
 }
 
-#[test]
-fn disk_ref_parse() {
-    assert_eq!(
-        DiskRef::parse("/dev/sda").unwrap(),
-        DiskRef::Device {
-            name: "/dev/sda".into(),
-            dev_type: None
-        }
-    );
-    assert_eq!(
-        DiskRef::parse("/dev/sda:sat").unwrap(),
-        DiskRef::Device {
-            name: "/dev/sda".into(),
-            dev_type: Some("sat".into())
-        }
-    );
-    assert_eq!(
-        DiskRef::parse("replay:/path/to/disk.ioctl").unwrap(),
-        DiskRef::Replay("/path/to/disk.ioctl".into())
-    );
-    let err = DiskRef::parse("sda").unwrap_err();
-    assert!(err.to_string().contains("absolute path"), "{err}");
-}
-
 #[tokio::test]
 async fn missing_smartctl_is_a_clear_error() {
     let path = Path::new("/nonexistent/muster/smartctl");

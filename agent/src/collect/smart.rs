@@ -932,6 +932,19 @@ mod tests {
                 dev_type: Some("sat".into())
             }
         );
+        assert_eq!(
+            DiskRef::parse("/dev/sda:sat").unwrap(),
+            DiskRef::Device {
+                name: "/dev/sda".into(),
+                dev_type: Some("sat".into())
+            }
+        );
+        assert_eq!(
+            DiskRef::parse("replay:/path/to/disk.ioctl").unwrap(),
+            DiskRef::Replay("/path/to/disk.ioctl".into())
+        );
+        let err = DiskRef::parse("sda").unwrap_err();
+        assert!(err.to_string().contains("absolute path"), "{err}");
         for s in ["/dev/sda", "/dev/sdb:sat,12", "replay:/tmp/x.ioctl"] {
             assert_eq!(DiskRef::parse(s).unwrap().to_string(), s);
         }
