@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::health::{self, HealthInput, SelSeen};
 use crate::inventory::{ChangeContext, Inventory};
 use crate::model::resource::SERVER_ANNOTATION_PREFIX;
-use crate::model::{ApiError, Principal, now_unix_nanos, timestamp};
+use crate::model::{ApiError, Principal, kind_id, now_unix_nanos, timestamp};
 use crate::observed::{self, ReportMeta};
 use crate::pki::AgentCa;
 use crate::store::{self, AuxWrite, Mutation, RefusalKind, Store, StoreError};
@@ -829,15 +829,16 @@ impl Agents {
         principal: &str,
         req: &pb::ReportRequest,
     ) -> Result<pb::ReportResponse, ApiError> {
-        let (obj, body) =
-            self.inventory
-                .load_device(device)?
-                .ok_or_else(|| ApiError::NotFound {
-                    kind: "device",
-                    name: device.to_string(),
-                })?;
-        self.check_same_device(fp, &obj.id)?;
-        let id = obj.id.clone();
+        // The hot path reads no device body: the id comes from the in-memory index, and the
+        // health the body holds is mirrored in the report metadata.
+        let id = self
+            .store
+            .id_of(kind_id(ResourceKind::Device), device)
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "device",
+                name: device.to_string(),
+            })?;
+        self.check_same_device(fp, &id)?;
         let (meta_raw, meta) = observed::load_meta(&*self.store, &id)?;
         // A new identity (re-enrollment) starts a new sequence.
         let prior = meta.clone().filter(|m| m.identity == fp);
@@ -854,7 +855,7 @@ impl Agents {
                     acked_hash: m.facts_hash.clone(),
                     resend_full: false,
                     next_interval: Some(duration_pb(interval)),
-                    health: current_health(&body),
+                    health: m.health,
                     applied: false,
                 });
             }
@@ -875,7 +876,7 @@ impl Agents {
                 acked_hash: prior.map(|m| m.facts_hash).unwrap_or_default(),
                 resend_full: true,
                 next_interval: Some(duration_pb(Duration::ZERO)),
-                health: current_health(&body),
+                health: meta.as_ref().map_or(0, |m| m.health),
                 applied: false,
             });
         }
@@ -969,15 +970,27 @@ impl Agents {
             },
             &mut memory,
         );
-        let status = body_status(&body);
-        let changed = !assessment.same_as(status.health, &status.health_reasons);
+        let changed = meta
+            .as_ref()
+            .is_none_or(|m| !assessment.same_as(m.health, &m.reasons()));
         let health_since = match (&prior, changed) {
             (Some(m), false) if m.health_since_nanos > 0 => m.health_since_nanos,
             _ => now,
         };
-        let mutation = changed
-            .then(|| self.health_mutation(&obj, &body, &assessment, (principal, "agent"), now));
-        let new_meta = ReportMeta {
+        let mutation = if changed {
+            let (obj, body) = self
+                .inventory
+                .load_device(device)?
+                .filter(|(o, _)| o.id == id)
+                .ok_or_else(|| ApiError::NotFound {
+                    kind: "device",
+                    name: device.to_string(),
+                })?;
+            Some(self.health_mutation(&obj, &body, &assessment, (principal, "agent"), now))
+        } else {
+            None
+        };
+        let mut new_meta = ReportMeta {
             device: device.to_string(),
             identity: fp.to_string(),
             boot_id: req.boot_id.clone(),
@@ -990,7 +1003,9 @@ impl Agents {
             interval_ms: u64::try_from(self.settings.report_interval.as_millis())
                 .unwrap_or(u64::MAX),
             health_since_nanos: health_since,
+            ..ReportMeta::default()
         };
+        new_meta.set_health(&assessment);
         puts.push((observed::meta_key(&id), Some(new_meta.encode()?)));
         self.commit(AuxWrite {
             guards: vec![(observed::meta_key(&id), meta_raw)],
@@ -1147,12 +1162,18 @@ impl Agents {
         {
             return Ok(false);
         }
-        let (meta_raw, _) = observed::load_meta(&*self.store, id)?;
+        let (meta_raw, meta) = observed::load_meta(&*self.store, id)?;
         let a = health::silent(last, now, self.settings.silent_intervals);
         let m = self.health_mutation(&obj, &body, &a, ("server", "server"), now);
+        let mut puts = Vec::new();
+        if let Some(mut meta) = meta {
+            meta.set_health(&a);
+            meta.health_since_nanos = now;
+            puts.push((observed::meta_key(id), Some(meta.encode()?)));
+        }
         self.commit(AuxWrite {
             guards: vec![(observed::meta_key(id), meta_raw)],
-            puts: Vec::new(),
+            puts,
             mutation: Some(m),
         })
         .await
@@ -1290,10 +1311,6 @@ fn body_status(body: &pb::Resource) -> pb::ObservedState {
         Some(R::Device(d)) => d.status.clone().unwrap_or_default(),
         _ => pb::ObservedState::default(),
     }
-}
-
-fn current_health(body: &pb::Resource) -> i32 {
-    body_status(body).health
 }
 
 fn health_change_reason(old: &pb::ObservedState, new: &health::Assessment) -> String {

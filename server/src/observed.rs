@@ -68,6 +68,10 @@ pub struct ReportMeta {
     pub memory: HealthMemory,
     pub interval_ms: u64,
     pub health_since_nanos: i64,
+    /// The health last written to the device body and its reasons (`pb::HealthReason`,
+    /// encoded): a report compares against these instead of reading the device.
+    pub health: i32,
+    pub reasons: Vec<Vec<u8>>,
 }
 
 impl ReportMeta {
@@ -85,6 +89,20 @@ impl ReportMeta {
                 "corrupt report metadata record: {e}"
             ))),
         }
+    }
+
+    /// The health reasons last written, decoded.
+    pub fn reasons(&self) -> Vec<pb::HealthReason> {
+        self.reasons
+            .iter()
+            .filter_map(|b| pb::HealthReason::decode(b.as_slice()).ok())
+            .collect()
+    }
+
+    /// Records an assessment as the one the device body now holds.
+    pub fn set_health(&mut self, a: &crate::health::Assessment) {
+        self.health = a.health as i32;
+        self.reasons = a.reasons.iter().map(Message::encode_to_vec).collect();
     }
 
     /// The collector statuses, decoded.

@@ -281,6 +281,8 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> u64;
     /// One object by kind and name.
     fn get(&self, kind: KindId, name: &str) -> Result<Option<StoredObject>, StoreError>;
+    /// The id of an object by kind and name, from the in-memory index (no disk read).
+    fn id_of(&self, kind: KindId, name: &str) -> Option<String>;
     /// Objects matching a query, in id order.
     fn list(&self, q: &ListQuery) -> Result<Page, StoreError>;
     /// Number of objects per kind.

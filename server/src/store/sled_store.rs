@@ -804,6 +804,10 @@ impl Store for SledStore {
         }
     }
 
+    fn id_of(&self, kind: KindId, name: &str) -> Option<String> {
+        self.inner.indexes().id_of(kind, name)
+    }
+
     fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
         let inner = &*self.inner;
         let limit = q.limit.max(1);
