@@ -7,6 +7,7 @@ pub mod facts;
 pub mod names;
 mod resource;
 pub mod selector;
+pub mod version;
 
 /// Generated protobuf messages and gRPC stubs of `muster.v1`, with proto3 JSON (serde) impls.
 #[allow(clippy::all, missing_docs)]

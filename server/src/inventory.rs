@@ -229,6 +229,7 @@ impl Inventory {
                 ticket: printable(&ctx.ticket, 128),
                 origin: printable(&ctx.origin, 32),
                 time_unix_nanos: now_unix_nanos(),
+                ..ChangeMeta::default()
             },
             refusal,
             message: printable(message, 1024),
@@ -275,6 +276,7 @@ impl Inventory {
                 ctx.origin.clone()
             },
             time_unix_nanos: now,
+            ..ChangeMeta::default()
         }
     }
 
@@ -847,6 +849,7 @@ impl Inventory {
             ticket: ctx.ticket.clone(),
             origin: ctx.origin.clone(),
             time_unix_nanos: now,
+            ..ChangeMeta::default()
         }
     }
 
@@ -1093,6 +1096,23 @@ impl Inventory {
         Ok((out, next))
     }
 
+    /// Recomputes the audit hash chain.
+    pub fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, ApiError> {
+        let r = self.store.verify_chain().map_err(store_error)?;
+        let (first_broken_revision, message) = match r.broken {
+            Some((rev, why)) => (rev, format!("revision {rev}: {why}")),
+            None => (0, String::new()),
+        };
+        Ok(pb::VerifyAuditResponse {
+            ok: first_broken_revision == 0,
+            checked: r.checked,
+            first_broken_revision,
+            message,
+            head_hash: hex::encode(r.head),
+            revision: r.revision,
+        })
+    }
+
     fn change_to_audit(&self, c: &ChangeEntry) -> Result<pb::Change, ApiError> {
         let kind = kind_from_id(c.kind);
         let before = c
@@ -1120,9 +1140,11 @@ impl Inventory {
             origin: c.meta.origin.clone(),
             outcome: pb::ChangeOutcome::Accepted as i32,
             message: String::new(),
-            prev_hash: String::new(),
-            hash: String::new(),
+            prev_hash: c.chain.map(|l| hex::encode(l.prev)).unwrap_or_default(),
+            hash: c.chain.map(|l| hex::encode(l.hash)).unwrap_or_default(),
             seq: 0,
+            change_set: c.meta.change_set,
+            change_set_size: c.meta.change_set_size,
         })
     }
 }

@@ -10,6 +10,8 @@
 pub mod agents;
 pub mod auth;
 pub mod config;
+pub mod desired;
+pub mod drift;
 pub mod grpc;
 pub mod health;
 pub mod inventory;

@@ -132,6 +132,7 @@ pub fn collect_at(root: &Path) -> Result<OsSnapshot, OsError> {
             }),
             uptime_seconds,
             timezone,
+            ..pb::OsFacts::default()
         },
         cpu,
         memory_bytes,

@@ -48,4 +48,24 @@ impl AuditService for AuditApi {
             next_page_token,
         }))
     }
+
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        self.0.authorize(
+            &req,
+            Permission::Read,
+            "audit verify",
+            ResourceKind::Unspecified,
+            "",
+        )?;
+        // Reads the whole log: off the async workers.
+        let inventory = std::sync::Arc::clone(&self.0.inventory);
+        let resp = tokio::task::spawn_blocking(move || inventory.verify_audit())
+            .await
+            .map_err(|e| to_status(ApiError::Internal(format!("verify task failed: {e}"))))?
+            .map_err(to_status)?;
+        Ok(Response::new(resp))
+    }
 }

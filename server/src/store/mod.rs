@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 pub use backup::{BackupError, restore_into};
 pub use sled_store::{SledStore, StoreOptions};
+pub use record::GENESIS;
 
 /// Numeric kind of a stored object, the same numbers as `muster.v1.ResourceKind`.
 pub type KindId = u8;
@@ -73,6 +74,10 @@ pub struct ChangeMeta {
     pub origin: String,
     /// Unix time in nanoseconds.
     pub time_unix_nanos: i64,
+    /// Revision of the first change of the atomic change set this one belongs to (0: alone).
+    pub change_set: u64,
+    /// Number of changes in that set.
+    pub change_set_size: u32,
 }
 
 /// One write: put or delete one object, with its preconditions and its audit metadata.
@@ -103,6 +108,29 @@ pub struct ChangeEntry {
     /// delete event); the log stores it once, as the `after` of `before_revision`.
     pub before: Option<Vec<u8>>,
     pub after: Option<Vec<u8>>,
+    /// The hash-chain link this record carries, if it was written with one.
+    pub chain: Option<ChainLink>,
+}
+
+/// One link of the audit hash chain: SHA-256 over the previous link's hash and this record's
+/// stored content, so changing, removing or inserting a record breaks every later link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainLink {
+    pub prev: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// The outcome of recomputing the hash chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Records whose hash was recomputed.
+    pub checked: u64,
+    /// The first record that does not hold, and why.
+    pub broken: Option<(u64, String)>,
+    /// Hash of the newest record checked.
+    pub head: [u8; 32],
+    /// The revision checked up to.
+    pub revision: u64,
 }
 
 /// A write of auxiliary records: keys the layer above owns (e.g. a device's observed facts,
@@ -291,6 +319,12 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<ChangeEntry>, StoreError>;
     /// Audit entries matching a query, oldest first.
     fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Queues several mutations as one atomic change set: all are applied, with consecutive
+    /// revisions and the set recorded in each change, or none is. The answer is every
+    /// revision, or the index of the mutation that failed and why.
+    fn commit_set(&self, ms: Vec<Mutation>) -> PendingSet;
+    /// Recomputes the audit hash chain over every accepted change.
+    fn verify_chain(&self) -> Result<ChainReport, StoreError>;
     /// Records a refused attempt; persisted with the next group flush, not waited for.
     fn record_refusal(&self, r: Refusal) -> Result<(), StoreError>;
     /// Tokens kept in the store.
@@ -318,6 +352,27 @@ impl Pending {
         self.0
             .await
             .unwrap_or_else(|_| Err(StoreError::Io("the store stopped".into())))
+    }
+}
+
+/// Why a change set was refused: which mutation failed (index into the set), and how.
+pub type SetFailure = (usize, StoreError);
+
+/// The answer to a queued change set.
+#[derive(Debug)]
+pub struct PendingSet(tokio::sync::oneshot::Receiver<Result<Vec<u64>, SetFailure>>);
+
+impl PendingSet {
+    /// Wraps the receiving end of a change set's answer.
+    pub fn new(rx: tokio::sync::oneshot::Receiver<Result<Vec<u64>, SetFailure>>) -> Self {
+        Self(rx)
+    }
+
+    /// The revisions the mutations were applied at, in order, or why none was applied.
+    pub async fn revisions(self) -> Result<Vec<u64>, SetFailure> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err((0, StoreError::Io("the store stopped".into()))))
     }
 }
 

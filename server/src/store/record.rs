@@ -4,10 +4,15 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{
-    ChangeEntry, ChangeMeta, KindId, Refusal, RefusalKind, StoreError, StoredObject, StoredToken,
+    ChainLink, ChangeEntry, ChangeMeta, KindId, Refusal, RefusalKind, StoreError, StoredObject,
+    StoredToken,
 };
+
+/// The `prev` of the first chained record.
+pub const GENESIS: [u8; 32] = [0; 32];
 
 /// An object's current version without its body: the body is the `after` of the change record
 /// at `revision`, so a write stores each body once.
@@ -38,6 +43,39 @@ struct ChangeMetaV1 {
 #[derive(Serialize, Deserialize)]
 enum ChangeRecord {
     V1(ChangeV1),
+    /// Hash-chained: `content` is the encoded `ChangeV2`, and `hash` is SHA-256 over `prev`
+    /// and exactly those bytes, so verification needs no re-encoding.
+    V2 {
+        #[serde(with = "serde_bytes")]
+        content: Vec<u8>,
+        prev: [u8; 32],
+        hash: [u8; 32],
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChangeV2 {
+    revision: u64,
+    kind: u8,
+    name: String,
+    id: String,
+    labels: Vec<(String, String)>,
+    meta: ChangeMetaV2,
+    before_revision: u64,
+    #[serde(with = "serde_bytes")]
+    after: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChangeMetaV2 {
+    principal: String,
+    verb: String,
+    reason: String,
+    ticket: String,
+    origin: String,
+    time_unix_nanos: i64,
+    change_set: u64,
+    change_set_size: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,7 +143,16 @@ fn meta_from(m: ChangeMetaV1) -> ChangeMeta {
         ticket: m.ticket,
         origin: m.origin,
         time_unix_nanos: m.time_unix_nanos,
+        change_set: 0,
+        change_set_size: 0,
     }
+}
+
+fn chain_hash(prev: &[u8; 32], content: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(content);
+    h.finalize().into()
 }
 
 pub fn encode_envelope(o: &StoredObject) -> Result<Vec<u8>, StoreError> {
@@ -135,35 +182,121 @@ pub fn decode_envelope(kind: KindId, bytes: &[u8]) -> Result<StoredObject, Store
     })
 }
 
-pub fn encode_change(c: &ChangeEntry) -> Result<Vec<u8>, StoreError> {
-    encode(
+/// Encodes a change record linked to `prev`; returns the bytes and the record's hash.
+pub fn encode_change(c: &ChangeEntry, prev: &[u8; 32]) -> Result<(Vec<u8>, [u8; 32]), StoreError> {
+    let m = &c.meta;
+    let content = encode(
         "change",
-        &ChangeRecord::V1(ChangeV1 {
+        &ChangeV2 {
             revision: c.revision,
             kind: c.kind,
             name: c.name.clone(),
             id: c.id.clone(),
             labels: pairs(&c.labels),
-            meta: meta_v1(&c.meta),
+            meta: ChangeMetaV2 {
+                principal: m.principal.clone(),
+                verb: m.verb.clone(),
+                reason: m.reason.clone(),
+                ticket: m.ticket.clone(),
+                origin: m.origin.clone(),
+                time_unix_nanos: m.time_unix_nanos,
+                change_set: m.change_set,
+                change_set_size: m.change_set_size,
+            },
             before_revision: c.before_revision,
             after: c.after.clone(),
-        }),
-    )
+        },
+    )?;
+    let hash = chain_hash(prev, &content);
+    let bytes = encode(
+        "change",
+        &ChangeRecord::V2 {
+            content,
+            prev: *prev,
+            hash,
+        },
+    )?;
+    Ok((bytes, hash))
 }
 
 pub fn decode_change(bytes: &[u8]) -> Result<ChangeEntry, StoreError> {
-    let ChangeRecord::V1(c) = postcard::from_bytes(bytes).map_err(|e| corrupt("change", e))?;
-    Ok(ChangeEntry {
-        revision: c.revision,
-        kind: c.kind,
-        name: c.name,
-        id: c.id,
-        labels: c.labels.into_iter().collect(),
-        meta: meta_from(c.meta),
-        before_revision: c.before_revision,
-        before: None,
-        after: c.after,
-    })
+    match postcard::from_bytes(bytes).map_err(|e| corrupt("change", e))? {
+        ChangeRecord::V1(c) => Ok(ChangeEntry {
+            revision: c.revision,
+            kind: c.kind,
+            name: c.name,
+            id: c.id,
+            labels: c.labels.into_iter().collect(),
+            meta: meta_from(c.meta),
+            before_revision: c.before_revision,
+            before: None,
+            after: c.after,
+            chain: None,
+        }),
+        ChangeRecord::V2 {
+            content,
+            prev,
+            hash,
+        } => {
+            let c: ChangeV2 =
+                postcard::from_bytes(&content).map_err(|e| corrupt("change", e))?;
+            Ok(ChangeEntry {
+                revision: c.revision,
+                kind: c.kind,
+                name: c.name,
+                id: c.id,
+                labels: c.labels.into_iter().collect(),
+                meta: ChangeMeta {
+                    principal: c.meta.principal,
+                    verb: c.meta.verb,
+                    reason: c.meta.reason,
+                    ticket: c.meta.ticket,
+                    origin: c.meta.origin,
+                    time_unix_nanos: c.meta.time_unix_nanos,
+                    change_set: c.meta.change_set,
+                    change_set_size: c.meta.change_set_size,
+                },
+                before_revision: c.before_revision,
+                before: None,
+                after: c.after,
+                chain: Some(ChainLink { prev, hash }),
+            })
+        }
+    }
+}
+
+/// What verifying one stored change record found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkCheck {
+    /// Written before the chain existed (record version 1).
+    Unchained,
+    /// The stored link, whether the content still hashes to it, and the revision inside.
+    Chained {
+        link: ChainLink,
+        content_ok: bool,
+        revision: Option<u64>,
+    },
+}
+
+/// Recomputes one record's hash from its stored bytes.
+pub fn check_link(bytes: &[u8]) -> Result<LinkCheck, StoreError> {
+    match postcard::from_bytes(bytes).map_err(|e| corrupt("change", e))? {
+        ChangeRecord::V1(_) => Ok(LinkCheck::Unchained),
+        ChangeRecord::V2 {
+            content,
+            prev,
+            hash,
+        } => {
+            let revision = postcard::from_bytes::<ChangeV2>(&content)
+                .ok()
+                .map(|c| c.revision);
+            Ok(LinkCheck::Chained {
+                link: ChainLink { prev, hash },
+                content_ok: chain_hash(&prev, &content) == hash,
+                revision,
+            })
+        }
+    }
 }
 
 pub fn encode_refusal(r: &Refusal) -> Result<Vec<u8>, StoreError> {
@@ -215,6 +348,52 @@ pub fn decode_token(hash: String, bytes: &[u8]) -> Result<StoredToken, StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(revision: u64, reason: &str) -> ChangeEntry {
+        ChangeEntry {
+            revision,
+            kind: 3,
+            name: "web-01".into(),
+            id: "01J".into(),
+            labels: Default::default(),
+            meta: ChangeMeta {
+                reason: reason.into(),
+                change_set: 4,
+                change_set_size: 2,
+                ..ChangeMeta::default()
+            },
+            before_revision: 0,
+            before: None,
+            after: Some(b"body".to_vec()),
+            chain: None,
+        }
+    }
+
+    #[test]
+    fn chained_records_round_trip_and_detect_a_changed_byte() {
+        let (first, h1) = encode_change(&change(1, "first"), &GENESIS).unwrap();
+        let (second, h2) = encode_change(&change(2, "second"), &h1).unwrap();
+        let back = decode_change(&second).unwrap();
+        assert_eq!(back.meta.reason, "second");
+        assert_eq!(back.meta.change_set, 4);
+        assert_eq!(back.chain, Some(ChainLink { prev: h1, hash: h2 }));
+        assert!(matches!(
+            check_link(&first).unwrap(),
+            LinkCheck::Chained { content_ok: true, revision: Some(1), .. }
+        ));
+        // Flip one byte of the reason: it still decodes, but no longer hashes to its link.
+        let mut tampered = second.clone();
+        let at = tampered
+            .windows(6)
+            .position(|w| w == b"second")
+            .unwrap();
+        tampered[at] = b'S';
+        assert_eq!(decode_change(&tampered).unwrap().meta.reason, "Second");
+        assert!(matches!(
+            check_link(&tampered).unwrap(),
+            LinkCheck::Chained { content_ok: false, .. }
+        ));
+    }
 
     #[test]
     fn envelope_round_trip_and_version_tag() {

@@ -33,9 +33,9 @@ use super::index::Index;
 use super::keys;
 use super::record;
 use super::{
-    AuditEntry, AuditQuery, AuxApplied, AuxWrite, ChangeEntry, Check, Expect, FlushStats, KindId,
-    ListQuery, Mutation, Page, Pending, PendingAux, Refusal, Store, StoreError, StoredObject,
-    StoredToken,
+    AuditEntry, AuditQuery, AuxApplied, AuxWrite, ChainReport, ChangeEntry, Check, Expect,
+    FlushStats, KindId, ListQuery, Mutation, Page, Pending, PendingAux, PendingSet, Refusal,
+    SetFailure, Store, StoreError, StoredObject, StoredToken,
 };
 
 /// How many refused attempts the audit trail keeps (oldest dropped first), so that a flood of
@@ -65,6 +65,8 @@ impl Default for StoreOptions {
 type Slot = oneshot::Sender<Result<u64, StoreError>>;
 /// Where a queued auxiliary writer finds its result.
 type AuxSlot = oneshot::Sender<Result<AuxApplied, StoreError>>;
+/// Where a queued change set finds its result.
+type SetSlot = oneshot::Sender<Result<Vec<u64>, SetFailure>>;
 
 /// Largest group the committer applies as one batch.
 const MAX_GROUP: usize = 1024;
@@ -72,12 +74,17 @@ const MAX_GROUP: usize = 1024;
 enum Queued {
     Mutation { mutation: Mutation, slot: Slot },
     Aux { write: AuxWrite, slot: AuxSlot },
+    Set { mutations: Vec<Mutation>, slot: SetSlot },
 }
 
 /// Whom to answer once a staged write is applied.
 enum Answer {
     Mutation(Slot),
     Aux(AuxSlot),
+    /// A change set, answered with all its revisions.
+    Set(SetSlot, Vec<u64>),
+    /// Part of a change set that another entry answers for.
+    Silent,
 }
 
 /// An index change to publish once the batch is applied.
@@ -100,6 +107,10 @@ impl Staged {
             Answer::Aux(s) => {
                 let _ = s.send(Err(e));
             }
+            Answer::Set(s, _) => {
+                let _ = s.send(Err((0, e)));
+            }
+            Answer::Silent => {}
         }
     }
 }
@@ -113,6 +124,9 @@ impl Queued {
             Queued::Aux { slot, .. } => {
                 let _ = slot.send(Err(e));
             }
+            Queued::Set { slot, .. } => {
+                let _ = slot.send(Err((0, e)));
+            }
         }
     }
 }
@@ -120,6 +134,8 @@ impl Queued {
 /// State only the writer (holding the lock) may change.
 struct WriterState {
     revision: u64,
+    /// Hash of the newest change record: the `prev` of the next one.
+    head: [u8; 32],
 }
 
 struct Inner {
@@ -212,9 +228,15 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        let revision = match tree.scan_prefix([keys::EVENT]).next_back() {
-            Some(item) => be(&item?.0)?,
-            None => 0,
+        let (revision, head) = match tree.scan_prefix([keys::EVENT]).next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                let head = record::decode_change(&v)?
+                    .chain
+                    .map_or(record::GENESIS, |l| l.hash);
+                (be(&k)?, head)
+            }
+            None => (0, record::GENESIS),
         };
         let refusal_seq = tree
             .get(keys::META_REFUSAL_SEQ)?
@@ -242,7 +264,7 @@ impl SledStore {
         let inner = Arc::new(Inner {
             db,
             tree,
-            writer: Mutex::new(WriterState { revision }),
+            writer: Mutex::new(WriterState { revision, head }),
             indexes: RwLock::new(indexes),
             refusals: Mutex::new(refusal_seq),
             committed: AtomicU64::new(revision),
@@ -298,6 +320,13 @@ impl Drop for SledStore {
             let _ = h.join();
         }
     }
+}
+
+/// A mutation whose checks read the referrer index, which must be current (nothing staged).
+fn needs_index(m: &Mutation) -> bool {
+    m.checks
+        .iter()
+        .any(|c| matches!(c, Check::NotReferenced { .. }))
 }
 
 fn matches(q: &ListQuery, o: &StoredObject) -> bool {
@@ -504,6 +533,7 @@ impl Inner {
         &self,
         m: Mutation,
         revision: u64,
+        head: &mut [u8; 32],
         staged: &mut HashMap<(KindId, String), Option<StoredObject>>,
         batch: &mut Batch,
     ) -> Result<Publish, StoreError> {
@@ -559,9 +589,12 @@ impl Inner {
             before_revision: existing.as_ref().map_or(0, |o| o.revision),
             before: None,
             after: body,
+            chain: None,
         };
+        let (bytes, hash) = record::encode_change(&change, head)?;
         batch.insert(keys::history(m.kind, &m.name, revision), &[][..]);
-        batch.insert(&keys::event(revision)[..], record::encode_change(&change)?);
+        batch.insert(&keys::event(revision)[..], bytes);
+        *head = hash;
         staged.insert((m.kind, m.name.clone()), new.clone());
         Ok(match new {
             Some(o) => Ok(o),
@@ -570,7 +603,7 @@ impl Inner {
     }
 
     /// Applies the staged batch and publishes it; answers every staged writer.
-    fn apply_staged(&self, w: &mut WriterState, batch: Batch, staged: Vec<Staged>) {
+    fn apply_staged(&self, w: &mut WriterState, batch: Batch, staged: Vec<Staged>, head: [u8; 32]) {
         if staged.is_empty() {
             return;
         }
@@ -598,6 +631,7 @@ impl Inner {
         }
         if let Some(last) = staged.iter().filter_map(|s| s.revision).max() {
             w.revision = last;
+            w.head = head;
             self.committed.store(last, Ordering::SeqCst);
         }
         let batch = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
@@ -612,6 +646,10 @@ impl Inner {
                         batch,
                     }));
                 }
+                Answer::Set(slot, revisions) => {
+                    let _ = slot.send(Ok(revisions));
+                }
+                Answer::Silent => {}
             }
         }
         self.request_flush();
@@ -659,18 +697,21 @@ impl Inner {
         let mut staged: Vec<Staged> = Vec::new();
         let mut overlay = HashMap::new();
         let mut aux_overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut head = w.head;
         for q in group {
-            let mutation = match &q {
-                Queued::Mutation { mutation, .. } => Some(mutation),
-                Queued::Aux { write, .. } => write.mutation.as_ref(),
+            let isolated = match &q {
+                Queued::Mutation { mutation, .. } => needs_index(mutation),
+                Queued::Aux { write, .. } => write.mutation.as_ref().is_some_and(needs_index),
+                // A change set is applied as a batch of its own, so its failure drops only it.
+                Queued::Set { .. } => true,
             };
-            let needs_index = mutation.is_some_and(|m| {
-                m.checks
-                    .iter()
-                    .any(|c| matches!(c, Check::NotReferenced { .. }))
-            });
-            if needs_index && !staged.is_empty() {
-                self.apply_staged(w, std::mem::take(&mut batch), std::mem::take(&mut staged));
+            if isolated && !staged.is_empty() {
+                self.apply_staged(
+                    w,
+                    std::mem::take(&mut batch),
+                    std::mem::take(&mut staged),
+                    head,
+                );
                 overlay.clear();
                 aux_overlay.clear();
             }
@@ -682,7 +723,7 @@ impl Inner {
                 + 1;
             match q {
                 Queued::Mutation { mutation, slot } => {
-                    match self.stage(mutation, revision, &mut overlay, &mut batch) {
+                    match self.stage(mutation, revision, &mut head, &mut overlay, &mut batch) {
                         Ok(publish) => staged.push(Staged {
                             answer: Answer::Mutation(slot),
                             revision: Some(revision),
@@ -697,6 +738,7 @@ impl Inner {
                     match self.stage_aux(
                         write,
                         revision,
+                        &mut head,
                         &mut overlay,
                         &mut aux_overlay,
                         &mut batch,
@@ -711,9 +753,62 @@ impl Inner {
                         }
                     }
                 }
+                Queued::Set { mutations, slot } => {
+                    // `staged` is empty here: the set is its own batch.
+                    let mut set_head = head;
+                    let mut set_batch = Batch::default();
+                    let mut set_overlay = HashMap::new();
+                    let mut publishes = Vec::with_capacity(mutations.len());
+                    let size = u32::try_from(mutations.len()).unwrap_or(u32::MAX);
+                    let mut failed = None;
+                    for (i, mut m) in mutations.into_iter().enumerate() {
+                        if needs_index(&m) {
+                            failed = Some((
+                                i,
+                                StoreError::Io("a change set cannot hold deletes".into()),
+                            ));
+                            break;
+                        }
+                        m.change.change_set = revision;
+                        m.change.change_set_size = size;
+                        let rev = revision + i as u64;
+                        match self.stage(m, rev, &mut set_head, &mut set_overlay, &mut set_batch) {
+                            Ok(p) => publishes.push((rev, p)),
+                            Err(e) => {
+                                failed = Some((i, e));
+                                break;
+                            }
+                        }
+                    }
+                    match failed {
+                        Some(f) => {
+                            let _ = slot.send(Err(f));
+                        }
+                        None if publishes.is_empty() => {
+                            let _ = slot.send(Ok(Vec::new()));
+                        }
+                        None => {
+                            let revisions: Vec<u64> = publishes.iter().map(|p| p.0).collect();
+                            let mut set_staged: Vec<Staged> = publishes
+                                .into_iter()
+                                .map(|(rev, p)| Staged {
+                                    answer: Answer::Silent,
+                                    revision: Some(rev),
+                                    publish: Some(p),
+                                })
+                                .collect();
+                            // The last entry answers for the whole set.
+                            if let Some(s) = set_staged.last_mut() {
+                                s.answer = Answer::Set(slot, revisions);
+                            }
+                            self.apply_staged(w, set_batch, set_staged, set_head);
+                            head = w.head;
+                        }
+                    }
+                }
             }
         }
-        self.apply_staged(w, batch, staged);
+        self.apply_staged(w, batch, staged, head);
     }
 
     /// Checks an auxiliary write's guards, stages its mutation (if any), then its puts. Nothing
@@ -722,6 +817,7 @@ impl Inner {
         &self,
         write: AuxWrite,
         revision: u64,
+        head: &mut [u8; 32],
         overlay: &mut HashMap<(KindId, String), Option<StoredObject>>,
         aux_overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
         batch: &mut Batch,
@@ -734,7 +830,7 @@ impl Inner {
         let (rev, publish) = match write.mutation {
             Some(m) => (
                 Some(revision),
-                Some(self.stage(m, revision, overlay, batch)?),
+                Some(self.stage(m, revision, head, overlay, batch)?),
             ),
             None => (None, None),
         };
@@ -757,6 +853,76 @@ impl Store for SledStore {
             let _ = tx.send(Queued::Mutation { mutation: m, slot });
         }
         Pending::new(answer)
+    }
+
+    fn commit_set(&self, ms: Vec<Mutation>) -> PendingSet {
+        let (slot, answer) = oneshot::channel();
+        if let Some(tx) = &self.submit {
+            let _ = tx.send(Queued::Set {
+                mutations: ms,
+                slot,
+            });
+        }
+        PendingSet::new(answer)
+    }
+
+    fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+        let inner = &*self.inner;
+        let upto = inner.committed.load(Ordering::SeqCst);
+        let mut report = ChainReport {
+            revision: upto,
+            head: record::GENESIS,
+            ..ChainReport::default()
+        };
+        let mut expected_prev: Option<[u8; 32]> = None;
+        let mut previous_revision = 0u64;
+        for item in inner.tree.range(keys::event(1)..=keys::event(upto)) {
+            let (k, v) = item?;
+            let revision = be(&k)?;
+            let broken = |why: String| Ok(ChainReport {
+                broken: Some((revision, why)),
+                ..report.clone()
+            });
+            let link = match record::check_link(&v) {
+                Ok(l) => l,
+                Err(e) => return broken(format!("the record cannot be read: {e}")),
+            };
+            match link {
+                record::LinkCheck::Unchained => {
+                    if expected_prev.is_some() {
+                        return broken("an unchained record follows chained ones".into());
+                    }
+                }
+                record::LinkCheck::Chained {
+                    link,
+                    content_ok,
+                    revision: inside,
+                } => {
+                    let prev = expected_prev.unwrap_or(record::GENESIS);
+                    if link.prev != prev {
+                        let what = if previous_revision + 1 != revision {
+                            format!("records {}..{} are missing", previous_revision + 1, revision - 1)
+                        } else {
+                            format!(
+                                "it does not link to revision {previous_revision} (an entry was removed, inserted or rewritten)"
+                            )
+                        };
+                        return broken(what);
+                    }
+                    if !content_ok {
+                        return broken("its content does not match its hash (the entry was modified)".into());
+                    }
+                    if inside != Some(revision) {
+                        return broken("it is stored under another revision than it records".into());
+                    }
+                    expected_prev = Some(link.hash);
+                    report.head = link.hash;
+                }
+            }
+            report.checked += 1;
+            previous_revision = revision;
+        }
+        Ok(report)
     }
 
     fn commit_aux(&self, w: AuxWrite) -> PendingAux {
