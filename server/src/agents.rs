@@ -1014,6 +1014,14 @@ impl Agents {
         })
         .await
         .map_err(|e| ApiError::from_store("device", device, e))?;
+        if full {
+            self.inventory
+                .observed_signal()
+                .changed(&id, crate::inventory::ObservedSignal::ALL);
+        } else if !parts.is_empty() {
+            let sections = parts.iter().fold(0u32, |m, (n, _)| m | (1u32 << n));
+            self.inventory.observed_signal().changed(&id, sections);
+        }
         self.live_map().insert(
             id,
             Liveness {

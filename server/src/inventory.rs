@@ -41,6 +41,11 @@ pub struct ChangeContext {
 }
 
 impl ChangeContext {
+    /// Checks the lengths and characters of reason, ticket and origin.
+    pub fn check(&self) -> Result<(), ApiError> {
+        self.validate()
+    }
+
     fn validate(&self) -> Result<(), ApiError> {
         let limits = [
             ("context.reason", &self.reason, 1024),
@@ -103,6 +108,66 @@ pub struct Inventory {
     /// Flips to true when the server stops, so open watch streams end instead of holding the
     /// graceful shutdown open (clients resume from their last revision elsewhere).
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Devices whose observed facts changed since the drift engine last looked.
+    observed: ObservedSignal,
+}
+
+/// Devices whose observed facts changed (agent reports, ingested facts), coalesced: a device
+/// reporting many times before the drift engine wakes is recomputed once.
+#[derive(Debug, Default)]
+pub struct ObservedSignal {
+    /// Device id → bit set of the facts sections that changed (bit n = section n).
+    dirty: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    notify: tokio::sync::Notify,
+    /// Bumped on every signal; the engine reports which value it has caught up with.
+    requested: std::sync::atomic::AtomicU64,
+}
+
+impl ObservedSignal {
+    /// Every section: the whole of a device's observed state may have changed.
+    pub const ALL: u32 = u32::MAX;
+
+    /// Marks sections of a device's observed facts as changed (`ALL` when unsure).
+    pub fn changed(&self, device_id: &str, sections: u32) {
+        *self
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(device_id.to_string())
+            .or_insert(0) |= sections;
+        self.requested
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// The devices marked since the last call, and the signal count they cover.
+    pub fn take(&self) -> (std::collections::HashMap<String, u32>, u64) {
+        let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let upto = self.requested.load(std::sync::atomic::Ordering::SeqCst);
+        (std::mem::take(&mut *d), upto)
+    }
+
+    /// How many signals were given so far.
+    pub fn requested(&self) -> u64 {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when a device is marked (or was marked since the last wait).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// One resource of a change set, prepared: what will happen to it and the write that does it.
+#[derive(Debug, Clone)]
+pub struct PreparedWrite {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub action: ApplyAction,
+    /// The resource as it will be stored.
+    pub resource: pb::Resource,
+    /// None when nothing changes.
+    pub mutation: Option<Mutation>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -146,6 +211,125 @@ impl Inventory {
             store,
             secrets,
             stopping: tokio::sync::watch::channel(false).0,
+            observed: ObservedSignal::default(),
+        }
+    }
+
+    /// Where changes of observed state are signalled (to the drift engine).
+    pub fn observed_signal(&self) -> &ObservedSignal {
+        &self.observed
+    }
+
+    /// Validates one resource of a change set and works out its write, without writing.
+    pub(crate) fn prepare_write(
+        &self,
+        who: &Principal,
+        mut r: pb::Resource,
+        ctx: &ChangeContext,
+        now: i64,
+    ) -> Result<PreparedWrite, ApiError> {
+        let kind = Self::prepare(&mut r)?;
+        self.check_rack_site(&r)?;
+        let name = r.name().to_string();
+        match self.load(kind, &name)? {
+            None => {
+                let r = self.new_object(who, r, now)?;
+                let m = Mutation {
+                    kind: kind_id(kind),
+                    name: name.clone(),
+                    expect: Expect::Absent,
+                    put: Some(self.stored(kind, &r)),
+                    checks: Self::checks_for(&r),
+                    change: Self::change_meta(who, "apply", ctx, now),
+                };
+                Ok(PreparedWrite {
+                    kind,
+                    name,
+                    action: ApplyAction::Created,
+                    resource: r,
+                    mutation: Some(m),
+                })
+            }
+            Some((old_obj, old)) => {
+                if let Some(R::Credential(c)) = r.resource.as_mut()
+                    && !c.secret.is_empty()
+                    && self.secret_matches(&old, &c.secret)
+                {
+                    c.secret.clear();
+                }
+                let new = self.merged(who, &old, r, now)?;
+                if resource::comparable(&new) == resource::comparable(&old) {
+                    return Ok(PreparedWrite {
+                        kind,
+                        name,
+                        action: ApplyAction::Unchanged,
+                        resource: old,
+                        mutation: None,
+                    });
+                }
+                let m = Mutation {
+                    kind: kind_id(kind),
+                    name: name.clone(),
+                    expect: Expect::Revision(old_obj.revision),
+                    put: Some(self.stored(kind, &new)),
+                    checks: Self::checks_for(&new),
+                    change: Self::change_meta(who, "apply", ctx, now),
+                };
+                Ok(PreparedWrite {
+                    kind,
+                    name,
+                    action: ApplyAction::Updated,
+                    resource: new,
+                    mutation: Some(m),
+                })
+            }
+        }
+    }
+
+    /// Writes prepared mutations as one atomic change set and waits until it is durable;
+    /// returns the revisions. `names` names each mutation for errors.
+    pub(crate) async fn commit_set(
+        &self,
+        ms: Vec<Mutation>,
+        names: &[(ResourceKind, String)],
+    ) -> Result<Vec<u64>, ApiError> {
+        if ms.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.store.commit_set(ms).revisions().await {
+            Ok(revs) => {
+                if let Some(last) = revs.last() {
+                    store::wait_durable(&*self.store, *last)
+                        .await
+                        .map_err(store_error)?;
+                }
+                Ok(revs)
+            }
+            Err((i, e)) => {
+                let (kind, name) = names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or((ResourceKind::Unspecified, String::new()));
+                Err(ApiError::from_store(kind_name(kind), &name, e))
+            }
+        }
+    }
+
+    /// Records a refused change set in the audit trail (one entry per resource it named).
+    pub(crate) fn refuse_set(
+        &self,
+        who: &Principal,
+        verb: &str,
+        names: &[(ResourceKind, String)],
+        ctx: &ChangeContext,
+        e: &ApiError,
+    ) {
+        let refusal = match e {
+            ApiError::PermissionDenied(_) | ApiError::Unauthenticated(_) => RefusalKind::Denied,
+            _ => RefusalKind::Rejected,
+        };
+        for (kind, name) in names.iter().take(100) {
+            self.record_refusal(&who.name, verb, (*kind, name), ctx, refusal, &e.to_string());
         }
     }
 
@@ -523,8 +707,20 @@ impl Inventory {
     pub async fn update(
         &self,
         who: &Principal,
+        r: pb::Resource,
+        expected: u64,
+        ctx: &ChangeContext,
+    ) -> Result<pb::Resource, ApiError> {
+        self.update_as(who, r, expected, "update", ctx).await
+    }
+
+    /// `update`, recorded under another verb (e.g. "drift accept").
+    pub async fn update_as(
+        &self,
+        who: &Principal,
         mut r: pb::Resource,
         expected: u64,
+        verb: &str,
         ctx: &ChangeContext,
     ) -> Result<pb::Resource, ApiError> {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
@@ -535,10 +731,7 @@ impl Inventory {
             self.check_rack_site(&r)?;
             let mut attempt = 0;
             loop {
-                match self
-                    .update_once(who, kind, &r, expected, "update", ctx)
-                    .await
-                {
+                match self.update_once(who, kind, &r, expected, verb, ctx).await {
                     Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => {
                         attempt += 1
                     }
@@ -547,7 +740,7 @@ impl Inventory {
             }
         }
         .await;
-        self.audit_refusal(who, "update", kind, &name, ctx, result)
+        self.audit_refusal(who, verb, kind, &name, ctx, result)
     }
 
     /// Creates, updates or leaves alone, so that applying the same manifest twice is a no-op.

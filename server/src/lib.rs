@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod desired;
 pub mod drift;
+pub mod drift_engine;
 pub mod grpc;
 pub mod health;
 pub mod inventory;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod observed;
 pub mod pki;
+pub mod planning;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use muster::pb::admin_service_server::AdminServiceServer;
 use muster::pb::agent_service_server::AgentServiceServer;
+use muster::pb::config_service_server::ConfigServiceServer;
 use muster::pb::audit_service_server::AuditServiceServer;
 use muster::pb::inventory_service_server::InventoryServiceServer;
 use thiserror::Error;
@@ -99,6 +102,7 @@ pub struct Server {
     config: Config,
     shared: Shared,
     agents: Arc<Agents>,
+    drift: Arc<drift_engine::DriftEngine>,
     ca: Arc<AgentCa>,
     metrics: Arc<Metrics>,
     /// Set when a bootstrap admin token was written at this start.
@@ -140,6 +144,8 @@ impl Server {
                 .map_err(ServeError::Agents)?,
         );
         let metrics = Arc::new(Metrics::new(store));
+        let drift =
+            drift_engine::DriftEngine::start(Arc::clone(&inventory)).map_err(ServeError::Agents)?;
         Ok(Self {
             config,
             shared: Shared {
@@ -147,6 +153,7 @@ impl Server {
                 tokens: Arc::new(tokens),
             },
             agents,
+            drift,
             ca,
             metrics,
             created_admin_token,
@@ -177,6 +184,9 @@ impl Server {
         health
             .set_serving::<AgentServiceServer<grpc::agent::AgentApi>>()
             .await;
+        health
+            .set_serving::<ConfigServiceServer<grpc::config::ConfigApi>>()
+            .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(muster::FILE_DESCRIPTOR_SET)
@@ -196,6 +206,14 @@ impl Server {
         let agent = AgentServiceServer::new(grpc::agent::AgentApi {
             shared: self.shared.clone(),
             agents: Arc::clone(&self.agents),
+        })
+        .max_decoding_message_size(backstop);
+        let config_svc = ConfigServiceServer::new(grpc::config::ConfigApi {
+            shared: self.shared.clone(),
+            planner: planning::Planner {
+                inventory: Arc::clone(&self.shared.inventory),
+                drift: Arc::clone(&self.drift),
+            },
         })
         .max_decoding_message_size(backstop);
 
@@ -250,6 +268,7 @@ impl Server {
             .add_service(audit)
             .add_service(admin)
             .add_service(agent)
+            .add_service(config_svc)
             .serve_with_incoming_shutdown(incoming, shutdown);
         let result = tokio::select! {
             r = serve => r,

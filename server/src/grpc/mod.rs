@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod config;
 pub mod edge;
 pub mod inventory;
 pub mod status;

@@ -1,0 +1,346 @@
+//! Desired state as a whole: plan a change, apply it atomically as one change set, accept an
+//! observed value as desired. Domain operations over `Inventory` (validation, merging, the
+//! store) and `DriftEngine` (effective state, conflicts, drift); no gRPC here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster::pb::{self, ResourceKind, resource::Resource as R};
+use muster::selector::Selector;
+
+use crate::desired::CompiledProfile;
+use crate::drift::{self as driftlib, NOT_REPORTED};
+use crate::drift_engine::{DriftEngine, PlannedChange, PlannedDevice};
+use crate::inventory::{ApplyAction, ChangeContext, Inventory, PreparedWrite};
+use crate::model::{ApiError, Principal, kind_name, now_unix_nanos};
+
+/// Most resources one change set may hold.
+pub const MAX_SET: usize = 20_000;
+/// How long a read waits for the drift engine to take in earlier writes.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Plans and applies change sets.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    pub inventory: Arc<Inventory>,
+    pub drift: Arc<DriftEngine>,
+}
+
+fn action_pb(a: ApplyAction) -> pb::ApplyAction {
+    match a {
+        ApplyAction::Created => pb::ApplyAction::Created,
+        ApplyAction::Updated => pb::ApplyAction::Updated,
+        ApplyAction::Unchanged => pb::ApplyAction::Unchanged,
+    }
+}
+
+/// Dependency order inside a set: what others refer to goes first (sites, racks, credentials,
+/// profiles and windows, devices with their parents before them, campaigns).
+fn rank(r: &pb::Resource) -> u8 {
+    match r.resource.as_ref() {
+        Some(R::Site(_)) => 0,
+        Some(R::Rack(_)) => 1,
+        Some(R::Credential(_)) => 2,
+        Some(R::Profile(_)) | Some(R::Window(_)) => 3,
+        Some(R::Device(d)) if d.parent.is_empty() => 4,
+        Some(R::Device(_)) => 5,
+        Some(R::Campaign(_)) => 7,
+        None => 8,
+    }
+}
+
+/// Names the resource at `index` in an error about it.
+fn locate(index: usize, r: &pb::Resource, e: ApiError) -> ApiError {
+    let kind = crate::model::resource::kind_of(r).unwrap_or_default();
+    let at = format!("resources[{index}] ({} {:?})", kind_name(kind), r.name());
+    match e {
+        ApiError::InvalidArgument { field, problem } => ApiError::InvalidArgument {
+            field: format!("{at}.{field}"),
+            problem,
+        },
+        ApiError::FailedPrecondition(m) => ApiError::FailedPrecondition(format!("{at}: {m}")),
+        other => other,
+    }
+}
+
+impl Planner {
+    /// Validates every resource and works out its write; any bad one fails the whole set.
+    fn prepare(
+        &self,
+        who: &Principal,
+        resources: Vec<pb::Resource>,
+        ctx: &ChangeContext,
+    ) -> Result<Vec<PreparedWrite>, ApiError> {
+        if resources.is_empty() {
+            return Err(ApiError::invalid("resources", "is empty: nothing to do"));
+        }
+        if resources.len() > MAX_SET {
+            return Err(ApiError::invalid(
+                "resources",
+                format!(
+                    "holds {} resources; one change set may hold at most {MAX_SET}",
+                    resources.len()
+                ),
+            ));
+        }
+        let mut indexed: Vec<(usize, pb::Resource)> = resources.into_iter().enumerate().collect();
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in &indexed {
+            let kind = crate::model::resource::kind_of(r).unwrap_or_default();
+            if !seen.insert((kind, r.name().to_string())) {
+                return Err(ApiError::invalid(
+                    format!("resources[{i}]"),
+                    format!("{} {:?} appears twice", kind_name(kind), r.name()),
+                ));
+            }
+        }
+        indexed.sort_by_key(|(i, r)| (rank(r), *i));
+        let now = now_unix_nanos();
+        indexed
+            .into_iter()
+            .map(|(i, r)| {
+                let shown = r.clone();
+                self.inventory
+                    .prepare_write(who, r, ctx, now)
+                    .map_err(|e| locate(i, &shown, e))
+            })
+            .collect()
+    }
+
+    fn planned_change(prepared: &[PreparedWrite]) -> PlannedChange {
+        let mut change = PlannedChange::default();
+        for p in prepared.iter().filter(|p| p.action != ApplyAction::Unchanged) {
+            match p.resource.resource.as_ref() {
+                Some(R::Profile(pr)) => change.profiles.push(CompiledProfile::new(pr)),
+                Some(R::Device(d)) => change.devices.push(PlannedDevice::new(d)),
+                _ => {}
+            }
+        }
+        change
+    }
+
+    fn resources_pb(prepared: &[PreparedWrite]) -> Vec<pb::ResourcePlan> {
+        prepared
+            .iter()
+            .map(|p| pb::ResourcePlan {
+                kind: p.kind as i32,
+                name: p.name.clone(),
+                action: action_pb(p.action) as i32,
+            })
+            .collect()
+    }
+
+    /// What applying `resources` would do. Writes nothing.
+    pub async fn plan(
+        &self,
+        who: &Principal,
+        resources: Vec<pb::Resource>,
+        include_unchanged: bool,
+    ) -> Result<pb::PlanResponse, ApiError> {
+        let prepared = self.prepare(who, resources, &ChangeContext::default())?;
+        self.drift.caught_up(CATCH_UP).await;
+        let change = Self::planned_change(&prepared);
+        let drift = Arc::clone(&self.drift);
+        let mut resp = tokio::task::spawn_blocking(move || drift.plan(&change, include_unchanged))
+            .await
+            .map_err(|e| ApiError::Internal(format!("plan task failed: {e}")))??;
+        resp.resources = Self::resources_pb(&prepared);
+        Ok(resp)
+    }
+
+    /// Writes every resource as one atomic change set, or nothing; refused when profiles of
+    /// equal priority would set one field of a device to different values.
+    pub async fn apply(
+        &self,
+        who: &Principal,
+        resources: Vec<pb::Resource>,
+        ctx: &ChangeContext,
+    ) -> Result<pb::ApplySetResponse, ApiError> {
+        let names: Vec<(ResourceKind, String)> = resources
+            .iter()
+            .map(|r| {
+                (
+                    crate::model::resource::kind_of(r).unwrap_or_default(),
+                    r.name().to_string(),
+                )
+            })
+            .collect();
+        let result = self.apply_inner(who, resources, ctx).await;
+        if let Err(e) = &result {
+            self.inventory.refuse_set(who, "apply", &names, ctx, e);
+        }
+        result
+    }
+
+    async fn apply_inner(
+        &self,
+        who: &Principal,
+        resources: Vec<pb::Resource>,
+        ctx: &ChangeContext,
+    ) -> Result<pb::ApplySetResponse, ApiError> {
+        ctx.check()?;
+        let prepared = self.prepare(who, resources, ctx)?;
+        let change = Self::planned_change(&prepared);
+        if !change.profiles.is_empty() || !change.devices.is_empty() {
+            self.drift.caught_up(CATCH_UP).await;
+            let drift = Arc::clone(&self.drift);
+            let plan = tokio::task::spawn_blocking(move || drift.plan(&change, false))
+                .await
+                .map_err(|e| ApiError::Internal(format!("conflict check failed: {e}")))??;
+            if let Some(c) = plan.conflicts.first() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "profiles {} have equal priority {} and set {} of device {:?} differently{}; \
+                     give one a higher priority, narrow a selector, or set the field on the device",
+                    c.profiles
+                        .iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    c.priority,
+                    c.field,
+                    c.device,
+                    match plan.conflicts.len() {
+                        1 => String::new(),
+                        n => format!(" ({} more conflicts)", n - 1),
+                    }
+                )));
+            }
+        }
+        let mut mutations = Vec::new();
+        let mut names = Vec::new();
+        for p in &prepared {
+            if let Some(m) = &p.mutation {
+                mutations.push(m.clone());
+                names.push((p.kind, p.name.clone()));
+            }
+        }
+        let revisions = self.inventory.commit_set(mutations, &names).await?;
+        Ok(pb::ApplySetResponse {
+            resources: Self::resources_pb(&prepared),
+            change_set: revisions.first().copied().unwrap_or_default(),
+            revision: revisions
+                .last()
+                .copied()
+                .unwrap_or_else(|| self.inventory.store().revision()),
+        })
+    }
+
+    /// Drift of the devices `selector` chooses.
+    pub async fn drift(&self, req: &pb::DriftRequest) -> Result<pb::DriftResponse, ApiError> {
+        let selector = Selector::parse(&req.selector)
+            .map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+        self.drift.caught_up(CATCH_UP).await;
+        let drift = Arc::clone(&self.drift);
+        let prefix = req.field_prefix.clone();
+        let summary_only = req.summary_only;
+        tokio::task::spawn_blocking(move || drift.drift(&selector, &prefix, summary_only))
+            .await
+            .map_err(|e| ApiError::Internal(format!("drift task failed: {e}")))
+    }
+
+    /// Makes the observed value of a drifting field the device's own desired value.
+    pub async fn accept(
+        &self,
+        who: &Principal,
+        device: &str,
+        field: &str,
+        ctx: &ChangeContext,
+    ) -> Result<pb::AcceptDriftResponse, ApiError> {
+        muster::names::validate_name("device", device)?;
+        self.drift.caught_up(CATCH_UP).await;
+        let item = self.drift.item(device, field).ok_or_else(|| {
+            ApiError::FailedPrecondition(format!(
+                "device {device:?} has no drift in field {field:?}; see `muster drift -l` for its fields"
+            ))
+        })?;
+        if item.observed == NOT_REPORTED {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{field} of device {device:?} was never reported; there is no observed value to adopt"
+            )));
+        }
+        let current = self.inventory.get(pb::ResourceKind::Device as i32, device).await?;
+        let Some(R::Device(mut d)) = current.resource else {
+            return Err(ApiError::Internal("device body is not a device".into()));
+        };
+        let revision = d.meta.as_ref().map(|m| m.revision).unwrap_or_default();
+        adopt(&mut d, field, &item.observed)?;
+        d.status = None;
+        let ctx = ChangeContext {
+            reason: if ctx.reason.is_empty() {
+                format!("accept observed {field} = {}", item.observed)
+            } else {
+                ctx.reason.clone()
+            },
+            ticket: ctx.ticket.clone(),
+            origin: ctx.origin.clone(),
+        };
+        let updated = self
+            .inventory
+            .update_as(
+                who,
+                pb::Resource {
+                    resource: Some(R::Device(d)),
+                },
+                revision,
+                "drift accept",
+                &ctx,
+            )
+            .await?;
+        let revision = updated.meta().map(|m| m.revision).unwrap_or_default();
+        Ok(pb::AcceptDriftResponse {
+            device: Some(updated),
+            revision,
+        })
+    }
+}
+
+/// Writes an observed value into a device's own desired state (or declared hardware).
+fn adopt(d: &mut pb::Device, field: &str, observed: &str) -> Result<(), ApiError> {
+    if let Some(v) = field.strip_prefix("inventory.") {
+        match v {
+            "serial" => d.serial = observed.into(),
+            "model" => d.model = observed.into(),
+            _ => return Err(unknown_field(field)),
+        }
+        return Ok(());
+    }
+    let spec = d.spec.get_or_insert_with(Default::default);
+    if let Some(name) = field.strip_prefix("packages.") {
+        let req = driftlib::accepted_requirement(name, observed);
+        spec.packages.retain(|p| p.name != name);
+        spec.packages.push(req);
+        spec.packages.sort_by(|a, b| a.name.cmp(&b.name));
+        return Ok(());
+    }
+    if let Some(key) = field.strip_prefix("sysctl.") {
+        spec.sysctl.insert(key.into(), observed.into());
+        return Ok(());
+    }
+    match field {
+        "os.release" => spec.os_release = observed.into(),
+        "kernel" => spec.kernel = observed.into(),
+        "timezone" => spec.timezone = observed.into(),
+        "firmware.bios" => spec.firmware.get_or_insert_with(Default::default).bios = observed.into(),
+        "firmware.bmc" => spec.firmware.get_or_insert_with(Default::default).bmc = observed.into(),
+        "ntp_servers" => spec.ntp_servers = observed.split(',').map(str::to_string).collect(),
+        "dns_servers" => spec.dns_servers = observed.split(',').map(str::to_string).collect(),
+        "power" => {
+            spec.power = match observed {
+                "on" => pb::PowerState::PowerOn as i32,
+                "off" => pb::PowerState::PowerOff as i32,
+                _ => return Err(unknown_field(field)),
+            }
+        }
+        f if f.starts_with("expect.") => {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{field} is a rule, not a value: change or remove the expect rule instead"
+            )));
+        }
+        _ => return Err(unknown_field(field)),
+    }
+    Ok(())
+}
+
+fn unknown_field(field: &str) -> ApiError {
+    ApiError::invalid("field", format!("{field:?} cannot be adopted"))
+}
