@@ -12,9 +12,9 @@ use muster_tests::ipmi::IpmiSim;
 use muster_tests::{Options, TestServer, bin};
 
 /// The report interval these tests run with.
-const INTERVAL: &str = "1s";
+pub(crate) const INTERVAL: &str = "1s";
 
-fn tls_server(extra: &[&str]) -> TestServer {
+pub(crate) fn tls_server(extra: &[&str]) -> TestServer {
     let mut args = vec!["--agent-interval".to_string(), INTERVAL.to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
     TestServer::start_with(Options {
@@ -25,7 +25,7 @@ fn tls_server(extra: &[&str]) -> TestServer {
     .unwrap()
 }
 
-fn ok(out: &std::process::Output) -> String {
+pub(crate) fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
         "command failed: {}\n{}",
@@ -35,19 +35,19 @@ fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn add_device(s: &TestServer, name: &str) {
+pub(crate) fn add_device(s: &TestServer, name: &str) {
     let manifest = format!("kind: Device\nmeta:\n  name: {name}\ntype: SERVER\nrole: web\n");
     ok(&s.muster_with(&["apply", "-f", "-"], &s.token, Some(manifest.as_bytes())));
 }
 
-fn token_for(s: &TestServer, device: &str, ttl: &str) -> String {
+pub(crate) fn token_for(s: &TestServer, device: &str, ttl: &str) -> String {
     ok(&s.muster(&["agent", "token", "create", device, "--ttl", ttl]))
         .trim()
         .to_string()
 }
 
 /// A `muster-agent` with its own state directory.
-struct AgentHost {
+pub(crate) struct AgentHost {
     state: tempfile::TempDir,
     server: String,
     ca: PathBuf,
@@ -55,7 +55,7 @@ struct AgentHost {
 }
 
 impl AgentHost {
-    fn new(s: &TestServer) -> Self {
+    pub(crate) fn new(s: &TestServer) -> Self {
         Self {
             state: tempfile::tempdir().unwrap(),
             server: s.url(),
@@ -64,7 +64,7 @@ impl AgentHost {
         }
     }
 
-    fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.state.path()
     }
 
@@ -81,14 +81,14 @@ impl AgentHost {
         c
     }
 
-    fn enroll(&self, token: &str, wait: &str) -> std::process::Output {
+    pub(crate) fn enroll(&self, token: &str, wait: &str) -> std::process::Output {
         self.cmd(&["enroll", "--token", token, "--wait", wait])
             .output()
             .unwrap()
     }
 
     /// Starts `muster-agent run` with a config file (collectors) and flags.
-    fn run(&mut self, config: &str, args: &[&str]) {
+    pub(crate) fn run(&mut self, config: &str, args: &[&str]) {
         let cfg = self.dir().join("agent.toml");
         std::fs::write(&cfg, config).unwrap();
         let log = std::fs::File::create(self.dir().join("agent.log")).unwrap();
@@ -104,7 +104,7 @@ impl AgentHost {
         self.child = Some(child);
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -115,7 +115,7 @@ impl AgentHost {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir().join("agent.log")).unwrap_or_default()
     }
 

@@ -9,6 +9,7 @@ mod agent_facts;
 mod api;
 mod backup;
 mod cli;
+mod desired;
 mod durability;
 mod errors;
 mod ipmi;
