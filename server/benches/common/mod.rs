@@ -33,6 +33,8 @@ pub fn ms(d: Duration) -> String {
 }
 
 /// Starts the release `musterd` on an ephemeral loopback port; returns it and its address.
+/// (Not every benchmark starts a server.)
+#[allow(dead_code)]
 pub fn spawn_musterd(data_dir: &Path, extra: &[String]) -> Result<(Child, String), BoxError> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_musterd"))
         .arg("--data-dir")
