@@ -100,6 +100,9 @@ struct State {
     followed: u64,
     /// Package lists by content hash, shared between devices.
     package_sets: HashMap<[u8; 32], Weak<PackageSet>>,
+    /// Ids of devices deleted since the last write-out: their observed facts and drift
+    /// memory are removed (a device created again under the name starts clean).
+    deleted: Vec<String>,
 }
 
 /// How far the engine has caught up: event-log revision, and observed-signal count.
@@ -278,7 +281,16 @@ impl DriftEngine {
         }
         let started = std::time::Instant::now();
         let n = dirty.len();
-        let writes = self.recompute(&mut st, dirty)?;
+        let mut writes = self.recompute(&mut st, dirty)?;
+        for id in std::mem::take(&mut st.deleted) {
+            writes.push(Write {
+                id,
+                name: String::new(),
+                items: None,
+                memory: None,
+                forget: true,
+            });
+        }
         let compute = started.elapsed();
         drop(st);
         let mut s = self.last_pass.lock().unwrap_or_else(|p| p.into_inner());
@@ -316,6 +328,7 @@ impl DriftEngine {
                     st.devices.remove(&c.id);
                     st.ids.remove(&c.name);
                     dirty.remove(&c.id);
+                    st.deleted.push(c.id.clone());
                 }
                 Some(body) => {
                     let Ok(pb::Resource {
@@ -473,6 +486,7 @@ impl DriftEngine {
                         name: e.name.clone(),
                         items: Some(Vec::new()),
                         memory: None,
+                        forget: false,
                     });
                     e.items.clear();
                 }
@@ -497,6 +511,7 @@ impl DriftEngine {
                     name: e.name.clone(),
                     items: items_changed.then(|| next.items.clone()),
                     memory: memory_changed.then(|| next.desired.clone()),
+                    forget: false,
                 });
                 e.items = next.items;
                 e.desired_memory = Some(next.desired);
@@ -524,6 +539,14 @@ impl DriftEngine {
         let started = std::time::Instant::now();
         let mut retry = Vec::new();
         let mut puts = Vec::new();
+        for w in writes.iter().filter(|w| w.forget) {
+            match self.store.aux_scan(&observed::prefix(&w.id)) {
+                Ok(records) => puts.extend(records.into_iter().map(|(k, _)| (k, None))),
+                Err(e) => tracing::warn!(error = %e, "cannot list a deleted device's facts"),
+            }
+            puts.push((observed::meta_key(&w.id), None));
+            puts.push((memory_key(&w.id), None));
+        }
         let mut pending = futures::stream::FuturesUnordered::new();
         use futures::StreamExt;
         for w in writes {
@@ -887,6 +910,8 @@ struct Write {
     items: Option<Vec<pb::DriftItem>>,
     /// New desired memory, when it changed.
     memory: Option<BTreeMap<String, String>>,
+    /// The device was deleted: remove its observed facts and drift memory.
+    forget: bool,
 }
 
 /// The audit reason of a drift write: what is in drift now.
