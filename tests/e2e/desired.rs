@@ -277,6 +277,30 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
     );
     assert!(changes.iter().any(|c| c.verb == "drift" && c.principal == "system:drift"));
     a.stop();
+
+    // A deleted device's observed facts and drift memory are removed from the store.
+    let old_id = d.meta.unwrap().id;
+    inv.delete(pb::DeleteRequest {
+        kind: pb::ResourceKind::Device as i32,
+        name: "drift-01".into(),
+        expected_revision: 0,
+        context: None,
+    })
+    .await
+    .unwrap();
+    // Drift answers once the engine has taken in (and written out) the delete.
+    assert!(drift_of(&mut c, "drift-01").await.is_empty());
+    drop((inv, c));
+    let mut s = s;
+    s.stop().unwrap();
+    let db = sled::open(&s.data_dir).unwrap();
+    let left: Vec<String> = db
+        .scan_prefix(b"a")
+        .keys()
+        .map(|k| String::from_utf8_lossy(&k.unwrap()).into_owned())
+        .filter(|k| k.contains(&old_id) && !k.starts_with("aag/"))
+        .collect();
+    assert!(left.is_empty(), "records of the deleted device remain: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
