@@ -52,6 +52,10 @@ pub enum Command {
     /// Show one resource in detail, with its recent changes.
     Describe(DescribeArgs),
     /// Create or update resources from a manifest file, atomically (all or nothing).
+    ///
+    /// The whole file is written as one change set: every resource or none. A file too large
+    /// for one request (over 3.5 MiB encoded) is refused; split it, or pass --bulk (resource by
+    /// resource, not atomic).
     Apply(ApplyArgs),
     /// Show what applying a manifest would change per device, and the drift after it.
     Plan(PlanArgs),
@@ -168,9 +172,6 @@ pub struct ChangeArgs {
 
 /// `muster apply`.
 #[derive(Debug, Args)]
-#[command(long_about = "Create or update resources from a manifest file.\n\n\
-    The whole file is written atomically, as one change set: every resource or none. A file \
-    too large for one request (over 3.5 MiB encoded) is refused; split it, or pass --bulk.")]
 pub struct ApplyArgs {
     /// YAML or JSON manifest file, `-` for standard input.
     #[arg(
