@@ -494,7 +494,7 @@ mod tests {
         };
         assert_eq!(change_set_label(&change).unwrap(), "set 1234 (5 changes)");
         assert_eq!(
-            blocks(&[change.clone()]),
+            blocks(std::slice::from_ref(&change)),
             "1236  1970-01-01T00:00:00Z  alice  apply  device/web-01  ACCEPTED  set 1234 (5 changes)\n  reason: rollout, ticket: CHG-9\n  meta.labels.role: web → db\n"
         );
         let alone = pb::Change {
