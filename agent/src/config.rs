@@ -67,6 +67,10 @@ pub struct AgentConfig {
     pub external_facts_dir: Option<PathBuf>,
     /// Collect installed packages (dpkg or rpm).
     pub packages: bool,
+    /// Kernel parameters to report besides the default list (`collect::os::DEFAULT_SYSCTL_KEYS`),
+    /// as dotted names, e.g. `net.ipv4.conf.all.rp_filter`: desired state can only be checked
+    /// against parameters the agent reads.
+    pub sysctl_keys: Vec<String>,
     /// Report interval until the server assigns one.
     #[serde(with = "humantime_serde_compat")]
     pub interval: Duration,
@@ -91,6 +95,7 @@ impl Default for AgentConfig {
             libvirt_uri: None,
             external_facts_dir: None,
             packages: true,
+            sysctl_keys: Vec::new(),
             interval: Duration::from_secs(60),
             deadlines: Deadlines::default(),
             spool_max_reports: 1000,
@@ -136,7 +141,21 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(15));
         assert_eq!(c.deadlines.ipmi, Duration::from_secs(2));
         assert_eq!(c.deadlines.smart, Duration::from_secs(30));
+        assert!(c.sysctl_keys.is_empty());
         assert!(AgentConfig::from_toml("intervall = \"1s\"").is_err());
         assert!(AgentConfig::from_toml("interval = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn extra_sysctl_keys() {
+        let c = AgentConfig::from_toml(
+            "sysctl_keys = [\"kernel.pid_max\", \"net.ipv4.conf.all.rp_filter\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sysctl_keys,
+            ["kernel.pid_max", "net.ipv4.conf.all.rp_filter"]
+        );
+        assert!(AgentConfig::from_toml("sysctl_keys = \"vm.swappiness\"").is_err());
     }
 }

@@ -45,6 +45,10 @@ struct Cli {
     /// Directory of external-fact executables.
     #[arg(long, global = true)]
     external_facts_dir: Option<PathBuf>,
+    /// Extra kernel parameter to report (repeatable), e.g. kernel.pid_max; replaces the config's
+    /// `sysctl_keys`. A default list is always read.
+    #[arg(long = "sysctl", value_name = "KEY", global = true)]
+    sysctl_keys: Vec<String>,
     /// Log as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
@@ -101,6 +105,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     }
     if let Some(v) = &cli.external_facts_dir {
         c.external_facts_dir = Some(v.clone());
+    }
+    if !cli.sysctl_keys.is_empty() {
+        c.sysctl_keys = cli.sysctl_keys.clone();
     }
     Ok(c)
 }

@@ -109,6 +109,10 @@ pub struct Collectors {
     /// The complete facts as of the last collection.
     current: pb::Facts,
     boot_id: String,
+    /// The package manager the packages collector last got its list from ("deb" or "rpm"). It
+    /// overrides the OS collector's guess from the package databases in `OsFacts.package_format`,
+    /// since it is what the reported versions were written by.
+    package_format: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Collectors {
@@ -161,6 +165,7 @@ impl Collectors {
             freshness: Freshness::default(),
             current: pb::Facts::default(),
             boot_id: String::new(),
+            package_format: None,
         })
     }
 
@@ -180,8 +185,12 @@ impl Collectors {
 
         // OS facts.
         let t = Instant::now();
-        let os =
-            tokio::time::timeout(d.os, tokio::task::spawn_blocking(collect::os::collect)).await;
+        let sysctl_keys = self.cfg.sysctl_keys.clone();
+        let os = tokio::time::timeout(
+            d.os,
+            tokio::task::spawn_blocking(move || collect::os::collect_with(&sysctl_keys)),
+        )
+        .await;
         let err = match os {
             Ok(Ok(Ok(s))) => {
                 self.current.os = Some(s.os);
@@ -203,9 +212,14 @@ impl Collectors {
 
         if self.cfg.packages {
             let t = Instant::now();
-            let err = match tokio::time::timeout(d.packages, collect::packages::collect()).await {
-                Ok(Ok(p)) => {
+            let listing = collect::packages::collect_listing(
+                std::path::Path::new("dpkg-query"),
+                std::path::Path::new("rpm"),
+            );
+            let err = match tokio::time::timeout(d.packages, listing).await {
+                Ok(Ok((format, p))) => {
                     self.current.packages = Some(pb::PackageList { items: p });
+                    self.package_format = Some(format.as_str());
                     None
                 }
                 Ok(Err(e)) => Some(e.to_string()),
@@ -354,6 +368,9 @@ impl Collectors {
             statuses.push(self.freshness.status("external", err, t.elapsed()));
         }
 
+        if let (Some(format), Some(os)) = (self.package_format, self.current.os.as_mut()) {
+            os.package_format = format.to_string();
+        }
         out.facts = self.current.clone();
         out.collectors = statuses;
         out.boot_id = self.boot_id.clone();

@@ -51,13 +51,21 @@ pub enum Command {
     Get(GetArgs),
     /// Show one resource in detail, with its recent changes.
     Describe(DescribeArgs),
-    /// Create or update resources from a manifest file.
+    /// Create or update resources from a manifest file, atomically (all or nothing).
+    ///
+    /// The whole file is written as one change set: every resource or none. A file too large
+    /// for one request (over 3.5 MiB encoded) is refused; split it, or pass --bulk (resource by
+    /// resource, not atomic).
     Apply(ApplyArgs),
+    /// Show what applying a manifest would change per device, and the drift after it.
+    Plan(PlanArgs),
+    /// Where devices differ from their desired state; `drift accept` adopts an observed value.
+    Drift(DriftArgs),
     /// Delete a resource.
     Delete(DeleteArgs),
     /// Stream changes as they happen.
     Watch(WatchArgs),
-    /// Search the audit trail.
+    /// Search the audit trail; `audit verify` checks its hash chain.
     Audit(AuditArgs),
     /// Agent enrollment: tokens, approvals, identities.
     Agent {
@@ -178,9 +186,80 @@ pub struct ApplyArgs {
     /// Validate and report what would change; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Requests in flight at once.
+    /// Send one request per resource, in dependency order, with a progress bar: for files too
+    /// large for one atomic apply. NOT atomic: a failure leaves the resources before it applied.
+    #[arg(long)]
+    pub bulk: bool,
+    /// With --bulk: requests in flight at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
+}
+
+/// `muster plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// YAML or JSON manifest file, `-` for standard input.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        visible_alias = "file",
+        value_name = "FILE"
+    )]
+    pub file: PathBuf,
+    /// Also list devices whose desired state does not change (with their drift).
+    #[arg(long)]
+    pub include_unchanged: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = StreamFormat::Table)]
+    pub output: StreamFormat,
+}
+
+/// `muster drift`: lists drift, or (`drift accept`) adopts an observed value.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DriftArgs {
+    #[command(subcommand)]
+    pub command: Option<DriftCommand>,
+    #[command(flatten)]
+    pub list: DriftListArgs,
+}
+
+/// `muster drift` without a subcommand.
+#[derive(Debug, Args)]
+pub struct DriftListArgs {
+    /// Label selector choosing the devices, e.g. `role=db`.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Only fields starting with this, e.g. `packages.` or `sysctl.`.
+    #[arg(long = "field", value_name = "PREFIX")]
+    pub field: Option<String>,
+    /// Only the summary by field, without the per-device items.
+    #[arg(long)]
+    pub summary: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = StreamFormat::Table)]
+    pub output: StreamFormat,
+}
+
+/// `muster drift ...`.
+#[derive(Debug, Subcommand)]
+pub enum DriftCommand {
+    /// Adopt a device's observed value of FIELD as its desired value (recorded as a change).
+    Accept {
+        /// Device name.
+        device: String,
+        /// Drifting field, as `muster drift` shows it, e.g. `packages.openssl`.
+        field: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+/// `muster audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the audit trail's hash chain and report the first broken link.
+    Verify,
 }
 
 /// `muster delete`.
@@ -239,7 +318,10 @@ pub struct WatchArgs {
 
 /// `muster audit`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
     /// Only changes to this resource, e.g. `device/web-01`.
     #[arg(short = 'r', long = "resource", value_name = "KIND/NAME")]
     pub resource: Option<String>,
@@ -258,6 +340,9 @@ pub struct AuditArgs {
     /// Stop after this many entries.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Under each entry, what it changed: a field-level diff of the resource before and after.
+    #[arg(long)]
+    pub diff: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = StreamFormat::Table)]
     pub output: StreamFormat,
@@ -319,5 +404,98 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["muster", "get", "gadgets"]).is_err());
+    }
+
+    #[test]
+    fn drift_lists_or_accepts() {
+        let cli = Cli::try_parse_from([
+            "muster",
+            "drift",
+            "-l",
+            "role=db",
+            "--field",
+            "packages.",
+            "--summary",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Drift(DriftArgs {
+                command: None,
+                list,
+            }) => {
+                assert_eq!(list.selector.as_deref(), Some("role=db"));
+                assert_eq!(list.field.as_deref(), Some("packages."));
+                assert!(list.summary);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "muster",
+            "drift",
+            "accept",
+            "web-01",
+            "packages.openssl",
+            "--reason",
+            "hotfix",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Drift(DriftArgs {
+                command:
+                    Some(DriftCommand::Accept {
+                        device,
+                        field,
+                        change,
+                    }),
+                ..
+            }) => {
+                assert_eq!(
+                    (device.as_str(), field.as_str()),
+                    ("web-01", "packages.openssl")
+                );
+                assert_eq!(change.reason.as_deref(), Some("hotfix"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["muster", "drift", "accept", "web-01"]).is_err());
+    }
+
+    #[test]
+    fn audit_lists_or_verifies() {
+        let cli = Cli::try_parse_from(["muster", "audit", "verify"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditArgs {
+                command: Some(AuditCommand::Verify),
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["muster", "audit", "-r", "device/web-01", "--since", "24h"])
+            .unwrap();
+        match cli.command {
+            Command::Audit(a) => {
+                assert!(a.command.is_none());
+                assert_eq!(a.resource.as_deref(), Some("device/web-01"));
+                assert_eq!(a.since.as_deref(), Some("24h"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plan_and_bulk_apply() {
+        let cli = Cli::try_parse_from(["muster", "plan", "-f", "-", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Plan(PlanArgs {
+                output: StreamFormat::Json,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["muster", "apply", "-f", "x.yaml", "--bulk"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Apply(ApplyArgs { bulk: true, .. })
+        ));
     }
 }

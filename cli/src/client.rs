@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use muster::pb::admin_service_client::AdminServiceClient;
 use muster::pb::agent_service_client::AgentServiceClient;
 use muster::pb::audit_service_client::AuditServiceClient;
+use muster::pb::config_service_client::ConfigServiceClient;
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use tonic::codegen::http::Uri;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -41,11 +42,13 @@ impl Interceptor for Auth {
 
 type Svc = InterceptedService<Channel, Auth>;
 
-/// The three service clients over one connection.
+/// The service clients over one connection.
 #[derive(Debug, Clone)]
 pub struct Clients {
     /// Resources: get, list, apply, delete, watch.
     pub inventory: InventoryServiceClient<Svc>,
+    /// Desired state: plan, atomic apply, drift.
+    pub config: ConfigServiceClient<Svc>,
     /// The audit trail.
     pub audit: AuditServiceClient<Svc>,
     /// Backup and whoami.
@@ -73,6 +76,8 @@ impl Clients {
             .map_err(|e| anyhow!("cannot connect to {}: {}", settings.server, root_cause(&e)))?;
         Ok(Clients {
             inventory: InventoryServiceClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(MAX_DECODING_BYTES),
+            config: ConfigServiceClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_DECODING_BYTES),
             audit: AuditServiceClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_DECODING_BYTES),

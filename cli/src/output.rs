@@ -60,6 +60,78 @@ pub fn println(line: &str) -> anyhow::Result<()> {
     print(&s)
 }
 
+/// Colours for human output on standard output: on only when it is a terminal that supports
+/// them (and `NO_COLOR`, `CLICOLOR=0`, `TERM=dumb` are honoured, `CLICOLOR_FORCE` forces them;
+/// the `console` crate decides). Render functions take a `Paint` so tests can turn it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    /// Colours as standard output allows.
+    pub fn stdout() -> Paint {
+        Paint {
+            on: console::colors_enabled(),
+        }
+    }
+
+    /// No colours (tests of the plain form).
+    #[cfg(test)]
+    pub fn plain() -> Paint {
+        Paint { on: false }
+    }
+
+    /// Colours always (tests of the coloured form).
+    #[cfg(test)]
+    pub fn always() -> Paint {
+        Paint { on: true }
+    }
+
+    fn apply(self, style: console::Style, text: &str) -> String {
+        if self.on {
+            style.force_styling(true).apply_to(text).to_string()
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// Something added or created.
+    pub fn green(self, text: &str) -> String {
+        self.apply(console::Style::new().green(), text)
+    }
+
+    /// Something removed, broken or in conflict.
+    pub fn red(self, text: &str) -> String {
+        self.apply(console::Style::new().red(), text)
+    }
+
+    /// Something changed or drifting.
+    pub fn yellow(self, text: &str) -> String {
+        self.apply(console::Style::new().yellow(), text)
+    }
+
+    /// A heading.
+    pub fn bold(self, text: &str) -> String {
+        self.apply(console::Style::new().bold(), text)
+    }
+
+    /// Secondary detail.
+    pub fn dim(self, text: &str) -> String {
+        self.apply(console::Style::new().dim(), text)
+    }
+}
+
+/// `n thing`/`n things`.
+pub fn count(n: impl Into<u64>, singular: &str, plural: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {singular}")
+    } else {
+        format!("{n} {plural}")
+    }
+}
+
 /// A borderless table with the given header, laid out like kubectl's.
 pub fn new_table<S: ToString>(header: impl IntoIterator<Item = S>) -> Table {
     let mut table = Table::new();
@@ -110,6 +182,14 @@ pub fn format_time(ts: Option<&pbjson_types::Timestamp>) -> String {
     match to_system_time(ts) {
         Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
         None => "-".to_string(),
+    }
+}
+
+/// An age for a sentence: `3m ago`, or `-` when unknown.
+pub fn ago(ts: Option<&pbjson_types::Timestamp>, now: SystemTime) -> String {
+    match age(ts, now) {
+        a if a == "-" => a,
+        a => format!("{a} ago"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! muster's wire contract and the small pure pieces every crate shares.
 //!
 //! `pb` is generated from `proto/muster/v1/*.proto` by `build.rs`; `resource` adds `meta()`/`name()` to
-//! `pb::Resource`; `selector` and `names` hold the rules that both the server and its clients must agree on. No I/O here.
+//! `pb::Resource`; `selector`, `names` and `version` (package version order) hold the rules that both the server and its clients must agree on. No I/O here.
 
 pub mod facts;
 pub mod names;

@@ -314,7 +314,14 @@ async fn bulk_apply_of_ten_thousand_devices() {
     }
     let file = s.dir.path().join("fleet.json");
     std::fs::write(&file, serde_json::to_vec(&docs).unwrap()).unwrap();
-    let out = s.muster(&["apply", "-f", file.to_str().unwrap(), "--reason", "bulk"]);
+    let out = s.muster(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--bulk",
+        "--reason",
+        "bulk",
+    ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(

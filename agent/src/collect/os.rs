@@ -1,12 +1,13 @@
-//! OS facts: hostname, release, kernel, boot time, timezone, CPU, memory, NICs and block devices,
-//! read from `/proc`, `/sys` and `/etc`.
+//! OS facts: hostname, release, kernel, boot time, timezone, name and time servers, kernel
+//! parameters, package format, CPU, memory, NICs and block devices, read from `/proc`, `/sys`
+//! and `/etc`.
 //!
 //! Parsing lives in pure functions over strings (unit-tested with inline samples); the readers
 //! around them are thin. Everything reads under a root directory so tests can point the collector
 //! at a fake tree; interface addresses are the one exception (they come from the running kernel
 //! through `getifaddrs`, matched to the NIC names found under the root).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -57,13 +58,39 @@ pub enum OsError {
     Parse { path: PathBuf, reason: String },
 }
 
-/// Collects the facts of the running host (root "/"). Blocking: call from `spawn_blocking`.
+/// Kernel parameters read on every host, whatever the config adds: the ones operators most
+/// often manage (memory overcommit and swapping, forwarding, listen backlog, panic reboot, open
+/// files, SYN cookies).
+pub const DEFAULT_SYSCTL_KEYS: [&str; 8] = [
+    "vm.swappiness",
+    "vm.overcommit_memory",
+    "vm.max_map_count",
+    "net.ipv4.ip_forward",
+    "net.core.somaxconn",
+    "kernel.panic",
+    "fs.file-max",
+    "net.ipv4.tcp_syncookies",
+];
+
+/// Collects the facts of the running host (root "/") with the default kernel parameters.
+/// Blocking: call from `spawn_blocking`.
 pub fn collect() -> Result<OsSnapshot, OsError> {
-    collect_at(Path::new("/"))
+    collect_with(&[])
+}
+
+/// Collects the facts of the running host, reading `extra_sysctl_keys` besides
+/// [`DEFAULT_SYSCTL_KEYS`]. Blocking.
+pub fn collect_with(extra_sysctl_keys: &[String]) -> Result<OsSnapshot, OsError> {
+    collect_at_with(Path::new("/"), extra_sysctl_keys)
 }
 
 /// Collects the facts under `root` ("/" normally; a fake tree in tests). Blocking.
 pub fn collect_at(root: &Path) -> Result<OsSnapshot, OsError> {
+    collect_at_with(root, &[])
+}
+
+/// [`collect_at`] with extra kernel parameters (dotted names, e.g. `net.ipv4.conf.all.rp_filter`).
+pub fn collect_at_with(root: &Path, extra_sysctl_keys: &[String]) -> Result<OsSnapshot, OsError> {
     let mut warnings = Vec::new();
 
     let hostname = read_required(root, "proc/sys/kernel/hostname")?
@@ -121,6 +148,16 @@ pub fn collect_at(root: &Path) -> Result<OsSnapshot, OsError> {
     let nics = read_nics(root, &addresses)?;
     let disks = read_block_devices(root)?;
 
+    let dns_servers = read_optional(root, "etc/resolv.conf")
+        .map(|text| parse_resolv_conf(&text))
+        .unwrap_or_default();
+    let ntp_servers = read_ntp_servers(root);
+    let keys = DEFAULT_SYSCTL_KEYS
+        .iter()
+        .copied()
+        .chain(extra_sysctl_keys.iter().map(String::as_str));
+    let sysctl = read_sysctl(root, keys, &mut warnings);
+
     Ok(OsSnapshot {
         os: pb::OsFacts {
             hostname,
@@ -132,7 +169,10 @@ pub fn collect_at(root: &Path) -> Result<OsSnapshot, OsError> {
             }),
             uptime_seconds,
             timezone,
-            ..pb::OsFacts::default()
+            dns_servers,
+            ntp_servers,
+            sysctl,
+            package_format: package_format_at(root).to_string(),
         },
         cpu,
         memory_bytes,
@@ -188,6 +228,117 @@ fn read_timezone(root: &Path) -> String {
         .ok()
         .and_then(|target| timezone_from_link(&target.to_string_lossy()))
         .unwrap_or_else(|| "UTC".to_string())
+}
+
+/// Time servers from the first NTP client configuration that names any, in this order: chrony
+/// (`/etc/chrony/chrony.conf`, `/etc/chrony.conf`, then `*.conf` in `/etc/chrony/conf.d` and
+/// `*.sources` in `/etc/chrony/sources.d`), ntpd (`/etc/ntp.conf`, `/etc/ntpsec/ntp.conf`),
+/// systemd-timesyncd (`/etc/systemd/timesyncd.conf`, then `timesyncd.conf.d/*.conf`). Within a
+/// source, in file order, each server once.
+fn read_ntp_servers(root: &Path) -> Vec<String> {
+    let chrony = {
+        let mut files: Vec<PathBuf> = ["etc/chrony/chrony.conf", "etc/chrony.conf"]
+            .iter()
+            .map(|rel| root.join(rel))
+            .collect();
+        files.extend(files_with_suffix(&root.join("etc/chrony/conf.d"), ".conf"));
+        files.extend(files_with_suffix(
+            &root.join("etc/chrony/sources.d"),
+            ".sources",
+        ));
+        files
+    };
+    let ntpd: Vec<PathBuf> = ["etc/ntp.conf", "etc/ntpsec/ntp.conf"]
+        .iter()
+        .map(|rel| root.join(rel))
+        .collect();
+    let timesyncd = {
+        let mut files = vec![root.join("etc/systemd/timesyncd.conf")];
+        files.extend(files_with_suffix(
+            &root.join("etc/systemd/timesyncd.conf.d"),
+            ".conf",
+        ));
+        files
+    };
+
+    let read_all = |files: &[PathBuf]| -> Vec<String> {
+        files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect()
+    };
+    let chrony = dedup(read_all(&chrony).iter().flat_map(|t| parse_server_lines(t)));
+    if !chrony.is_empty() {
+        return chrony;
+    }
+    let ntpd = dedup(read_all(&ntpd).iter().flat_map(|t| parse_server_lines(t)));
+    if !ntpd.is_empty() {
+        return ntpd;
+    }
+    let texts = read_all(&timesyncd);
+    dedup(parse_timesyncd(texts.iter().map(String::as_str)))
+}
+
+/// Regular files in `dir` whose name ends in `suffix`, sorted by name (the order chrony and
+/// systemd read drop-ins in); none when the directory does not exist.
+fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut names: Vec<String> = list_dir(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.ends_with(suffix) && !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names.into_iter().map(|n| dir.join(n)).collect()
+}
+
+fn dedup(items: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    items
+        .into_iter()
+        .filter(|s| seen.insert(s.clone()))
+        .collect()
+}
+
+/// Kernel parameters under `<root>/proc/sys`, by dotted name; each key once, those that do not
+/// exist left out. A key that exists but cannot be read (write-only, permission) becomes a
+/// warning; an invalid name too.
+fn read_sysctl<'a>(
+    root: &Path,
+    keys: impl IntoIterator<Item = &'a str>,
+    warnings: &mut Vec<String>,
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for key in keys {
+        let key = key.trim();
+        if out.contains_key(key) {
+            continue;
+        }
+        let Some(rel) = sysctl_path(key) else {
+            warnings.push(format!("invalid sysctl key {key:?}"));
+            continue;
+        };
+        match std::fs::read_to_string(root.join("proc/sys").join(&rel)) {
+            Ok(text) => {
+                out.insert(key.to_string(), normalize_sysctl_value(&text));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warnings.push(format!("cannot read sysctl {key}: {e}")),
+        }
+    }
+    out
+}
+
+/// The package format of the host from its package database: "deb" when dpkg's status file
+/// exists, "rpm" when an rpm database does, else empty. The agent's packages collector, when it
+/// runs, has the last word (it knows which tool actually answered; see `run.rs`).
+fn package_format_at(root: &Path) -> &'static str {
+    if root.join("var/lib/dpkg/status").is_file() {
+        "deb"
+    } else if root.join("var/lib/rpm").is_dir() || root.join("usr/lib/sysimage/rpm").is_dir() {
+        "rpm"
+    } else {
+        ""
+    }
 }
 
 /// Entry names of a directory, sorted; a missing directory is an empty list (a container may
@@ -308,6 +459,104 @@ pub fn parse_os_release(text: &str) -> OsRelease {
         version_id,
         pretty,
     }
+}
+
+/// The `nameserver` addresses of a resolv.conf, in order. Comments start with `#` or `;`.
+/// (With systemd-resolved this is its stub, 127.0.0.53: what the host's resolver really uses.)
+pub fn parse_resolv_conf(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("nameserver"), Some(addr)) => Some(addr.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The hosts of `server` and `pool` lines in chrony or ntpd syntax (`server HOST [options]`;
+/// ntpd's `-4`/`-6` flags before the host are skipped). Lines starting with `#`, `!`, `;` or
+/// `%` are comments (chrony accepts all four, ntpd `#`); so is anything after a `#`.
+pub fn parse_server_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.split('#').next().unwrap_or("");
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("server" | "pool") => words.find(|w| !w.starts_with('-')),
+                _ => None,
+            }
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `NTP=` servers of systemd-timesyncd configuration texts, read in order as systemd does:
+/// in the `[Time]` section, each `NTP=` adds its space-separated servers and an empty `NTP=`
+/// clears the list so far.
+pub fn parse_timesyncd<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut servers = Vec::new();
+    for text in texts {
+        let mut in_time = false;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if line.starts_with('[') {
+                in_time = line == "[Time]";
+                continue;
+            }
+            if !in_time {
+                continue;
+            }
+            if let Some((key, value)) = line.split_once('=')
+                && key.trim() == "NTP"
+            {
+                let value = value.trim();
+                if value.is_empty() {
+                    servers.clear();
+                } else {
+                    servers.extend(value.split_whitespace().map(str::to_string));
+                }
+            }
+        }
+    }
+    servers
+}
+
+/// The path under `/proc/sys` of a sysctl name, as sysctl.d(5) defines it: when the first
+/// separator is a dot, dots and slashes swap (`net.ipv4.conf.eth0/100.rp_filter` →
+/// `net/ipv4/conf/eth0.100/rp_filter`); when it is a slash the name is already a path. `None`
+/// for names that are empty, have an empty, `.` or `..` component, or characters outside
+/// letters, digits, `_`, `-`, `.`, `/`, `:`, `@`, `+`.
+pub fn sysctl_path(key: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_-./:@+".contains(c);
+    if key.is_empty() || !key.chars().all(allowed) {
+        return None;
+    }
+    let first_sep = key.find(['.', '/'])?;
+    let path: String = if key.as_bytes()[first_sep] == b'/' {
+        key.to_string()
+    } else {
+        key.chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect()
+    };
+    path.split('/')
+        .all(|part| !part.is_empty() && part != "." && part != "..")
+        .then_some(path)
+}
+
+/// A `/proc/sys` value as `sysctl` prints it: trimmed, and the tabs between the fields of
+/// multi-value parameters (`kernel.printk`, `net.ipv4.ip_local_port_range`) as single spaces.
+pub fn normalize_sysctl_value(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Removes shell-style quotes: `"a \"b\""` → `a "b"`, `'x'` → `x`.
@@ -727,7 +976,61 @@ core id\t\t: 1
         write("sys/block/nvme0n1/device/model", "Samsung SSD 980\n");
         write("sys/block/nvme0n1/device/serial", "S64DNX0R123456\n");
 
+        write(
+            "etc/resolv.conf",
+            "# generated\nsearch example.net\nnameserver 192.0.2.53\n; nameserver 192.0.2.99\nnameserver 2001:db8::53\noptions edns0\n",
+        );
+        write(
+            "etc/chrony/chrony.conf",
+            "pool 2.debian.pool.ntp.org iburst\nsourcedir /etc/chrony/sources.d\n",
+        );
+        write(
+            "etc/chrony/sources.d/site.sources",
+            "server ntp1.example.net iburst\n",
+        );
+        write("etc/ntp.conf", "server ignored.example.net\n");
+        write("proc/sys/vm/swappiness", "60\n");
+        write("proc/sys/net/ipv4/ip_forward", "1\n");
+        write("proc/sys/kernel/printk", "4\t4\t1\t7\n");
+        write("proc/sys/net/ipv4/conf/eth0.100/rp_filter", "2\n");
+        write("var/lib/dpkg/status", "Package: bash\n");
+
         let snap = collect_at(root).unwrap();
+        assert_eq!(snap.os.dns_servers, ["192.0.2.53", "2001:db8::53"]);
+        // chrony comes first, its sources.d after its main file; ntpd is not read.
+        assert_eq!(
+            snap.os.ntp_servers,
+            ["2.debian.pool.ntp.org", "ntp1.example.net"]
+        );
+        // Defaults that exist only; kernel.printk is not a default.
+        let sysctl: BTreeMap<_, _> = snap.os.sysctl.iter().collect();
+        assert_eq!(
+            sysctl,
+            BTreeMap::from([
+                (&"net.ipv4.ip_forward".to_string(), &"1".to_string()),
+                (&"vm.swappiness".to_string(), &"60".to_string()),
+            ])
+        );
+        assert_eq!(snap.os.package_format, "deb");
+        let extra = [
+            "kernel.printk".to_string(),
+            "net.ipv4.conf.eth0/100.rp_filter".to_string(),
+            "vm.swappiness".to_string(),
+            "no.such.key".to_string(),
+        ];
+        let with_extra = collect_at_with(root, &extra).unwrap();
+        assert_eq!(with_extra.os.sysctl["kernel.printk"], "4 4 1 7");
+        assert_eq!(
+            with_extra.os.sysctl["net.ipv4.conf.eth0/100.rp_filter"],
+            "2"
+        );
+        assert_eq!(with_extra.os.sysctl.len(), 4, "{:?}", with_extra.os.sysctl);
+        assert!(
+            !with_extra.warnings.iter().any(|w| w.contains("sysctl")),
+            "{:?}",
+            with_extra.warnings
+        );
+
         assert_eq!(snap.os.hostname, "fake-host");
         assert_eq!(snap.os.kernel, "6.1.0-fake");
         assert_eq!(snap.os.release, "Debian GNU/Linux 12 (bookworm)");
@@ -771,6 +1074,111 @@ core id\t\t: 1
                 },
             ]
         );
+    }
+
+    #[test]
+    fn resolv_conf_name_servers_in_order() {
+        let text = "nameserver 10.0.0.1\n#nameserver 10.0.0.9\n  nameserver   10.0.0.2  # dc2\nnameserver\ndomain x\n";
+        assert_eq!(parse_resolv_conf(text), ["10.0.0.1", "10.0.0.2"]);
+        assert!(parse_resolv_conf("").is_empty());
+    }
+
+    #[test]
+    fn chrony_and_ntpd_server_lines() {
+        let chrony = "! comment\n# server commented.example\npool pool.example iburst maxsources 4\nserver 192.0.2.1 iburst # lab\npeer peer.example\nmakestep 1 3\n";
+        assert_eq!(parse_server_lines(chrony), ["pool.example", "192.0.2.1"]);
+        let ntpd = "driftfile /var/lib/ntp/ntp.drift\nserver -4 ntp.example iburst\npool 0.pool.example\nrestrict default nomodify\n";
+        assert_eq!(parse_server_lines(ntpd), ["ntp.example", "0.pool.example"]);
+    }
+
+    #[test]
+    fn timesyncd_ntp_lists() {
+        let main = "[Time]\n#NTP=\nNTP=a.example b.example\nFallbackNTP=fallback.example\n";
+        assert_eq!(parse_timesyncd([main]), ["a.example", "b.example"]);
+        // A drop-in adds; an empty assignment resets.
+        let add = "[Time]\nNTP=c.example\n";
+        assert_eq!(
+            parse_timesyncd([main, add]),
+            ["a.example", "b.example", "c.example"]
+        );
+        let reset = "[Time]\nNTP=\nNTP=d.example\n";
+        assert_eq!(parse_timesyncd([main, reset]), ["d.example"]);
+        // Keys outside [Time] are not servers.
+        assert!(parse_timesyncd(["[Other]\nNTP=x\n"]).is_empty());
+    }
+
+    /// chrony, then ntpd, then timesyncd: the first that names a server wins.
+    #[test]
+    fn ntp_source_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |rel: &str, text: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        assert!(read_ntp_servers(root).is_empty());
+        write("etc/systemd/timesyncd.conf", "[Time]\nNTP=ts1.example\n");
+        write(
+            "etc/systemd/timesyncd.conf.d/10-site.conf",
+            "[Time]\nNTP=ts2.example\n",
+        );
+        write(
+            "etc/systemd/timesyncd.conf.d/README",
+            "[Time]\nNTP=not-a-drop-in\n",
+        );
+        assert_eq!(read_ntp_servers(root), ["ts1.example", "ts2.example"]);
+        write("etc/ntpsec/ntp.conf", "pool ntpsec.example iburst\n");
+        assert_eq!(read_ntp_servers(root), ["ntpsec.example"]);
+        // A chrony config without servers does not count.
+        write("etc/chrony.conf", "driftfile /var/lib/chrony/drift\n");
+        assert_eq!(read_ntp_servers(root), ["ntpsec.example"]);
+        write("etc/chrony/conf.d/b.conf", "server b.example\n");
+        write(
+            "etc/chrony/conf.d/a.conf",
+            "server a.example\nserver b.example\n",
+        );
+        assert_eq!(read_ntp_servers(root), ["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn sysctl_names_to_paths() {
+        assert_eq!(
+            sysctl_path("vm.swappiness").as_deref(),
+            Some("vm/swappiness")
+        );
+        assert_eq!(
+            sysctl_path("net.ipv4.conf.eth0/100.rp_filter").as_deref(),
+            Some("net/ipv4/conf/eth0.100/rp_filter")
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/rp_filter").as_deref(),
+            Some("net/ipv4/conf/eth0.100/rp_filter")
+        );
+        for bad in [
+            "",
+            "vm",
+            "vm..swappiness",
+            "../etc/shadow",
+            "vm/../../x",
+            "vm.swap piness",
+            "vm.a\u{0}",
+        ] {
+            assert_eq!(sysctl_path(bad), None, "{bad:?}");
+        }
+        assert_eq!(normalize_sysctl_value("32768\t60999\n"), "32768 60999");
+        assert_eq!(normalize_sysctl_value(" 1 \n"), "1");
+    }
+
+    #[test]
+    fn package_format_from_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(package_format_at(dir.path()), "");
+        std::fs::create_dir_all(dir.path().join("usr/lib/sysimage/rpm")).unwrap();
+        assert_eq!(package_format_at(dir.path()), "rpm");
+        std::fs::create_dir_all(dir.path().join("var/lib/dpkg")).unwrap();
+        std::fs::write(dir.path().join("var/lib/dpkg/status"), "").unwrap();
+        assert_eq!(package_format_at(dir.path()), "deb");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use muster::pb;
+use muster::version::PackageFormat;
 use tokio::process::Command;
 
 /// dpkg-query format: one tab-separated line per package, the status abbreviation last.
@@ -56,15 +57,24 @@ pub async fn collect_with(
     dpkg_query: &Path,
     rpm: &Path,
 ) -> Result<Vec<pb::InstalledPackage>, PackagesError> {
-    let mut list = match run(dpkg_query, &["-W", "-f", DPKG_FORMAT]).await? {
-        Some(out) => parse_dpkg(&out)?,
+    Ok(collect_listing(dpkg_query, rpm).await?.1)
+}
+
+/// [`collect_with`], also saying which package manager answered: that decides how the versions
+/// compare (`OsFacts.package_format`).
+pub async fn collect_listing(
+    dpkg_query: &Path,
+    rpm: &Path,
+) -> Result<(PackageFormat, Vec<pb::InstalledPackage>), PackagesError> {
+    let (format, mut list) = match run(dpkg_query, &["-W", "-f", DPKG_FORMAT]).await? {
+        Some(out) => (PackageFormat::Deb, parse_dpkg(&out)?),
         None => match run(rpm, &["-qa", "--qf", RPM_FORMAT]).await? {
-            Some(out) => parse_rpm(&out)?,
+            Some(out) => (PackageFormat::Rpm, parse_rpm(&out)?),
             None => return Err(PackagesError::NoPackageManager),
         },
     };
     list.sort_by(|a, b| (&a.name, &a.arch, &a.version).cmp(&(&b.name, &b.arch, &b.version)));
-    Ok(list)
+    Ok((format, list))
 }
 
 /// Runs a query tool; `Ok(None)` when the program does not exist.
@@ -257,9 +267,10 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&rpm, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let got = collect_with(Path::new("/nonexistent/dpkg-query"), &rpm)
+        let (format, got) = collect_listing(Path::new("/nonexistent/dpkg-query"), &rpm)
             .await
             .unwrap();
+        assert_eq!(format, PackageFormat::Rpm);
         assert_eq!(
             got,
             vec![

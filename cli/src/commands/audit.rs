@@ -1,20 +1,36 @@
-//! `muster audit`: search the audit trail (following pages) and print it.
+//! `muster audit`: search the audit trail (following pages) and print it, optionally with a
+//! field-level diff of each change; `muster audit verify` checks the trail's hash chain.
 
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow};
 use muster::pb;
 
-use crate::args::AuditArgs;
+use crate::args::{AuditArgs, AuditCommand};
 use crate::client::Clients;
 use crate::kinds::Kind;
+use crate::manifest;
 use crate::output::{self, StreamFormat};
 
 /// Page size used when listing.
 const PAGE_SIZE: u32 = 1000;
 
-/// Lists and prints matching entries, oldest first.
+/// Lists and prints matching entries, oldest first; or verifies the chain.
 pub async fn run(clients: &Clients, args: AuditArgs) -> Result<()> {
+    if let Some(AuditCommand::Verify) = args.command {
+        let response = clients
+            .unary(
+                clients
+                    .audit
+                    .clone()
+                    .verify(clients.request(pb::VerifyAuditRequest {})),
+            )
+            .await?;
+        return match verdict(&response) {
+            Ok(line) => output::println(&line),
+            Err(line) => Err(anyhow!(line)),
+        };
+    }
     let now = SystemTime::now();
     let (resource_kind, resource_name) = match &args.resource {
         Some(r) => {
@@ -48,7 +64,11 @@ pub async fn run(clients: &Clients, args: AuditArgs) -> Result<()> {
                 eprintln!("No audit entries found.");
                 return Ok(());
             }
-            output::print(&table(&changes, args.refused))
+            if args.diff {
+                output::print(&blocks(&changes))
+            } else {
+                output::print(&table(&changes, args.refused))
+            }
         }
         StreamFormat::Json => {
             output::println(&serde_json::to_string_pretty(&changes).context("cannot encode JSON")?)
@@ -127,10 +147,160 @@ pub fn resource_label(change: &pb::Change) -> String {
     }
 }
 
+/// `audit chain intact: N entries, head HASH`, or (as the error) where it breaks.
+pub fn verdict(r: &pb::VerifyAuditResponse) -> Result<String, String> {
+    if r.ok {
+        Ok(format!(
+            "audit chain intact: {}, head {}",
+            output::count(r.checked, "entry", "entries"),
+            output::cell(&r.head_hash)
+        ))
+    } else {
+        Err(format!(
+            "audit chain BROKEN at revision {}: {}",
+            r.first_broken_revision,
+            r.message.split_whitespace().collect::<Vec<_>>().join(" ")
+        ))
+    }
+}
+
+/// `set 1234 (5 changes)` for a change written with others in one atomic apply.
+pub fn change_set_label(c: &pb::Change) -> Option<String> {
+    (c.change_set != 0).then(|| {
+        format!(
+            "set {} ({})",
+            c.change_set,
+            output::count(c.change_set_size, "change", "changes")
+        )
+    })
+}
+
+/// One block per entry: a heading line, why (reason, ticket, refusal), then what changed.
+fn blocks(changes: &[pb::Change]) -> String {
+    let mut out = String::new();
+    for c in changes {
+        let mut heading = vec![
+            revision(c.revision),
+            output::format_time(c.time.as_ref()),
+            output::cell(&c.principal),
+            output::cell(&c.verb),
+            resource_label(c),
+            output::enum_cell(
+                pb::ChangeOutcome::try_from(c.outcome)
+                    .ok()
+                    .map(|o| o.as_str_name()),
+            ),
+        ];
+        if let Some(set) = change_set_label(c) {
+            heading.push(set);
+        }
+        out.push_str(&heading.join("  "));
+        out.push('\n');
+        let mut why = Vec::new();
+        if !c.reason.is_empty() {
+            why.push(format!("reason: {}", c.reason));
+        }
+        if !c.ticket.is_empty() {
+            why.push(format!("ticket: {}", c.ticket));
+        }
+        if !c.message.is_empty() {
+            why.push(format!("message: {}", c.message.replace('\n', " ")));
+        }
+        if !why.is_empty() {
+            out.push_str(&format!("  {}\n", why.join(", ")));
+        }
+        for line in change_diff(c) {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+/// Server-owned bookkeeping that changes on every write: left out of diffs.
+const NOISE: [&str; 5] = [
+    "meta.revision",
+    "meta.updated_at",
+    "meta.updated_by",
+    "meta.created_at",
+    "meta.created_by",
+];
+
+/// The longest value a diff line shows of each side.
+const MAX_VALUE_CHARS: usize = 200;
+
+/// What one entry changed: `(created)`, `(deleted)`, or `field: before → after` lines.
+pub fn change_diff(c: &pb::Change) -> Vec<String> {
+    let as_json = |r: Option<&pb::Resource>| {
+        r.and_then(|r| manifest::render(r).ok())
+            .and_then(|v| serde_json::to_value(v).ok())
+    };
+    match (as_json(c.before.as_ref()), as_json(c.after.as_ref())) {
+        (None, None) => Vec::new(),
+        (None, Some(_)) => vec!["(created)".to_string()],
+        (Some(_), None) => vec!["(deleted)".to_string()],
+        (Some(before), Some(after)) => {
+            let mut lines = Vec::new();
+            diff_values("", &before, &after, &mut lines);
+            if lines.is_empty() {
+                lines.push("(no field changed)".to_string());
+            }
+            lines
+        }
+    }
+}
+
+/// Field-level differences of two JSON forms, depth first in key order: objects are walked,
+/// anything else (scalars, lists) is compared whole and shown compactly.
+pub fn diff_values(
+    path: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    if before == after || NOISE.contains(&path) {
+        return;
+    }
+    if let (Value::Object(b), Value::Object(a)) = (before, after) {
+        let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+        for key in keys {
+            let child = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            diff_values(
+                &child,
+                b.get(key).unwrap_or(&Value::Null),
+                a.get(key).unwrap_or(&Value::Null),
+                out,
+            );
+        }
+        return;
+    }
+    out.push(format!("{path}: {} → {}", compact(before), compact(after)));
+}
+
+/// A JSON value on one line: strings bare, nothing as `(none)`, long values cut.
+fn compact(v: &serde_json::Value) -> String {
+    let text = match v {
+        serde_json::Value::Null => return "(none)".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.chars().count() > MAX_VALUE_CHARS {
+        let cut: String = text.chars().take(MAX_VALUE_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
 fn table(changes: &[pb::Change], with_message: bool) -> String {
     let mut header = vec![
         "TIME",
         "REVISION",
+        "SET",
         "PRINCIPAL",
         "VERB",
         "RESOURCE",
@@ -146,6 +316,7 @@ fn table(changes: &[pb::Change], with_message: bool) -> String {
         let mut row = vec![
             output::format_time(c.time.as_ref()),
             revision(c.revision),
+            revision(c.change_set),
             output::cell(&c.principal),
             output::cell(&c.verb),
             resource_label(c),
@@ -201,6 +372,142 @@ mod tests {
     }
 
     #[test]
+    fn verify_verdicts() {
+        let ok = pb::VerifyAuditResponse {
+            ok: true,
+            checked: 1234,
+            head_hash: "ab12".into(),
+            revision: 1300,
+            ..Default::default()
+        };
+        assert_eq!(
+            verdict(&ok).unwrap(),
+            "audit chain intact: 1234 entries, head ab12"
+        );
+        let broken = pb::VerifyAuditResponse {
+            ok: false,
+            checked: 50,
+            first_broken_revision: 42,
+            message: "hash does not match\nits content".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            verdict(&broken).unwrap_err(),
+            "audit chain BROKEN at revision 42: hash does not match its content"
+        );
+    }
+
+    fn device(name: &str, role: &str, packages: &[(&str, &str)], revision: u64) -> pb::Resource {
+        let mut meta = pb::ObjectMeta {
+            name: name.into(),
+            revision,
+            ..Default::default()
+        };
+        meta.labels.insert("role".into(), role.into());
+        pb::Resource {
+            resource: Some(pb::resource::Resource::Device(pb::Device {
+                meta: Some(meta),
+                serial: "SN1".into(),
+                spec: Some(pb::DesiredState {
+                    packages: packages
+                        .iter()
+                        .map(|(n, v)| pb::PackageRequirement {
+                            name: (*n).into(),
+                            version: (*v).into(),
+                            r#match: pb::VersionMatch::Exact as i32,
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn field_level_diffs() {
+        let before = device("web-01", "web", &[("openssl", "3.0.11-1")], 10);
+        let after = device("web-01", "db", &[("openssl", "3.0.13-1")], 12);
+        let change = pb::Change {
+            before: Some(before.clone()),
+            after: Some(after),
+            ..Default::default()
+        };
+        assert_eq!(
+            change_diff(&change),
+            [
+                "meta.labels.role: web → db",
+                r#"spec.packages: [{"match":"EXACT","name":"openssl","version":"3.0.11-1"}] → [{"match":"EXACT","name":"openssl","version":"3.0.13-1"}]"#,
+            ]
+        );
+        let created = pb::Change {
+            after: Some(before.clone()),
+            ..Default::default()
+        };
+        assert_eq!(change_diff(&created), ["(created)"]);
+        let deleted = pb::Change {
+            before: Some(before.clone()),
+            ..Default::default()
+        };
+        assert_eq!(change_diff(&deleted), ["(deleted)"]);
+        let same = pb::Change {
+            before: Some(before.clone()),
+            after: Some(device("web-01", "web", &[("openssl", "3.0.11-1")], 99)),
+            ..Default::default()
+        };
+        assert_eq!(change_diff(&same), ["(no field changed)"]);
+    }
+
+    #[test]
+    fn added_and_removed_fields_and_long_values() {
+        let before = serde_json::json!({"a": {"b": 1}, "gone": "x"});
+        let after = serde_json::json!({"a": {"b": 1, "c": [1, 2]}, "long": "y".repeat(300)});
+        let mut lines = Vec::new();
+        diff_values("", &before, &after, &mut lines);
+        assert_eq!(lines[0], "a.c: (none) → [1,2]");
+        assert_eq!(lines[1], "gone: x → (none)");
+        assert!(lines[2].starts_with("long: (none) → yyy"), "{}", lines[2]);
+        assert!(lines[2].ends_with("y…"), "{}", lines[2]);
+        assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn change_set_blocks() {
+        let change = pb::Change {
+            revision: 1236,
+            time: Some(pbjson_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            principal: "alice".into(),
+            verb: "apply".into(),
+            resource_kind: pb::ResourceKind::Device as i32,
+            resource_name: "web-01".into(),
+            outcome: pb::ChangeOutcome::Accepted as i32,
+            reason: "rollout".into(),
+            ticket: "CHG-9".into(),
+            change_set: 1234,
+            change_set_size: 5,
+            before: Some(device("web-01", "web", &[], 1)),
+            after: Some(device("web-01", "db", &[], 1236)),
+            ..Default::default()
+        };
+        assert_eq!(change_set_label(&change).unwrap(), "set 1234 (5 changes)");
+        assert_eq!(
+            blocks(std::slice::from_ref(&change)),
+            "1236  1970-01-01T00:00:00Z  alice  apply  device/web-01  ACCEPTED  set 1234 (5 changes)\n  reason: rollout, ticket: CHG-9\n  meta.labels.role: web → db\n"
+        );
+        let alone = pb::Change {
+            change_set: 0,
+            ..change
+        };
+        assert_eq!(change_set_label(&alone), None);
+        let rows = table(&[alone], false);
+        let row: Vec<&str> = rows.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[2], "-", "{rows}");
+    }
+
+    #[test]
     fn audit_table() {
         let change = pb::Change {
             revision: 9,
@@ -226,6 +533,7 @@ mod tests {
             [
                 "1970-01-01T00:00:00Z",
                 "9",
+                "-",
                 "alice",
                 "apply",
                 "device/web-01",

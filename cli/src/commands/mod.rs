@@ -14,7 +14,9 @@ mod apply;
 mod audit;
 mod delete;
 mod describe;
+mod drift;
 mod get;
+mod plan;
 mod watch;
 mod whoami;
 
@@ -47,6 +49,7 @@ pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
     // Parse manifests before connecting: a bad file fails fast, even with no server.
     let manifest = match &cli.command {
         Command::Apply(args) => Some(apply::load(args)?),
+        Command::Plan(args) => Some(apply::load_file(&args.file)?),
         _ => None,
     };
     let settings = config::resolve(&cli.global, sources)?;
@@ -55,6 +58,8 @@ pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
         Command::Get(args) => get::run(&clients, args).await,
         Command::Describe(args) => describe::run(&clients, args).await,
         Command::Apply(args) => apply::run(&clients, args, manifest.unwrap_or_default()).await,
+        Command::Plan(args) => plan::run(&clients, args, manifest.unwrap_or_default()).await,
+        Command::Drift(args) => drift::run(&clients, args).await,
         Command::Delete(args) => delete::run(&clients, args).await,
         Command::Watch(args) => watch::run(&clients, args).await,
         Command::Audit(args) => audit::run(&clients, args).await,
