@@ -466,6 +466,37 @@ async fn plans_conflicts_and_atomic_change_sets() {
     assert!(set.iter().all(|c| c.change_set_size == 3 && c.ticket == "CHG-123"));
     // Dependency order inside the set: the rack before the device, profiles with them.
     assert_eq!(set[0].resource_kind, pb::ResourceKind::Rack as i32);
+
+    // The same through the real CLI: plan (conflicts fail it), atomic apply, drift, verify.
+    let conflicting = "kind: Profile\nmeta:\n  name: fra-dns\nselector: site=fra1\npriority: 6\nspec:\n  ntpServers: [ntp3]\n";
+    let out = s.muster_with(&["plan", "-f", "-"], &s.token, Some(conflicting.as_bytes()));
+    assert!(!out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0 devices change") || text.contains("conflict"), "{text}");
+    assert!(text.contains("fra-dns") && text.contains("fra-ntp"), "{text}");
+    let fine = "kind: Profile\nmeta:\n  name: db-tz\nselector: role=db\npriority: 1\nspec:\n  timezone: UTC\n";
+    let out = s.muster_with(&["plan", "-f", "-"], &s.token, Some(fine.as_bytes()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("1 device changes, 0 will drift, 0 conflicts"), "{text}");
+    assert!(text.contains("timezone: (none) → UTC"), "{text}");
+    let out = s.muster_with(
+        &["apply", "-f", "-", "--reason", "tz", "--ticket", "CHG-7"],
+        &s.token,
+        Some(fine.as_bytes()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("change set"), "{out:?}");
+    let out = s.muster(&["drift", "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let drift: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(drift["devices"], 5, "{drift}");
+    let out = s.muster(&["audit", "verify"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("audit chain intact:"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
