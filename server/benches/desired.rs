@@ -30,7 +30,7 @@ const IMAGES: usize = 50;
 const PACKAGES: usize = 300;
 
 fn device(i: usize) -> pb::Resource {
-    let tier = if i % 2 == 0 { "a" } else { "b" };
+    let tier = if i.is_multiple_of(2) { "a" } else { "b" };
     let group = format!("g{}", i % 10);
     pb::Resource {
         resource: Some(R::Device(pb::Device {
@@ -111,7 +111,10 @@ fn ctx() -> ChangeContext {
 }
 
 async fn settle(engine: &DriftEngine) {
-    assert!(engine.caught_up(Duration::from_secs(600)).await, "engine did not catch up");
+    assert!(
+        engine.caught_up(Duration::from_secs(600)).await,
+        "engine did not catch up"
+    );
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -209,7 +212,11 @@ async fn run() -> Result<(), BoxError> {
     for _ in 0..5 {
         let t = Instant::now();
         let p = planner
-            .plan(&who, vec![profile("group-0", "group=g0", "3.0.40-1")], false)
+            .plan(
+                &who,
+                vec![profile("group-0", "group=g0", "3.0.40-1")],
+                false,
+            )
             .await?;
         plans.push(t.elapsed());
         planned = p.devices_changed;

@@ -17,9 +17,15 @@ pub enum Want {
     /// Equal to this text (OS release, firmware, timezone, a sysctl value).
     Text(String),
     /// A kernel release, exactly or at least (`>=6.1.0-13` in the spec).
-    Kernel { version: String, minimum: bool },
+    Kernel {
+        version: String,
+        minimum: bool,
+    },
     /// A package version requirement.
-    Package { version: String, matching: VersionMatch },
+    Package {
+        version: String,
+        matching: VersionMatch,
+    },
     Power(PowerState),
     /// An ordered list (NTP or DNS servers).
     List(Vec<String>),
@@ -260,7 +266,12 @@ pub fn effective(
 mod tests {
     use super::*;
 
-    fn profile(name: &str, priority: i32, selector: &str, spec: pb::DesiredState) -> CompiledProfile {
+    fn profile(
+        name: &str,
+        priority: i32,
+        selector: &str,
+        spec: pb::DesiredState,
+    ) -> CompiledProfile {
         CompiledProfile::new(&pb::Profile {
             meta: Some(pb::ObjectMeta {
                 name: name.into(),
@@ -316,13 +327,19 @@ mod tests {
         });
         let (eff, conflicts) = effective(&[&web, &base], &labels(&[("role", "web")]), &own);
         assert!(conflicts.is_empty());
-        assert_eq!(eff["packages.openssl"].source, Source::Profile("web".into()));
+        assert_eq!(
+            eff["packages.openssl"].source,
+            Source::Profile("web".into())
+        );
         assert_eq!(eff["packages.openssl"].want.to_string(), ">= 3.0.11");
         assert_eq!(eff["timezone"].source, Source::Device);
         assert_eq!(eff["kernel"].want.to_string(), ">= 6.1.0-13");
         // A device the web profile does not select gets only the base.
         let (eff, _) = effective(&[&web, &base], &labels(&[("role", "db")]), &[]);
-        assert_eq!(eff["packages.openssl"].source, Source::Profile("base".into()));
+        assert_eq!(
+            eff["packages.openssl"].source,
+            Source::Profile("base".into())
+        );
         assert!(!eff.contains_key("kernel"));
     }
 

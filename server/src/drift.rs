@@ -151,8 +151,16 @@ pub fn evaluate(eff: &Effective, declared: &Declared, obs: &ObservedView) -> Vec
     }
     // Inventory: a declared serial or model the hardware contradicts (a swapped board).
     for (field, want, seen) in [
-        ("inventory.serial", &declared.serial, some_text(&obs.fru_serial)),
-        ("inventory.model", &declared.model, some_text(&obs.fru_product)),
+        (
+            "inventory.serial",
+            &declared.serial,
+            some_text(&obs.fru_serial),
+        ),
+        (
+            "inventory.model",
+            &declared.model,
+            some_text(&obs.fru_product),
+        ),
     ] {
         if let Some(seen) = seen
             && !want.is_empty()
@@ -285,11 +293,8 @@ pub fn reconcile(
     now: pbjson_types::Timestamp,
 ) -> Memory {
     let first = memory.desired.is_empty() && memory.items.is_empty();
-    let old: HashMap<&str, &pb::DriftItem> = memory
-        .items
-        .iter()
-        .map(|i| (i.field.as_str(), i))
-        .collect();
+    let old: HashMap<&str, &pb::DriftItem> =
+        memory.items.iter().map(|i| (i.field.as_str(), i)).collect();
     let items = findings
         .into_iter()
         .map(|f| {
@@ -486,7 +491,12 @@ mod tests {
         let desired: BTreeMap<String, String> =
             [("packages.openssl".to_string(), ">= 3".to_string())].into();
         // The desired value is new: pending.
-        let m = reconcile(&Memory::default(), desired.clone(), vec![finding("2")], ts(10));
+        let m = reconcile(
+            &Memory::default(),
+            desired.clone(),
+            vec![finding("2")],
+            ts(10),
+        );
         assert_eq!(m.items[0].cause, "pending");
         // Still drifting, same desire: cause and age kept, observed refreshed.
         let m2 = reconcile(&m, desired.clone(), vec![finding("2.5")], ts(20));
@@ -507,6 +517,9 @@ mod tests {
             power: PowerState::PowerOn as i32,
             ..Default::default()
         });
-        assert_eq!(f, vec![("power".to_string(), Want::Power(PowerState::PowerOn))]);
+        assert_eq!(
+            f,
+            vec![("power".to_string(), Want::Power(PowerState::PowerOn))]
+        );
     }
 }

@@ -79,7 +79,11 @@ impl Entry {
                 serial: d.serial.clone(),
                 model: d.model.clone(),
             },
-            items: d.status.as_ref().map(|s| s.drift.clone()).unwrap_or_default(),
+            items: d
+                .status
+                .as_ref()
+                .map(|s| s.drift.clone())
+                .unwrap_or_default(),
             desired_memory: None,
             observed: None,
         }
@@ -161,7 +165,9 @@ impl DriftEngine {
                 resource: Some(R::Profile(p)),
             }) = pb::Resource::decode(o.body.as_slice())
             {
-                state.profiles.insert(o.name.clone(), CompiledProfile::new(&p));
+                state
+                    .profiles
+                    .insert(o.name.clone(), CompiledProfile::new(&p));
             }
         }
         for o in list_all(&*store, ResourceKind::Device)? {
@@ -303,15 +309,23 @@ impl DriftEngine {
         Ok(writes)
     }
 
-    fn take_change(&self, st: &mut State, c: &crate::store::ChangeEntry, dirty: &mut HashSet<String>) {
+    fn take_change(
+        &self,
+        st: &mut State,
+        c: &crate::store::ChangeEntry,
+        dirty: &mut HashSet<String>,
+    ) {
         if c.kind == kind_id(ResourceKind::Profile) {
             let old = st.profiles.remove(&c.name);
-            let new = c.after.as_ref().and_then(|b| match pb::Resource::decode(b.as_slice()) {
-                Ok(pb::Resource {
-                    resource: Some(R::Profile(p)),
-                }) => Some(CompiledProfile::new(&p)),
-                _ => None,
-            });
+            let new = c
+                .after
+                .as_ref()
+                .and_then(|b| match pb::Resource::decode(b.as_slice()) {
+                    Ok(pb::Resource {
+                        resource: Some(R::Profile(p)),
+                    }) => Some(CompiledProfile::new(&p)),
+                    _ => None,
+                });
             for (id, e) in &st.devices {
                 if old.as_ref().is_some_and(|p| p.selects(&e.labels))
                     || new.as_ref().is_some_and(|p| p.selects(&e.labels))
@@ -640,7 +654,12 @@ impl DriftEngine {
     }
 
     /// Drift of the devices `selector` chooses.
-    pub fn drift(&self, selector: &Selector, field_prefix: &str, summary_only: bool) -> pb::DriftResponse {
+    pub fn drift(
+        &self,
+        selector: &Selector,
+        field_prefix: &str,
+        summary_only: bool,
+    ) -> pb::DriftResponse {
         let st = self.state();
         let mut resp = pb::DriftResponse {
             revision: st.followed,
@@ -664,10 +683,12 @@ impl DriftEngine {
             }
             resp.drifting += 1;
             for i in &items {
-                let s = by_field.entry(i.field.clone()).or_insert_with(|| pb::FieldDriftSummary {
-                    field: i.field.clone(),
-                    ..Default::default()
-                });
+                let s = by_field
+                    .entry(i.field.clone())
+                    .or_insert_with(|| pb::FieldDriftSummary {
+                        field: i.field.clone(),
+                        ..Default::default()
+                    });
                 s.devices += 1;
                 if i.cause == "unexpected" {
                     s.unexpected += 1;
@@ -684,7 +705,8 @@ impl DriftEngine {
         }
         per_device.sort_by(|a, b| a.device.cmp(&b.device));
         resp.fields = by_field.into_values().collect();
-        resp.fields.sort_by(|a, b| b.devices.cmp(&a.devices).then(a.field.cmp(&b.field)));
+        resp.fields
+            .sort_by(|a, b| b.devices.cmp(&a.devices).then(a.field.cmp(&b.field)));
         resp.items = per_device;
         resp
     }
@@ -698,7 +720,11 @@ impl DriftEngine {
 
     /// What the given new versions of profiles and devices would do: per device, the change
     /// of effective desired state and the drift afterwards; and the conflicts they create.
-    pub fn plan(&self, change: &PlannedChange, include_unchanged: bool) -> Result<pb::PlanResponse, ApiError> {
+    pub fn plan(
+        &self,
+        change: &PlannedChange,
+        include_unchanged: bool,
+    ) -> Result<pb::PlanResponse, ApiError> {
         let mut guard = self.state();
         let st = &mut *guard;
         let before: Vec<&CompiledProfile> = st.profiles.values().collect();
@@ -717,7 +743,10 @@ impl DriftEngine {
             }
             let touched = change.profiles.iter().any(|p| {
                 p.selects(&e.labels)
-                    || st.profiles.get(&p.name).is_some_and(|old| old.selects(&e.labels))
+                    || st
+                        .profiles
+                        .get(&p.name)
+                        .is_some_and(|old| old.selects(&e.labels))
             });
             if touched {
                 subjects.push((e.name.clone(), Some(id.clone())));
@@ -784,7 +813,10 @@ impl DriftEngine {
         drop(after_map);
         for row in &rows {
             let Some(id) = &row.id else { continue };
-            let needs_json = row.after.values().any(|s| matches!(s.want, Want::Expect(_)));
+            let needs_json = row
+                .after
+                .values()
+                .any(|s| matches!(s.want, Want::Expect(_)));
             let loaded = match st.devices.get(id).map(|e| &e.observed) {
                 Some(Some(Some(v))) => !needs_json || v.facts_json.is_some(),
                 Some(Some(None)) => true,
@@ -837,7 +869,9 @@ impl DriftEngine {
 
     /// For `drift accept`: the device's current item for `field`.
     pub fn item(&self, device: &str, field: &str) -> Option<pb::DriftItem> {
-        self.items_of(device)?.into_iter().find(|i| i.field == field)
+        self.items_of(device)?
+            .into_iter()
+            .find(|i| i.field == field)
     }
 }
 
@@ -955,7 +989,11 @@ fn field_changes(before: Option<&Effective>, after: &Effective) -> Vec<pb::Field
 }
 
 /// The view drift compares, from stored facts (packages apart).
-pub fn view_of(facts: &pb::Facts, packages: Option<Arc<PackageSet>>, with_json: bool) -> ObservedView {
+pub fn view_of(
+    facts: &pb::Facts,
+    packages: Option<Arc<PackageSet>>,
+    with_json: bool,
+) -> ObservedView {
     let os = facts.os.as_ref();
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let facts_json = with_json.then(|| {
@@ -984,8 +1022,12 @@ pub fn view_of(facts: &pb::Facts, packages: Option<Arc<PackageSet>>, with_json: 
         os_release: os.and_then(|o| nonempty(&o.release)),
         kernel: os.and_then(|o| nonempty(&o.kernel)),
         timezone: os.and_then(|o| nonempty(&o.timezone)),
-        dns_servers: os.filter(|o| !o.dns_servers.is_empty()).map(|o| o.dns_servers.clone()),
-        ntp_servers: os.filter(|o| !o.ntp_servers.is_empty()).map(|o| o.ntp_servers.clone()),
+        dns_servers: os
+            .filter(|o| !o.dns_servers.is_empty())
+            .map(|o| o.dns_servers.clone()),
+        ntp_servers: os
+            .filter(|o| !o.ntp_servers.is_empty())
+            .map(|o| o.ntp_servers.clone()),
         sysctl: os
             .filter(|o| !o.sysctl.is_empty())
             .map(|o| o.sysctl.clone().into_iter().collect()),
@@ -993,16 +1035,17 @@ pub fn view_of(facts: &pb::Facts, packages: Option<Arc<PackageSet>>, with_json: 
         packages,
         firmware_bios: facts.firmware.as_ref().and_then(|f| nonempty(&f.bios)),
         firmware_bmc: facts.firmware.as_ref().and_then(|f| nonempty(&f.bmc)),
-        power: facts
-            .power
-            .and_then(|p| pb::PowerState::try_from(p).ok()),
+        power: facts.power.and_then(|p| pb::PowerState::try_from(p).ok()),
         fru_serial: facts.fru.as_ref().and_then(|f| nonempty(&f.serial)),
         fru_product: facts.fru.as_ref().and_then(|f| nonempty(&f.product)),
         facts_json,
     }
 }
 
-fn list_all(store: &dyn Store, kind: ResourceKind) -> Result<Vec<crate::store::StoredObject>, ApiError> {
+fn list_all(
+    store: &dyn Store,
+    kind: ResourceKind,
+) -> Result<Vec<crate::store::StoredObject>, ApiError> {
     let mut out = Vec::new();
     let mut after_id = None;
     loop {

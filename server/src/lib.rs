@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use muster::pb::admin_service_server::AdminServiceServer;
 use muster::pb::agent_service_server::AgentServiceServer;
-use muster::pb::config_service_server::ConfigServiceServer;
 use muster::pb::audit_service_server::AuditServiceServer;
+use muster::pb::config_service_server::ConfigServiceServer;
 use muster::pb::inventory_service_server::InventoryServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;

@@ -109,7 +109,10 @@ impl Planner {
 
     fn planned_change(prepared: &[PreparedWrite]) -> PlannedChange {
         let mut change = PlannedChange::default();
-        for p in prepared.iter().filter(|p| p.action != ApplyAction::Unchanged) {
+        for p in prepared
+            .iter()
+            .filter(|p| p.action != ApplyAction::Unchanged)
+        {
             match p.resource.resource.as_ref() {
                 Some(R::Profile(pr)) => change.profiles.push(CompiledProfile::new(pr)),
                 Some(R::Device(d)) => change.devices.push(PlannedDevice::new(d)),
@@ -258,7 +261,10 @@ impl Planner {
                 "{field} of device {device:?} was never reported; there is no observed value to adopt"
             )));
         }
-        let current = self.inventory.get(pb::ResourceKind::Device as i32, device).await?;
+        let current = self
+            .inventory
+            .get(pb::ResourceKind::Device as i32, device)
+            .await?;
         let Some(R::Device(mut d)) = current.resource else {
             return Err(ApiError::Internal("device body is not a device".into()));
         };
@@ -320,7 +326,9 @@ fn adopt(d: &mut pb::Device, field: &str, observed: &str) -> Result<(), ApiError
         "os.release" => spec.os_release = observed.into(),
         "kernel" => spec.kernel = observed.into(),
         "timezone" => spec.timezone = observed.into(),
-        "firmware.bios" => spec.firmware.get_or_insert_with(Default::default).bios = observed.into(),
+        "firmware.bios" => {
+            spec.firmware.get_or_insert_with(Default::default).bios = observed.into()
+        }
         "firmware.bmc" => spec.firmware.get_or_insert_with(Default::default).bmc = observed.into(),
         "ntp_servers" => spec.ntp_servers = observed.split(',').map(str::to_string).collect(),
         "dns_servers" => spec.dns_servers = observed.split(',').map(str::to_string).collect(),

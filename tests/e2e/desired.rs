@@ -25,12 +25,7 @@ async fn config_client(s: &TestServer) -> ConfigClient {
     )
 }
 
-fn profile(
-    name: &str,
-    selector: &str,
-    priority: i32,
-    spec: pb::DesiredState,
-) -> pb::Resource {
+fn profile(name: &str, selector: &str, priority: i32, spec: pb::DesiredState) -> pb::Resource {
     pb::Resource {
         resource: Some(R::Profile(pb::Profile {
             meta: Some(pb::ObjectMeta {
@@ -64,7 +59,11 @@ fn ctx(reason: &str) -> Option<pb::ChangeContext> {
     })
 }
 
-async fn apply(c: &mut ConfigClient, resources: Vec<pb::Resource>, reason: &str) -> pb::ApplySetResponse {
+async fn apply(
+    c: &mut ConfigClient,
+    resources: Vec<pb::Resource>,
+    reason: &str,
+) -> pb::ApplySetResponse {
     c.apply(pb::ApplySetRequest {
         resources,
         context: ctx(reason),
@@ -154,11 +153,17 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
             .await
             .unwrap()
             .into_inner();
-        let Some(R::Device(d)) = d.resource else { panic!() };
+        let Some(R::Device(d)) = d.resource else {
+            panic!()
+        };
         if d.status.as_ref().is_some_and(|s| !s.packages.is_empty()) {
             break;
         }
-        assert!(Instant::now() < deadline, "no report with packages: {}", a.log());
+        assert!(
+            Instant::now() < deadline,
+            "no report with packages: {}",
+            a.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(drift_of(&mut c, "drift-01").await.is_empty());
@@ -217,7 +222,9 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
         .await
         .unwrap()
         .into_inner();
-    let Some(R::Device(d)) = d.resource else { panic!() };
+    let Some(R::Device(d)) = d.resource else {
+        panic!()
+    };
     assert_eq!(d.status.unwrap().drift.len(), 1);
 
     // An expect rule cannot be accepted; the raid is repaired instead.
@@ -255,9 +262,14 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
         .await
         .unwrap()
         .into_inner();
-    let Some(R::Device(d)) = accepted.device.unwrap().resource else { panic!() };
+    let Some(R::Device(d)) = accepted.device.unwrap().resource else {
+        panic!()
+    };
     let req = &d.spec.unwrap().packages[0];
-    assert_eq!((req.name.as_str(), req.version.as_str()), ("dpkg", dpkg.as_str()));
+    assert_eq!(
+        (req.name.as_str(), req.version.as_str()),
+        ("dpkg", dpkg.as_str())
+    );
     wait_drift(&mut c, "drift-01", "accepted", |i| i.is_empty()).await;
     let mut audit = s.audit().await.unwrap();
     let changes = audit
@@ -271,11 +283,17 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
         .into_inner()
         .changes;
     assert!(
-        changes.iter().any(|c| c.verb == "drift accept" && c.reason == "host keeps its dpkg"),
+        changes
+            .iter()
+            .any(|c| c.verb == "drift accept" && c.reason == "host keeps its dpkg"),
         "{:?}",
         changes.iter().map(|c| &c.verb).collect::<Vec<_>>()
     );
-    assert!(changes.iter().any(|c| c.verb == "drift" && c.principal == "system:drift"));
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.verb == "drift" && c.principal == "system:drift")
+    );
     a.stop();
 
     // A deleted device's observed facts and drift memory are removed from the store.
@@ -300,7 +318,10 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
         .map(|k| String::from_utf8_lossy(&k.unwrap()).into_owned())
         .filter(|k| k.contains(&old_id) && !k.starts_with("aag/"))
         .collect();
-    assert!(left.is_empty(), "records of the deleted device remain: {left:?}");
+    assert!(
+        left.is_empty(),
+        "records of the deleted device remain: {left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,7 +340,10 @@ async fn plans_conflicts_and_atomic_change_sets() {
         .unwrap();
     }
     inv.create(pb::CreateRequest {
-        resource: Some(fixtures::device("db-1", &[("role", "db"), ("site", "fra1")])),
+        resource: Some(fixtures::device(
+            "db-1",
+            &[("role", "db"), ("site", "fra1")],
+        )),
         context: None,
     })
     .await
@@ -329,7 +353,12 @@ async fn plans_conflicts_and_atomic_change_sets() {
         ntp_servers: servers.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    apply(&mut c, vec![profile("web-ntp", "role=web", 5, ntp(&["ntp1"]))], "ntp").await;
+    apply(
+        &mut c,
+        vec![profile("web-ntp", "role=web", 5, ntp(&["ntp1"]))],
+        "ntp",
+    )
+    .await;
 
     // Plan a second profile of equal priority over fra1: the web devices conflict.
     let fra = profile("fra-ntp", "site=fra1", 5, ntp(&["ntp2"]));
@@ -394,7 +423,11 @@ async fn plans_conflicts_and_atomic_change_sets() {
     assert_eq!(plan.devices_changed, 4, "{plan:#?}");
     let web1 = plan.devices.iter().find(|d| d.device == "web-1").unwrap();
     assert_eq!(
-        (web1.changes[0].before.as_str(), web1.changes[0].after.as_str(), web1.changes[0].source.as_str()),
+        (
+            web1.changes[0].before.as_str(),
+            web1.changes[0].after.as_str(),
+            web1.changes[0].source.as_str()
+        ),
         ("ntp1", "ntp2", "profile/fra-ntp")
     );
     assert!(web1.drift_after.is_empty(), "no agent reported: no drift");
@@ -419,7 +452,10 @@ async fn plans_conflicts_and_atomic_change_sets() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err.code(), Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument),
+        matches!(
+            err.code(),
+            Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+        ),
         "{err:?}"
     );
     assert!(err.message().contains("no-such-rack"), "{}", err.message());
@@ -430,7 +466,11 @@ async fn plans_conflicts_and_atomic_change_sets() {
         })
         .await
         .unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound, "half of a failed set was written");
+    assert_eq!(
+        missing.code(),
+        Code::NotFound,
+        "half of a failed set was written"
+    );
     let rev_after = c
         .drift(pb::DriftRequest::default())
         .await
@@ -463,7 +503,10 @@ async fn plans_conflicts_and_atomic_change_sets() {
         .filter(|c| c.change_set == resp.change_set)
         .collect();
     assert_eq!(set.len(), 3);
-    assert!(set.iter().all(|c| c.change_set_size == 3 && c.ticket == "CHG-123"));
+    assert!(
+        set.iter()
+            .all(|c| c.change_set_size == 3 && c.ticket == "CHG-123")
+    );
     // Dependency order inside the set: the rack before the device, profiles with them.
     assert_eq!(set[0].resource_kind, pb::ResourceKind::Rack as i32);
 
@@ -472,13 +515,22 @@ async fn plans_conflicts_and_atomic_change_sets() {
     let out = s.muster_with(&["plan", "-f", "-"], &s.token, Some(conflicting.as_bytes()));
     assert!(!out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("0 devices change") || text.contains("conflict"), "{text}");
-    assert!(text.contains("fra-dns") && text.contains("fra-ntp"), "{text}");
+    assert!(
+        text.contains("0 devices change") || text.contains("conflict"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fra-dns") && text.contains("fra-ntp"),
+        "{text}"
+    );
     let fine = "kind: Profile\nmeta:\n  name: db-tz\nselector: role=db\npriority: 1\nspec:\n  timezone: UTC\n";
     let out = s.muster_with(&["plan", "-f", "-"], &s.token, Some(fine.as_bytes()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(text.contains("1 device changes, 0 will drift, 0 conflicts"), "{text}");
+    assert!(
+        text.contains("1 device changes, 0 will drift, 0 conflicts"),
+        "{text}"
+    );
     assert!(text.contains("timezone: (none) → UTC"), "{text}");
     let out = s.muster_with(
         &["apply", "-f", "-", "--reason", "tz", "--ticket", "CHG-7"],
@@ -486,7 +538,10 @@ async fn plans_conflicts_and_atomic_change_sets() {
         Some(fine.as_bytes()),
     );
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("change set"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("change set"),
+        "{out:?}"
+    );
     let out = s.muster(&["drift", "-o", "json"]);
     assert!(out.status.success(), "{out:?}");
     let drift: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -79,13 +79,8 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::DriftRequest>,
     ) -> Result<Response<pb::DriftResponse>, Status> {
-        self.shared.authorize(
-            &req,
-            Permission::Read,
-            "drift",
-            ResourceKind::Device,
-            "",
-        )?;
+        self.shared
+            .authorize(&req, Permission::Read, "drift", ResourceKind::Device, "")?;
         self.planner
             .drift(req.get_ref())
             .await

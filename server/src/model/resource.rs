@@ -196,7 +196,10 @@ fn validate_spec(field: &str, s: &pb::DesiredState) -> Result<(), InvalidField> 
         if s.packages[..i].iter().any(|q| q.name == p.name) {
             return Err(InvalidField::new(
                 format!("{f}.name"),
-                format!("{:?} is listed twice; give one requirement per package", p.name),
+                format!(
+                    "{:?} is listed twice; give one requirement per package",
+                    p.name
+                ),
             ));
         }
         if p.version.is_empty() && p.r#match != pb::VersionMatch::Absent as i32 {

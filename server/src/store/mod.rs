@@ -19,8 +19,8 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 pub use backup::{BackupError, restore_into};
-pub use sled_store::{SledStore, StoreOptions};
 pub use record::GENESIS;
+pub use sled_store::{SledStore, StoreOptions};
 
 /// Numeric kind of a stored object, the same numbers as `muster.v1.ResourceKind`.
 pub type KindId = u8;

@@ -238,8 +238,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeEntry, StoreError> {
             prev,
             hash,
         } => {
-            let c: ChangeV2 =
-                postcard::from_bytes(&content).map_err(|e| corrupt("change", e))?;
+            let c: ChangeV2 = postcard::from_bytes(&content).map_err(|e| corrupt("change", e))?;
             Ok(ChangeEntry {
                 revision: c.revision,
                 kind: c.kind,
@@ -379,19 +378,23 @@ mod tests {
         assert_eq!(back.chain, Some(ChainLink { prev: h1, hash: h2 }));
         assert!(matches!(
             check_link(&first).unwrap(),
-            LinkCheck::Chained { content_ok: true, revision: Some(1), .. }
+            LinkCheck::Chained {
+                content_ok: true,
+                revision: Some(1),
+                ..
+            }
         ));
         // Flip one byte of the reason: it still decodes, but no longer hashes to its link.
         let mut tampered = second.clone();
-        let at = tampered
-            .windows(6)
-            .position(|w| w == b"second")
-            .unwrap();
+        let at = tampered.windows(6).position(|w| w == b"second").unwrap();
         tampered[at] = b'S';
         assert_eq!(decode_change(&tampered).unwrap().meta.reason, "Second");
         assert!(matches!(
             check_link(&tampered).unwrap(),
-            LinkCheck::Chained { content_ok: false, .. }
+            LinkCheck::Chained {
+                content_ok: false,
+                ..
+            }
         ));
     }
 

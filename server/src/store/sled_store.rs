@@ -72,9 +72,18 @@ type SetSlot = oneshot::Sender<Result<Vec<u64>, SetFailure>>;
 const MAX_GROUP: usize = 1024;
 
 enum Queued {
-    Mutation { mutation: Mutation, slot: Slot },
-    Aux { write: AuxWrite, slot: AuxSlot },
-    Set { mutations: Vec<Mutation>, slot: SetSlot },
+    Mutation {
+        mutation: Mutation,
+        slot: Slot,
+    },
+    Aux {
+        write: AuxWrite,
+        slot: AuxSlot,
+    },
+    Set {
+        mutations: Vec<Mutation>,
+        slot: SetSlot,
+    },
 }
 
 /// Whom to answer once a staged write is applied.
@@ -879,10 +888,12 @@ impl Store for SledStore {
         for item in inner.tree.range(keys::event(1)..=keys::event(upto)) {
             let (k, v) = item?;
             let revision = be(&k)?;
-            let broken = |why: String| Ok(ChainReport {
-                broken: Some((revision, why)),
-                ..report.clone()
-            });
+            let broken = |why: String| {
+                Ok(ChainReport {
+                    broken: Some((revision, why)),
+                    ..report.clone()
+                })
+            };
             let link = match record::check_link(&v) {
                 Ok(l) => l,
                 Err(e) => return broken(format!("the record cannot be read: {e}")),
@@ -901,7 +912,11 @@ impl Store for SledStore {
                     let prev = expected_prev.unwrap_or(record::GENESIS);
                     if link.prev != prev {
                         let what = if previous_revision + 1 != revision {
-                            format!("records {}..{} are missing", previous_revision + 1, revision - 1)
+                            format!(
+                                "records {}..{} are missing",
+                                previous_revision + 1,
+                                revision - 1
+                            )
                         } else {
                             format!(
                                 "it does not link to revision {previous_revision} (an entry was removed, inserted or rewritten)"
@@ -910,10 +925,14 @@ impl Store for SledStore {
                         return broken(what);
                     }
                     if !content_ok {
-                        return broken("its content does not match its hash (the entry was modified)".into());
+                        return broken(
+                            "its content does not match its hash (the entry was modified)".into(),
+                        );
                     }
                     if inside != Some(revision) {
-                        return broken("it is stored under another revision than it records".into());
+                        return broken(
+                            "it is stored under another revision than it records".into(),
+                        );
                     }
                     expected_prev = Some(link.hash);
                     report.head = link.hash;
