@@ -108,6 +108,21 @@ async fn wait_drift(
     }
 }
 
+async fn get_device(inv: &mut muster_tests::InventoryClient, name: &str) -> pb::Device {
+    let r = inv
+        .get(pb::GetRequest {
+            kind: pb::ResourceKind::Device as i32,
+            name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match r.resource {
+        Some(R::Device(d)) => d,
+        other => panic!("not a device: {other:?}"),
+    }
+}
+
 fn installed_version(pkg: &str) -> String {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Version}", pkg])
@@ -145,17 +160,7 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let mut inv = s.inventory().await.unwrap();
-        let d = inv
-            .get(pb::GetRequest {
-                kind: pb::ResourceKind::Device as i32,
-                name: "drift-01".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let Some(R::Device(d)) = d.resource else {
-            panic!()
-        };
+        let d = get_device(&mut inv, "drift-01").await;
         if d.status.as_ref().is_some_and(|s| !s.packages.is_empty()) {
             break;
         }
@@ -214,17 +219,7 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
 
     // Drift is part of the device (Watch/List see it) and of the audit trail.
     let mut inv = s.inventory().await.unwrap();
-    let d = inv
-        .get(pb::GetRequest {
-            kind: pb::ResourceKind::Device as i32,
-            name: "drift-01".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(R::Device(d)) = d.resource else {
-        panic!()
-    };
+    let d = get_device(&mut inv, "drift-01").await;
     assert_eq!(d.status.unwrap().drift.len(), 1);
 
     // An expect rule cannot be accepted; the raid is repaired instead.

@@ -3,9 +3,8 @@
 use muster::pb::{self, ResourceKind, config_service_server::ConfigService};
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::status::to_status;
-use crate::inventory::ChangeContext;
+use super::{Shared, context};
 use crate::model::Permission;
 use crate::model::resource::kind_of;
 use crate::planning::Planner;
@@ -15,15 +14,6 @@ use crate::planning::Planner;
 pub struct ConfigApi {
     pub shared: Shared,
     pub planner: Planner,
-}
-
-fn context(c: Option<pb::ChangeContext>) -> ChangeContext {
-    let c = c.unwrap_or_default();
-    ChangeContext {
-        reason: c.reason,
-        ticket: c.ticket,
-        origin: c.origin,
-    }
 }
 
 /// The permission a set needs: writing secrets if it holds a credential.

@@ -8,24 +8,15 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::status::to_status;
-use crate::inventory::{ApplyAction, ChangeContext, ListParams};
+use super::{Shared, context};
+use crate::inventory::{ApplyAction, ListParams};
 use crate::model::Permission;
 use crate::model::resource::kind_of;
 
 /// gRPC face of the inventory.
 #[derive(Debug, Clone)]
 pub struct InventoryApi(pub Shared);
-
-fn context(c: Option<pb::ChangeContext>) -> ChangeContext {
-    let c = c.unwrap_or_default();
-    ChangeContext {
-        reason: c.reason,
-        ticket: c.ticket,
-        origin: c.origin,
-    }
-}
 
 fn required(r: Option<pb::Resource>) -> Result<pb::Resource, Status> {
     r.ok_or_else(|| Status::invalid_argument("resource: is required"))

@@ -19,6 +19,16 @@ use crate::inventory::{ChangeContext, Inventory};
 use crate::model::{Permission, Principal};
 use crate::store::RefusalKind;
 
+/// The change context of a request, as the domain takes it.
+pub(crate) fn context(c: Option<muster::pb::ChangeContext>) -> ChangeContext {
+    let c = c.unwrap_or_default();
+    ChangeContext {
+        reason: c.reason,
+        ticket: c.ticket,
+        origin: c.origin,
+    }
+}
+
 /// What every handler needs: the domain service and the token registry.
 #[derive(Clone, Debug)]
 pub struct Shared {
