@@ -43,6 +43,37 @@ pub struct ObservedView {
     pub facts_json: Option<Arc<Value>>,
 }
 
+impl ObservedView {
+    /// Whether drift would see the same thing in both (package lists are interned, so the
+    /// same list is the same allocation).
+    pub fn same_as(&self, other: &ObservedView) -> bool {
+        let same_packages = match (&self.packages, &other.packages) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let same_json = match (&self.facts_json, &other.facts_json) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        same_packages
+            && same_json
+            && self.os_release == other.os_release
+            && self.kernel == other.kernel
+            && self.timezone == other.timezone
+            && self.dns_servers == other.dns_servers
+            && self.ntp_servers == other.ntp_servers
+            && self.sysctl == other.sysctl
+            && self.package_format == other.package_format
+            && self.firmware_bios == other.firmware_bios
+            && self.firmware_bmc == other.firmware_bmc
+            && self.power == other.power
+            && self.fru_serial == other.fru_serial
+            && self.fru_product == other.fru_product
+    }
+}
+
 /// What the device record itself declares about the hardware (inventory drift).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Declared {

@@ -264,7 +264,12 @@ impl DriftEngine {
                         // Only sensors, SMART, ... changed: nothing drift compares.
                         continue;
                     }
+                    let before = view.clone();
                     self.refresh_view(&mut st.package_sets, &id, view, sections)?;
+                    if sections & RECOMPUTE == 0 && view.same_as(&before) {
+                        // Uptime moved, nothing drift compares did.
+                        continue;
+                    }
                 }
                 _ => e.observed = None,
             }
