@@ -10,8 +10,10 @@
 pub mod agents;
 pub mod auth;
 pub mod config;
+pub mod export;
 pub mod grpc;
 pub mod health;
+pub mod ingest;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
@@ -27,6 +29,7 @@ use std::time::Duration;
 use muster::pb::admin_service_server::AdminServiceServer;
 use muster::pb::agent_service_server::AgentServiceServer;
 use muster::pb::audit_service_server::AuditServiceServer;
+use muster::pb::export_service_server::ExportServiceServer;
 use muster::pb::inventory_service_server::InventoryServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -175,6 +178,9 @@ impl Server {
         health
             .set_serving::<AgentServiceServer<grpc::agent::AgentApi>>()
             .await;
+        health
+            .set_serving::<ExportServiceServer<grpc::export::ExportApi>>()
+            .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(muster::FILE_DESCRIPTOR_SET)
@@ -196,6 +202,8 @@ impl Server {
             agents: Arc::clone(&self.agents),
         })
         .max_decoding_message_size(backstop);
+        let export = ExportServiceServer::new(grpc::export::ExportApi(self.shared.clone()))
+            .max_decoding_message_size(backstop);
 
         let mut builder = tonic::transport::Server::builder()
             // One span per request, so everything logged while serving it names the RPC.
@@ -248,6 +256,7 @@ impl Server {
             .add_service(audit)
             .add_service(admin)
             .add_service(agent)
+            .add_service(export)
             .serve_with_incoming_shutdown(incoming, shutdown);
         let result = tokio::select! {
             r = serve => r,

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod edge;
+pub mod export;
 pub mod inventory;
 pub mod status;
 
