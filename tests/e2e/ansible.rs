@@ -268,7 +268,7 @@ async fn inventory_script_and_plugin_give_the_fleet_groups_and_hostvars() {
 
     // The collection's plugin, with a keyed group and a composed group on muster hostvars.
     let cfg = a.plugin_config(
-        "plugin: muster.fleet.muster\nkeyed_groups:\n  - key: muster_role\n    prefix: byrole\ngroups:\n  servers_with_ssh: \"ansible_user is defined\"\ncompose:\n  muster_name_upper: \"inventory_hostname | upper\"\n",
+        "plugin: muster.fleet.muster\nkeyed_groups:\n  - key: muster_role\n    prefix: byrole\ngroups:\n  servers_with_ssh: \"ansible_user is defined\"\ncompose:\n  next_port: \"ansible_port + 1\"\n  is_db: \"inventory_hostname == 'db-01'\"\n",
     );
     let doc = json_out(&a.run("ansible-inventory", &["-i", &cfg, "--list"], &[]));
     want.insert("byrole_web", vec!["web-01"]);
@@ -277,7 +277,9 @@ async fn inventory_script_and_plugin_give_the_fleet_groups_and_hostvars() {
     let mut got = groups_of(&doc);
     got.remove("in_window");
     assert_eq!(got, as_owned(want));
-    assert_eq!(doc["_meta"]["hostvars"]["db-01"]["muster_name_upper"], "DB-01");
+    assert_eq!(doc["_meta"]["hostvars"]["db-01"]["next_port"], 2203);
+    assert_eq!(doc["_meta"]["hostvars"]["db-01"]["is_db"], true);
+    assert_eq!(doc["_meta"]["hostvars"]["web-01"]["is_db"], false);
     assert_eq!(doc["_meta"]["hostvars"]["db-01"]["ansible_port"], 2202);
 
     // --selector narrows, through the script and the plugin.

@@ -22,16 +22,16 @@ options:
     required: true
     choices: ['muster.fleet.muster']
   executable:
-    description: Path of muster-inventory (default: found on PATH).
+    description: Path of muster-inventory (by default it is found on PATH).
     type: str
     default: muster-inventory
     env:
       - name: MUSTER_INVENTORY
   server:
-    description: musterd URL; when unset, MUSTER_SERVER or muster-inventory's config file.
+    description: The musterd URL; when unset, MUSTER_SERVER or the muster-inventory config file.
     type: str
   token_file:
-    description: File holding the bearer token; when unset, MUSTER_TOKEN / MUSTER_TOKEN_FILE.
+    description: File holding the bearer token; when unset, MUSTER_TOKEN or MUSTER_TOKEN_FILE.
     type: path
   ca_cert:
     description: CA certificate for an https server.
@@ -130,7 +130,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             self.inventory.add_host(host)
             for key, value in variables.items():
                 self.inventory.set_variable(host, key, value)
-            # Constructable: compose, groups and keyed_groups over the muster hostvars.
-            self._set_composite_vars(self.get_option("compose"), variables, host, strict=strict)
-            self._add_host_to_composed_groups(self.get_option("groups"), variables, host, strict=strict)
-            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), variables, host, strict=strict)
+            # Constructable: compose, groups and keyed_groups over the muster hostvars and the
+            # magic variables (inventory_hostname, group_names).
+            all_vars = self.inventory.get_host(host).get_vars()
+            self._set_composite_vars(self.get_option("compose"), all_vars, host, strict=strict)
+            all_vars = self.inventory.get_host(host).get_vars()
+            self._add_host_to_composed_groups(self.get_option("groups"), all_vars, host, strict=strict)
+            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), all_vars, host, strict=strict)
