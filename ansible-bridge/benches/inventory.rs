@@ -133,7 +133,11 @@ fn main() {
     let wall = median(walls.clone());
     let cache_dir = work.path().join("cache");
     timed(&mut list(Some(&cache_dir)));
-    let cached = median((0..ROUNDS).map(|_| timed(&mut list(Some(&cache_dir)))).collect());
+    let cached = median(
+        (0..ROUNDS)
+            .map(|_| timed(&mut list(Some(&cache_dir))))
+            .collect(),
+    );
     let out = Command::new(&inv)
         .arg("--list")
         .env("MUSTER_SERVER", s.url())
@@ -151,7 +155,10 @@ fn main() {
         "muster-inventory --list, {HOSTS} hosts ({} bytes of JSON, {hostvars} hostvars + {LABELS} labels per host): median {:.3} s over {ROUNDS} (runs: {:?}); with cache hit {:.3} s; peak RSS {:.1} MiB",
         out.stdout.len(),
         wall.as_secs_f64(),
-        walls.iter().map(|d| format!("{:.3}", d.as_secs_f64())).collect::<Vec<_>>(),
+        walls
+            .iter()
+            .map(|d| format!("{:.3}", d.as_secs_f64()))
+            .collect::<Vec<_>>(),
         cached.as_secs_f64(),
         rss_mib
     );

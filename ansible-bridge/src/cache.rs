@@ -43,8 +43,12 @@ impl Cache {
         if std::fs::create_dir_all(dir).is_err() {
             return;
         }
-        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, e.encode_to_vec()).is_ok() && std::fs::rename(&tmp, &self.path).is_err() {
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, e.encode_to_vec()).is_ok()
+            && std::fs::rename(&tmp, &self.path).is_err()
+        {
             let _ = std::fs::remove_file(&tmp);
         }
     }

@@ -115,11 +115,9 @@ fn endpoint(s: &Settings) -> Result<Endpoint> {
 /// Connects now, so an unreachable server is one clear error.
 async fn connect(s: &Settings) -> Result<Client> {
     let auth = Auth(match &s.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| anyhow!("invalid token: it contains characters not allowed in a header"))?,
-        ),
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+            anyhow!("invalid token: it contains characters not allowed in a header")
+        })?),
         None => None,
     });
     let channel = endpoint(s)?

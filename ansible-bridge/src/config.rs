@@ -130,10 +130,14 @@ fn config_path(named: Option<&Path>) -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    ["muster-inventory.yml", "muster-inventory.yaml", "muster-inventory.ini"]
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+    [
+        "muster-inventory.yml",
+        "muster-inventory.yaml",
+        "muster-inventory.ini",
+    ]
+    .iter()
+    .map(|n| dir.join(n))
+    .find(|p| p.is_file())
 }
 
 impl Settings {
@@ -180,9 +184,10 @@ mod tests {
             "# comment\n[muster]\nserver = https://m:7070\nselector = role=web\nin_window = yes\n[other]\nx = 1\n",
         )
         .unwrap();
-        let yaml: FileConfig =
-            serde_yaml_ng::from_str("server: https://m:7070\nselector: role=web\nin_window: true\n")
-                .unwrap();
+        let yaml: FileConfig = serde_yaml_ng::from_str(
+            "server: https://m:7070\nselector: role=web\nin_window: true\n",
+        )
+        .unwrap();
         assert_eq!(ini, yaml);
         assert!(parse_ini("[muster]\nsurver = x\n").is_err());
         assert!(parse_ini("garbage\n").is_err());

@@ -70,7 +70,10 @@ fn cpu_model(f: &Value) -> String {
         .iter()
         .find(|x| {
             x.parse::<u64>().is_err()
-                && !matches!(**x, "GenuineIntel" | "AuthenticAMD" | "ARM" | "CentaurHauls")
+                && !matches!(
+                    **x,
+                    "GenuineIntel" | "AuthenticAMD" | "ARM" | "CentaurHauls"
+                )
         })
         .map(|x| x.to_string())
         .unwrap_or_default()
@@ -227,7 +230,10 @@ pub fn to_facts(f: &Value) -> Result<pb::Facts> {
         kernel: s(f, "ansible_kernel"),
         booted_at,
         uptime_seconds: uptime,
-        timezone: f.get("ansible_date_time").map(|d| s(d, "tz")).unwrap_or_default(),
+        timezone: f
+            .get("ansible_date_time")
+            .map(|d| s(d, "tz"))
+            .unwrap_or_default(),
     };
     let count = u32_of(f, "ansible_processor_count");
     let cpu = pb::CpuFacts {
@@ -305,7 +311,12 @@ pub fn parse_results(text: &str, host: Option<&str>) -> Result<Vec<(String, Valu
                 .filter_map(|p| p.get("tasks").and_then(Value::as_array))
                 .flatten()
             {
-                for (h, r) in t.get("hosts").and_then(Value::as_object).into_iter().flatten() {
+                for (h, r) in t
+                    .get("hosts")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
                     if facts_of(r).is_some() {
                         out.insert(h.clone(), r.clone());
                     }
@@ -399,10 +410,16 @@ mod tests {
         assert_eq!(os.kernel, "6.1.0-18-amd64");
         assert_eq!(os.booted_at.unwrap().seconds, 1_699_999_900);
         let cpu = f.cpu.clone().unwrap();
-        assert_eq!((cpu.model.as_str(), cpu.sockets, cpu.cores, cpu.threads), ("Intel(R) Xeon(R) Gold", 1, 2, 2));
+        assert_eq!(
+            (cpu.model.as_str(), cpu.sockets, cpu.cores, cpu.threads),
+            ("Intel(R) Xeon(R) Gold", 1, 2, 2)
+        );
         assert_eq!(f.memory_bytes, Some(2048 * 1024 * 1024));
         let nics = f.nics.clone().unwrap().items;
-        assert_eq!(nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["br-x", "eth0"]);
+        assert_eq!(
+            nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["br-x", "eth0"]
+        );
         assert_eq!(nics[1].addresses, ["10.0.0.5/24", "2001:db8::5/64"]);
         assert_eq!(nics[1].mac, "aa:bb:cc:00:11:22");
         assert_eq!(nics[0].speed_mbps, 0);
@@ -429,7 +446,10 @@ mod tests {
             one
         );
         let r = parse_results(&lines, None).unwrap();
-        assert_eq!(r.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(
+            r.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
         let cb = json!({"plays": [{"tasks": [{"hosts": {"z": one}}]}]}).to_string();
         assert_eq!(parse_results(&cb, None).unwrap()[0].0, "z");
         assert!(parse_results("nonsense", None).is_err());

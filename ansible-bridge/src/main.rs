@@ -28,7 +28,12 @@ struct Cli {
     #[arg(long, value_name = "NAME")]
     host: Option<String>,
     /// Config file (YAML or INI); default: muster-inventory.{yml,yaml,ini} beside the binary.
-    #[arg(long, env = "MUSTER_INVENTORY_CONFIG", value_name = "PATH", global = true)]
+    #[arg(
+        long,
+        env = "MUSTER_INVENTORY_CONFIG",
+        value_name = "PATH",
+        global = true
+    )]
     config: Option<PathBuf>,
     #[arg(long, env = "MUSTER_SERVER", value_name = "URL", global = true)]
     server: Option<String>,
@@ -160,10 +165,8 @@ async fn ingest(
             hosts.push(pb::HostFacts {
                 device: name,
                 facts: Some(mapped),
-                collected_at: facts::collected_at(f).map(|seconds| pbjson_types::Timestamp {
-                    seconds,
-                    nanos: 0,
-                }),
+                collected_at: facts::collected_at(f)
+                    .map(|seconds| pbjson_types::Timestamp { seconds, nanos: 0 }),
             });
         }
     }

@@ -21,7 +21,13 @@ use crate::client::Export;
 /// character outside `[A-Za-z0-9_]` becomes `_`.
 pub fn safe_group_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -200,7 +206,11 @@ pub fn list(e: &Export, opts: Options, windows: &[Schedule]) -> Value {
     let mut ungrouped = Vec::new();
     for d in &e.devices {
         let Some(dev) = &d.device else { continue };
-        let name = dev.meta.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let name = dev
+            .meta
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         if name.is_empty() {
             continue;
         }
@@ -246,7 +256,11 @@ pub fn host(e: &Export, name: &str, opts: Options, windows: &[Schedule]) -> Valu
     }) else {
         return json!({});
     };
-    let labels = d.device.as_ref().and_then(|x| x.meta.as_ref()).map(|m| &m.labels);
+    let labels = d
+        .device
+        .as_ref()
+        .and_then(|x| x.meta.as_ref())
+        .map(|m| &m.labels);
     let open = muster::window::in_window(
         windows,
         |k| labels.and_then(|l| l.get(k)).map(String::as_str),
@@ -260,12 +274,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn device(name: &str, labels: &[(&str, &str)], health: pb::Health, drift: usize) -> pb::ExportDevice {
+    fn device(
+        name: &str,
+        labels: &[(&str, &str)],
+        health: pb::Health,
+        drift: usize,
+    ) -> pb::ExportDevice {
         pb::ExportDevice {
             device: Some(pb::Device {
                 meta: Some(pb::ObjectMeta {
                     name: name.into(),
-                    labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                     ..Default::default()
                 }),
                 kind: pb::DeviceKind::Server as i32,
@@ -290,7 +312,10 @@ mod tests {
 
     #[test]
     fn group_names_are_sanitized_like_ansible() {
-        assert_eq!(safe_group_name("label_app.kubernetes.io/name_web-1"), "label_app_kubernetes_io_name_web_1");
+        assert_eq!(
+            safe_group_name("label_app.kubernetes.io/name_web-1"),
+            "label_app_kubernetes_io_name_web_1"
+        );
         assert_eq!(safe_group_name("site_fra1"), "site_fra1");
     }
 
@@ -302,18 +327,33 @@ mod tests {
                 device("b", &[("env", "dev")], pb::Health::Critical, 2),
             ],
             windows: vec![pb::Window {
-                meta: Some(pb::ObjectMeta { name: "w".into(), ..Default::default() }),
+                meta: Some(pb::ObjectMeta {
+                    name: "w".into(),
+                    ..Default::default()
+                }),
                 selector: "env=prod".into(),
                 cron: "0 2 * * *".into(),
-                duration: Some(pbjson_types::Duration { seconds: 3600, nanos: 0 }),
+                duration: Some(pbjson_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
                 ..Default::default()
             }],
             ..Default::default()
         };
         let (ws, problems) = schedules(&e);
         assert!(problems.is_empty());
-        let now = DateTime::parse_from_rfc3339("2026-01-01T02:30:00Z").unwrap().with_timezone(&Utc);
-        let doc = list(&e, Options { only_in_window: false, now }, &ws);
+        let now = DateTime::parse_from_rfc3339("2026-01-01T02:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let doc = list(
+            &e,
+            Options {
+                only_in_window: false,
+                now,
+            },
+            &ws,
+        );
         assert_eq!(doc["site_fra_1"]["hosts"], json!(["a", "b"]));
         assert_eq!(doc["health_ok"]["hosts"], json!(["a"]));
         assert_eq!(doc["health_critical"]["hosts"], json!(["b"]));
@@ -326,12 +366,37 @@ mod tests {
         assert_eq!(a["ansible_user"], "ops");
         assert_eq!(a["muster_labels"], json!({"env": "prod"}));
         assert_eq!(doc["_meta"]["hostvars"]["b"]["muster_drift_count"], 2);
-        let only = list(&e, Options { only_in_window: true, now }, &ws);
+        let only = list(
+            &e,
+            Options {
+                only_in_window: true,
+                now,
+            },
+            &ws,
+        );
         assert_eq!(only["_meta"]["hostvars"].as_object().unwrap().len(), 1);
         let later = now + chrono::Duration::hours(1);
-        let none = list(&e, Options { only_in_window: true, now: later }, &ws);
+        let none = list(
+            &e,
+            Options {
+                only_in_window: true,
+                now: later,
+            },
+            &ws,
+        );
         assert!(none["_meta"]["hostvars"].as_object().unwrap().is_empty());
-        assert_eq!(host(&e, "zz", Options { only_in_window: false, now }, &ws), json!({}));
+        assert_eq!(
+            host(
+                &e,
+                "zz",
+                Options {
+                    only_in_window: false,
+                    now
+                },
+                &ws
+            ),
+            json!({})
+        );
     }
 
     #[test]
@@ -339,13 +404,22 @@ mod tests {
         let e = Export {
             windows: vec![
                 pb::Window {
-                    meta: Some(pb::ObjectMeta { name: "open".into(), ..Default::default() }),
+                    meta: Some(pb::ObjectMeta {
+                        name: "open".into(),
+                        ..Default::default()
+                    }),
                     cron: "* * * * *".into(),
-                    duration: Some(pbjson_types::Duration { seconds: 60, nanos: 0 }),
+                    duration: Some(pbjson_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
                     ..Default::default()
                 },
                 pb::Window {
-                    meta: Some(pb::ObjectMeta { name: "f".into(), ..Default::default() }),
+                    meta: Some(pb::ObjectMeta {
+                        name: "f".into(),
+                        ..Default::default()
+                    }),
                     cron: "bad".into(),
                     freeze: true,
                     ..Default::default()

@@ -26,7 +26,9 @@ pub enum WindowError {
         cron: String,
         problem: String,
     },
-    #[error("window {window}: unknown time zone {timezone:?} (use an IANA name such as Europe/Berlin)")]
+    #[error(
+        "window {window}: unknown time zone {timezone:?} (use an IANA name such as Europe/Berlin)"
+    )]
     TimeZone { window: String, timezone: String },
     #[error("window {window}: a cron schedule needs a duration between 1 s and 366 days")]
     Duration { window: String },
@@ -74,13 +76,11 @@ impl Schedule {
                     problem: format!("it has {fields} fields"),
                 });
             }
-            let cron = Cron::new(&w.cron)
-                .parse()
-                .map_err(|e| WindowError::Cron {
-                    window: name.clone(),
-                    cron: w.cron.clone(),
-                    problem: e.to_string(),
-                })?;
+            let cron = Cron::new(&w.cron).parse().map_err(|e| WindowError::Cron {
+                window: name.clone(),
+                cron: w.cron.clone(),
+                problem: e.to_string(),
+            })?;
             let tz = if w.timezone.is_empty() {
                 Tz::UTC
             } else {

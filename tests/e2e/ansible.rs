@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use muster::pb;
 use muster_tests::ssh::SshFleet;
-use muster_tests::{Options, OPERATOR_TOKEN, TestServer, VIEWER_TOKEN, bin};
+use muster_tests::{OPERATOR_TOKEN, Options, TestServer, VIEWER_TOKEN, bin};
 use prost::Message;
 use serde_json::{Value, json};
 
@@ -30,9 +30,9 @@ fn ansible_bin() -> PathBuf {
     if venv.join("ansible-inventory").exists() {
         return venv;
     }
-    if let Some(dir) = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p).find(|d| d.join("ansible-inventory").exists())
-    }) {
+    if let Some(dir) = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).find(|d| d.join("ansible-inventory").exists()))
+    {
         return dir;
     }
     panic!(
@@ -54,13 +54,22 @@ impl Ansible {
         let bin_dir = ansible_bin();
         let mut env: Vec<(String, String)> = vec![
             ("HOME".into(), dir.path().display().to_string()),
-            ("ANSIBLE_CONFIG".into(), dir.path().join("none.cfg").display().to_string()),
+            (
+                "ANSIBLE_CONFIG".into(),
+                dir.path().join("none.cfg").display().to_string(),
+            ),
             ("ANSIBLE_INVENTORY_UNPARSED_FAILED".into(), "true".into()),
             ("ANSIBLE_NOCOLOR".into(), "1".into()),
-            ("ANSIBLE_LOCAL_TEMP".into(), dir.path().join("tmp").display().to_string()),
+            (
+                "ANSIBLE_LOCAL_TEMP".into(),
+                dir.path().join("tmp").display().to_string(),
+            ),
             (
                 "ANSIBLE_COLLECTIONS_PATH".into(),
-                repo().join("ansible-bridge/collections").display().to_string(),
+                repo()
+                    .join("ansible-bridge/collections")
+                    .display()
+                    .to_string(),
             ),
             (
                 "ANSIBLE_PYTHON_INTERPRETER".into(),
@@ -68,10 +77,16 @@ impl Ansible {
             ),
             ("MUSTER_SERVER".into(), server.url()),
             ("MUSTER_TOKEN".into(), token.into()),
-            ("MUSTER_INVENTORY".into(), bin("muster-inventory").display().to_string()),
+            (
+                "MUSTER_INVENTORY".into(),
+                bin("muster-inventory").display().to_string(),
+            ),
         ];
         if let Some(f) = ssh {
-            env.push(("ANSIBLE_PRIVATE_KEY_FILE".into(), f.client_key.display().to_string()));
+            env.push((
+                "ANSIBLE_PRIVATE_KEY_FILE".into(),
+                f.client_key.display().to_string(),
+            ));
             env.push((
                 "ANSIBLE_SSH_ARGS".into(),
                 format!(
@@ -89,7 +104,9 @@ impl Ansible {
 
     fn run(&self, tool: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let mut c = Command::new(self.bin.join(tool));
-        c.args(args).current_dir(self.dir.path()).env_remove("MUSTER_TOKEN_FILE");
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("MUSTER_TOKEN_FILE");
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -211,7 +228,12 @@ fn as_owned(m: BTreeMap<&str, Vec<&str>>) -> BTreeMap<String, Vec<String>> {
 }
 
 fn json_out(o: &Output) -> Value {
-    assert!(o.status.success(), "failed: {}\n{}", text(&o.stderr), text(&o.stdout));
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        text(&o.stderr),
+        text(&o.stdout)
+    );
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
 }
 
@@ -260,7 +282,10 @@ async fn inventory_script_and_plugin_give_the_fleet_groups_and_hostvars() {
     assert!(g.status.success(), "{}", text(&g.stderr));
     let graph = text(&g.stdout);
     for (group, hosts) in &want {
-        assert!(graph.contains(&format!("@{group}:")), "{group} missing:\n{graph}");
+        assert!(
+            graph.contains(&format!("@{group}:")),
+            "{group} missing:\n{graph}"
+        );
         for h in hosts {
             assert!(graph.contains(&format!("--{h}")), "{h} missing:\n{graph}");
         }
@@ -289,18 +314,30 @@ async fn inventory_script_and_plugin_give_the_fleet_groups_and_hostvars() {
         &[("MUSTER_SELECTOR", "tier=db")],
     ));
     assert_eq!(
-        doc["_meta"]["hostvars"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        doc["_meta"]["hostvars"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
         ["db-01"]
     );
     let cfg = a.plugin_config("plugin: muster.fleet.muster\nselector: env=lab\n");
     let doc = json_out(&a.run("ansible-inventory", &["-i", &cfg, "--list"], &[]));
     assert_eq!(
-        doc["_meta"]["hostvars"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        doc["_meta"]["hostvars"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
         ["sw-01"]
     );
 
     // --host answers from the same export.
-    let doc = json_out(&a.run("ansible-inventory", &["-i", &script, "--host", "db-01"], &[]));
+    let doc = json_out(&a.run(
+        "ansible-inventory",
+        &["-i", &script, "--host", "db-01"],
+        &[],
+    ));
     assert_eq!(doc["muster_serial"], "SN-DB-01");
 }
 
@@ -334,14 +371,20 @@ async fn in_window_lists_only_hosts_whose_window_is_open() {
     };
     let set = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
     // 02:30 Berlin (winter: 01:30 UTC) on a normal day: both prod hosts.
-    assert_eq!(hosts_at("2026-01-05T01:30:00Z", false), set(&["db-01", "web-01"]));
+    assert_eq!(
+        hosts_at("2026-01-05T01:30:00Z", false),
+        set(&["db-01", "web-01"])
+    );
     // The same hour on 1 January: db-01 is frozen.
     assert_eq!(hosts_at("2026-01-01T01:30:00Z", false), set(&["web-01"]));
     assert_eq!(hosts_at("2026-01-01T01:30:00Z", true), set(&["web-01"]));
     // 03:30 Berlin: the window is closed.
     assert!(hosts_at("2026-01-05T02:30:00Z", false).is_empty());
     // Summer time: 02:30 Berlin is 00:30 UTC.
-    assert_eq!(hosts_at("2026-07-06T00:30:00Z", true), set(&["db-01", "web-01"]));
+    assert_eq!(
+        hosts_at("2026-07-06T00:30:00Z", true),
+        set(&["db-01", "web-01"])
+    );
 }
 
 #[tokio::test]
@@ -371,12 +414,18 @@ async fn failures_are_one_line_and_fatal_and_the_cache_follows_the_revision() {
         assert!(err.contains(needle), "{err:?} lacks {needle:?}");
         assert!(o.stdout.is_empty());
     };
-    one_line(&inv(&[("MUSTER_TOKEN", "mst_wrong")], &["--list"]), "UNAUTHENTICATED");
+    one_line(
+        &inv(&[("MUSTER_TOKEN", "mst_wrong")], &["--list"]),
+        "UNAUTHENTICATED",
+    );
     one_line(
         &inv(&[("MUSTER_SERVER", "http://127.0.0.1:1")], &["--list"]),
         "cannot connect to http://127.0.0.1:1",
     );
-    one_line(&inv(&[("MUSTER_SELECTOR", "env in (")], &["--list"]), "INVALID_ARGUMENT");
+    one_line(
+        &inv(&[("MUSTER_SELECTOR", "env in (")], &["--list"]),
+        "INVALID_ARGUMENT",
+    );
     one_line(&inv(&[], &[]), "use --list or --host");
 
     // Ansible fails too (with ANSIBLE_INVENTORY_UNPARSED_FAILED) and shows the line.
@@ -384,11 +433,19 @@ async fn failures_are_one_line_and_fatal_and_the_cache_follows_the_revision() {
     let script = bin("muster-inventory").display().to_string();
     let o = a.run("ansible-inventory", &["-i", &script, "--list"], &[]);
     assert!(!o.status.success(), "{}", text(&o.stdout));
-    assert!(text(&o.stderr).contains("UNAUTHENTICATED"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        text(&o.stderr)
+    );
     let cfg = a.plugin_config("plugin: muster.fleet.muster\n");
     let o = a.run("ansible-inventory", &["-i", &cfg, "--list"], &[]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("UNAUTHENTICATED"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // Cache: the first run fills it. A doctored cache file is what the second run answers
     // with, which proves the server only said "not modified"; a write makes it stale.
@@ -396,8 +453,16 @@ async fn failures_are_one_line_and_fatal_and_the_cache_follows_the_revision() {
     let dir = cache.path().display().to_string();
     let env = [("MUSTER_INVENTORY_CACHE_DIR", dir.as_str())];
     let first = json_out(&inv(&env, &["--list"]));
-    assert_eq!(first["_meta"]["hostvars"]["web-01"]["muster_serial"], "SN-WEB-01");
-    let file = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(
+        first["_meta"]["hostvars"]["web-01"]["muster_serial"],
+        "SN-WEB-01"
+    );
+    let file = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut e = pb::ExportChunk::decode(std::fs::read(&file).unwrap().as_slice()).unwrap();
     for d in &mut e.devices {
         if let Some(dev) = d.device.as_mut() {
@@ -406,13 +471,19 @@ async fn failures_are_one_line_and_fatal_and_the_cache_follows_the_revision() {
     }
     std::fs::write(&file, e.encode_to_vec()).unwrap();
     let second = json_out(&inv(&env, &["--list"]));
-    assert_eq!(second["_meta"]["hostvars"]["web-01"]["muster_serial"], "CACHED-SN-WEB-01");
+    assert_eq!(
+        second["_meta"]["hostvars"]["web-01"]["muster_serial"],
+        "CACHED-SN-WEB-01"
+    );
     apply(
         &s,
         "kind: Device\ntype: SERVER\nmeta: {name: web-02, labels: {env: prod}}\nsite: fra1\n",
     );
     let third = json_out(&inv(&env, &["--list"]));
-    assert_eq!(third["_meta"]["hostvars"]["web-01"]["muster_serial"], "SN-WEB-01");
+    assert_eq!(
+        third["_meta"]["hostvars"]["web-01"]["muster_serial"],
+        "SN-WEB-01"
+    );
     assert!(third["_meta"]["hostvars"].get("web-02").is_some());
 }
 
@@ -431,12 +502,17 @@ async fn ping_and_playbook_reach_sshd_hosts_through_the_bridge() {
     let script = bin("muster-inventory").display().to_string();
 
     // Only hostvars from muster tell Ansible where the hosts are.
-    let o = a.run("ansible", &["-i", &script, "kind_server", "-m", "ping", "-o"], &[]);
+    let o = a.run(
+        "ansible",
+        &["-i", &script, "kind_server", "-m", "ping", "-o"],
+        &[],
+    );
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
     for h in ["web-01", "db-01"] {
         assert!(
-            out.lines().any(|l| l.starts_with(&format!("{h} | SUCCESS")) && l.contains("pong")),
+            out.lines()
+                .any(|l| l.starts_with(&format!("{h} | SUCCESS")) && l.contains("pong")),
             "{h} not pinged:\n{out}"
         );
     }
@@ -454,9 +530,15 @@ async fn ping_and_playbook_reach_sshd_hosts_through_the_bridge() {
         &["-i", &cfg, &book.display().to_string()],
         &[("ANSIBLE_STDOUT_CALLBACK", "muster.fleet.results")],
     );
-    assert_eq!(o.status.code(), Some(2), "{}\n{}", text(&o.stdout), text(&o.stderr));
-    let doc: Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let doc: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
     let hosts = &doc["plays"][0]["tasks"][0]["hosts"];
     assert_eq!(hosts["web-01"]["status"], "changed");
     assert_eq!(hosts["web-01"]["rc"], 0);
@@ -481,10 +563,23 @@ async fn setup_facts_of_this_machine_become_observed_state() {
     let tree = a.dir.path().join("facts");
     let o = a.run(
         "ansible",
-        &["-i", &script, "web-01", "-m", "setup", "--tree", &tree.display().to_string()],
+        &[
+            "-i",
+            &script,
+            "web-01",
+            "-m",
+            "setup",
+            "--tree",
+            &tree.display().to_string(),
+        ],
         &[],
     );
-    assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
 
     let ingest = |token: &str, args: &[&str]| {
         Command::new(bin("muster-inventory"))
@@ -502,7 +597,11 @@ async fn setup_facts_of_this_machine_become_observed_state() {
     // Reading is not enough to write.
     let o = ingest(VIEWER_TOKEN, &[&dir]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("PERMISSION_DENIED"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("PERMISSION_DENIED"),
+        "{}",
+        text(&o.stderr)
+    );
     // A host muster does not know: refused, nothing written.
     let copy = a.dir.path().join("unknown");
     std::fs::create_dir_all(&copy).unwrap();
@@ -540,12 +639,20 @@ async fn setup_facts_of_this_machine_become_observed_state() {
     let ext = serde_json::to_value(ext).unwrap();
     assert_eq!(ext["ansible_kernel"], kernel.as_str());
     assert_eq!(
-        d.meta.unwrap().annotations.get("agent.muster.io/facts-origin").map(String::as_str),
+        d.meta
+            .unwrap()
+            .annotations
+            .get("agent.muster.io/facts-origin")
+            .map(String::as_str),
         Some("ansible")
     );
 
     // The bridge shows the observed OS, and where it came from.
-    let doc = json_out(&a.run("ansible-inventory", &["-i", &script, "--host", "web-01"], &[]));
+    let doc = json_out(&a.run(
+        "ansible-inventory",
+        &["-i", &script, "--host", "web-01"],
+        &[],
+    ));
     assert_eq!(doc["muster_kernel"], kernel.as_str());
     assert_eq!(doc["muster_facts_origin"], "ansible");
 

@@ -67,7 +67,9 @@ impl SshFleet {
         }
         let uid = Command::new("id").arg("-u").output().context("id -u")?;
         if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            bail!("the sshd tests need root (sshd needs /run/sshd and to switch users); run them as root, as CI does");
+            bail!(
+                "the sshd tests need root (sshd needs /run/sshd and to switch users); run them as root, as CI does"
+            );
         }
         std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
         let dir = tempfile::tempdir()?;
