@@ -10,9 +10,14 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use muster::pb;
+use muster::window::Schedule;
 use muster_ansible::cache::Cache;
 use muster_ansible::config::{Overrides, Settings};
 use muster_ansible::{client, facts, render};
+
+/// mimalloc, as in musterd: the export is many small strings, glibc's malloc fragments them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -121,6 +126,23 @@ fn print(v: &serde_json::Value, pretty: bool) -> Result<()> {
     Ok(())
 }
 
+/// `--list` straight to stdout (no JSON tree in memory); `--pretty` re-indents a tree.
+fn print_list(
+    e: &client::Export,
+    opts: render::Options,
+    w: &[Schedule],
+    pretty: bool,
+) -> Result<()> {
+    if pretty {
+        return print(&render::list(e, opts, w), true);
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    render::write_list(&mut out, e, opts, w).context("writing the inventory")?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
 async fn inventory(cli: &Cli) -> Result<()> {
     if !cli.list && cli.host.is_none() {
         bail!("use --list or --host NAME (or the ingest-facts command)");
@@ -140,11 +162,10 @@ async fn inventory(cli: &Cli) -> Result<()> {
         only_in_window: s.in_window,
         now,
     };
-    let doc = match &cli.host {
-        Some(h) => render::host(&export, h, opts, &windows),
-        None => render::list(&export, opts, &windows),
-    };
-    print(&doc, cli.pretty)
+    match &cli.host {
+        Some(h) => print(&render::host(&export, h, opts, &windows), cli.pretty),
+        None => print_list(&export, opts, &windows, cli.pretty),
+    }
 }
 
 async fn ingest(

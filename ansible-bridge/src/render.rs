@@ -8,12 +8,13 @@
 //! anything), `label_<key>_<value>` for every label, and `in_window` (hosts whose maintenance
 //! window is open at the instant). Hostvars: see [`hostvars`].
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use muster::pb;
 use muster::window::Schedule;
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Value, json};
 
 use crate::client::Export;
 
@@ -31,33 +32,45 @@ pub fn safe_group_name(name: &str) -> String {
         .collect()
 }
 
-fn enum_name(s: &str) -> String {
-    s.to_ascii_lowercase()
-}
-
-fn kind_name(k: i32) -> String {
-    match pb::DeviceKind::try_from(k) {
-        Ok(pb::DeviceKind::Unspecified) | Err(_) => "unspecified".into(),
-        Ok(k) => enum_name(k.as_str_name()),
+fn kind_name(k: i32) -> &'static str {
+    use pb::DeviceKind as K;
+    match K::try_from(k) {
+        Ok(K::Server) => "server",
+        Ok(K::Storage) => "storage",
+        Ok(K::Switch) => "switch",
+        Ok(K::Router) => "router",
+        Ok(K::Firewall) => "firewall",
+        Ok(K::Pdu) => "pdu",
+        Ok(K::Vm) => "vm",
+        Ok(K::Unspecified) | Err(_) => "unspecified",
     }
 }
 
-fn lifecycle_name(l: i32) -> String {
-    match pb::Lifecycle::try_from(l) {
-        Ok(pb::Lifecycle::Unspecified) | Err(_) => "unspecified".into(),
-        Ok(l) => enum_name(l.as_str_name()),
+fn lifecycle_name(l: i32) -> &'static str {
+    use pb::Lifecycle as L;
+    match L::try_from(l) {
+        Ok(L::Planned) => "planned",
+        Ok(L::Provisioning) => "provisioning",
+        Ok(L::Active) => "active",
+        Ok(L::Maintenance) => "maintenance",
+        Ok(L::Decommissioned) => "decommissioned",
+        Ok(L::Unspecified) | Err(_) => "unspecified",
     }
 }
 
 /// A device that never reported has no health: it is `unknown` like a silent one.
-fn health_name(h: i32) -> String {
-    match pb::Health::try_from(h) {
-        Ok(pb::Health::Unspecified) | Err(_) => "unknown".into(),
-        Ok(h) => enum_name(h.as_str_name()),
+fn health_name(h: i32) -> &'static str {
+    use pb::Health as H;
+    match H::try_from(h) {
+        Ok(H::Ok) => "ok",
+        Ok(H::Warning) => "warning",
+        Ok(H::Critical) => "critical",
+        Ok(H::Unknown | H::Unspecified) | Err(_) => "unknown",
     }
 }
 
-/// The hostvars of one device:
+/// The hostvars of one device, serialized straight from the export (no intermediate JSON
+/// tree: at 10,000 hosts that tree cost more than everything else together):
 ///
 /// - `ansible_host`, `ansible_port`, `ansible_user` from the device's SSH endpoint
 ///   (`ansible_host` falls back to the management address; the port defaults to 22);
@@ -67,87 +80,127 @@ fn health_name(h: i32) -> String {
 ///   `muster_drift_count`, `muster_os_release`, `muster_kernel`, `muster_facts_origin`
 ///   (`agent`, `ansible`, or empty when no facts were ever stored), `muster_revision`;
 /// - `muster_in_window` (bool) when windows were evaluated.
-pub fn hostvars(d: &pb::ExportDevice, in_window: Option<bool>) -> Map<String, Value> {
-    let mut v = Map::new();
-    let Some(dev) = &d.device else {
-        return v;
-    };
-    let meta = dev.meta.clone().unwrap_or_default();
-    let status = dev.status.clone().unwrap_or_default();
-    let ssh = dev.ssh.clone().unwrap_or_default();
-    let host = if ssh.host.is_empty() {
-        dev.management_address.clone()
-    } else {
-        ssh.host.clone()
-    };
-    if !host.is_empty() {
-        v.insert("ansible_host".into(), json!(host));
-        v.insert(
-            "ansible_port".into(),
-            json!(if ssh.port == 0 { 22 } else { ssh.port }),
-        );
-    }
-    if !ssh.user.is_empty() {
-        v.insert("ansible_user".into(), json!(ssh.user));
-    }
-    let os = d.os.clone().unwrap_or_default();
-    let labels: BTreeMap<&String, &String> = meta.labels.iter().collect();
-    for (k, val) in [
-        ("muster_id", json!(meta.id)),
-        ("muster_kind", json!(kind_name(dev.kind))),
-        ("muster_site", json!(dev.site)),
-        ("muster_rack", json!(dev.rack)),
-        ("muster_role", json!(dev.role)),
-        ("muster_lifecycle", json!(lifecycle_name(dev.lifecycle))),
-        ("muster_health", json!(health_name(status.health))),
-        ("muster_serial", json!(dev.serial)),
-        ("muster_asset_tag", json!(dev.asset_tag)),
-        ("muster_vendor", json!(dev.vendor)),
-        ("muster_model", json!(dev.model)),
-        ("muster_parent", json!(dev.parent)),
-        ("muster_management_address", json!(dev.management_address)),
-        ("muster_labels", json!(labels)),
-        ("muster_drift_count", json!(status.drift.len())),
-        ("muster_os_release", json!(os.release)),
-        ("muster_kernel", json!(os.kernel)),
-        ("muster_facts_origin", json!(status.origin)),
-        ("muster_revision", json!(meta.revision)),
-    ] {
-        v.insert(k.into(), val);
-    }
-    if let Some(w) = in_window {
-        v.insert("muster_in_window".into(), json!(w));
-    }
-    v
+#[derive(Debug, Clone, Copy)]
+pub struct HostVars<'a> {
+    pub device: &'a pb::Device,
+    pub os: Option<&'a pb::OsFacts>,
+    pub in_window: Option<bool>,
 }
 
-/// The groups one device belongs to (sanitized names).
-pub fn groups_of(d: &pb::Device, in_window: bool) -> Vec<String> {
-    let status = d.status.clone().unwrap_or_default();
-    let mut g = vec![
-        format!("kind_{}", kind_name(d.kind)),
-        format!("lifecycle_{}", lifecycle_name(d.lifecycle)),
-        format!("health_{}", health_name(status.health)),
-        if status.drift.is_empty() {
-            "drift_no".to_string()
+/// A device's labels as a map sorted by key.
+struct Labels<'a>(&'a std::collections::HashMap<String, String>);
+
+impl Serialize for Labels<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut sorted: Vec<(&String, &String)> = self.0.iter().collect();
+        sorted.sort_unstable();
+        let mut m = s.serialize_map(Some(sorted.len()))?;
+        for (k, v) in sorted {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for HostVars<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let dev = self.device;
+        let empty_meta = pb::ObjectMeta::default();
+        let meta = dev.meta.as_ref().unwrap_or(&empty_meta);
+        let (health, drift, origin) = dev.status.as_ref().map_or((0, 0, ""), |st| {
+            (st.health, st.drift.len(), st.origin.as_str())
+        });
+        let (ssh_host, ssh_port, ssh_user) = dev
+            .ssh
+            .as_ref()
+            .map_or(("", 0, ""), |e| (e.host.as_str(), e.port, e.user.as_str()));
+        let host = if ssh_host.is_empty() {
+            dev.management_address.as_str()
         } else {
-            "drift_yes".to_string()
-        },
-    ];
-    for (prefix, value) in [("site", &d.site), ("rack", &d.rack), ("role", &d.role)] {
+            ssh_host
+        };
+        let (release, kernel) = self
+            .os
+            .map_or(("", ""), |o| (o.release.as_str(), o.kernel.as_str()));
+        let mut m = s.serialize_map(None)?;
+        if !host.is_empty() {
+            m.serialize_entry("ansible_host", host)?;
+            m.serialize_entry("ansible_port", &if ssh_port == 0 { 22 } else { ssh_port })?;
+        }
+        if !ssh_user.is_empty() {
+            m.serialize_entry("ansible_user", ssh_user)?;
+        }
+        m.serialize_entry("muster_id", &meta.id)?;
+        m.serialize_entry("muster_kind", kind_name(dev.kind))?;
+        m.serialize_entry("muster_site", &dev.site)?;
+        m.serialize_entry("muster_rack", &dev.rack)?;
+        m.serialize_entry("muster_role", &dev.role)?;
+        m.serialize_entry("muster_lifecycle", lifecycle_name(dev.lifecycle))?;
+        m.serialize_entry("muster_health", health_name(health))?;
+        m.serialize_entry("muster_serial", &dev.serial)?;
+        m.serialize_entry("muster_asset_tag", &dev.asset_tag)?;
+        m.serialize_entry("muster_vendor", &dev.vendor)?;
+        m.serialize_entry("muster_model", &dev.model)?;
+        m.serialize_entry("muster_parent", &dev.parent)?;
+        m.serialize_entry("muster_management_address", &dev.management_address)?;
+        m.serialize_entry("muster_labels", &Labels(&meta.labels))?;
+        m.serialize_entry("muster_drift_count", &drift)?;
+        m.serialize_entry("muster_os_release", release)?;
+        m.serialize_entry("muster_kernel", kernel)?;
+        m.serialize_entry("muster_facts_origin", origin)?;
+        m.serialize_entry("muster_revision", &meta.revision)?;
+        if let Some(w) = self.in_window {
+            m.serialize_entry("muster_in_window", &w)?;
+        }
+        m.end()
+    }
+}
+
+/// The groups of one device, as (prefix, value) pairs; the name is
+/// `safe_group_name(prefix + value)`. Building names per host would allocate some 400,000
+/// strings for 10,000 hosts with 30 labels: `GroupIndex` names each distinct pair once.
+fn group_keys<'a>(
+    d: &'a pb::Device,
+    in_window: bool,
+    out: &mut Vec<(&'static str, &'a str, &'a str)>,
+) {
+    out.clear();
+    let (health, drift) = d
+        .status
+        .as_ref()
+        .map_or((0, false), |st| (st.health, !st.drift.is_empty()));
+    out.push(("kind_", kind_name(d.kind), ""));
+    out.push(("lifecycle_", lifecycle_name(d.lifecycle), ""));
+    out.push(("health_", health_name(health), ""));
+    out.push(("drift_", if drift { "yes" } else { "no" }, ""));
+    for (prefix, value) in [("site_", &d.site), ("rack_", &d.rack), ("role_", &d.role)] {
         if !value.is_empty() {
-            g.push(format!("{prefix}_{value}"));
+            out.push((prefix, value.as_str(), ""));
         }
     }
     if let Some(m) = &d.meta {
         for (k, v) in &m.labels {
-            g.push(format!("label_{k}_{v}"));
+            out.push(("label_", k.as_str(), v.as_str()));
         }
     }
     if in_window {
-        g.push("in_window".into());
+        out.push(("in_window", "", ""));
     }
-    g.iter().map(|n| safe_group_name(n)).collect()
+}
+
+fn group_name(prefix: &str, a: &str, b: &str) -> String {
+    if b.is_empty() {
+        safe_group_name(&format!("{prefix}{a}"))
+    } else {
+        safe_group_name(&format!("{prefix}{a}_{b}"))
+    }
+}
+
+/// The groups one device belongs to (sanitized names).
+pub fn groups_of(d: &pb::Device, in_window: bool) -> Vec<String> {
+    let mut keys = Vec::new();
+    group_keys(d, in_window, &mut keys);
+    keys.iter().map(|(p, a, b)| group_name(p, a, b)).collect()
 }
 
 /// How to render.
@@ -199,74 +252,169 @@ pub fn schedules(e: &Export) -> (Vec<Schedule>, Vec<String>) {
     (out, problems)
 }
 
-/// The full `--list` document.
-pub fn list(e: &Export, opts: Options, windows: &[Schedule]) -> Value {
-    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut vars = Map::new();
-    let mut ungrouped = Vec::new();
+/// Writes the full `--list` document.
+pub fn write_list<W: std::io::Write>(
+    w: W,
+    e: &Export,
+    opts: Options,
+    windows: &[Schedule],
+) -> serde_json::Result<()> {
+    type Key<'a> = (&'static str, &'a str, &'a str);
+    // Group index: (prefix, value, value) -> position in `groups`.
+    let mut index: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    let mut hosts: Vec<HostVars<'_>> = Vec::with_capacity(e.devices.len());
+    let mut names: Vec<&str> = Vec::with_capacity(e.devices.len());
+    let mut keys = Vec::new();
     for d in &e.devices {
         let Some(dev) = &d.device else { continue };
-        let name = dev
-            .meta
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
+        let name = dev.meta.as_ref().map_or("", |m| m.name.as_str());
         if name.is_empty() {
             continue;
         }
-        let labels = dev.meta.as_ref().map(|m| &m.labels);
-        let open = muster::window::in_window(
-            windows,
-            |k| labels.and_then(|l| l.get(k)).map(String::as_str),
-            opts.now,
-        );
+        let open = !windows.is_empty() && {
+            let labels = dev.meta.as_ref().map(|m| &m.labels);
+            muster::window::in_window(
+                windows,
+                |k| labels.and_then(|l| l.get(k)).map(String::as_str),
+                opts.now,
+            )
+        };
         if opts.only_in_window && !open {
             continue;
         }
-        let gs = groups_of(dev, open);
-        if gs.is_empty() {
-            ungrouped.push(name.clone());
+        group_keys(dev, open, &mut keys);
+        for k in &keys {
+            let i = *index.entry(*k).or_insert_with(|| {
+                groups.push((group_name(k.0, k.1, k.2), Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(name);
         }
-        for g in gs {
-            groups.entry(g).or_default().push(name.clone());
+        names.push(name);
+        hosts.push(HostVars {
+            device: dev,
+            os: d.os.as_ref(),
+            in_window: Some(open),
+        });
+    }
+    // Distinct pairs can sanitize to one name (`a.b` and `a_b`): merge them, as Ansible would.
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Vec<(String, Vec<&str>)> = Vec::with_capacity(groups.len());
+    for (g, hs) in groups {
+        match merged.last_mut() {
+            Some((last, v)) if *last == g => v.extend(hs),
+            _ => merged.push((g, hs)),
         }
-        vars.insert(name, Value::Object(hostvars(d, Some(open))));
     }
-    let mut doc = Map::new();
-    let mut children: Vec<String> = groups.keys().cloned().collect();
-    children.push("ungrouped".into());
-    for (g, mut hosts) in groups {
-        hosts.sort();
-        doc.insert(g, json!({ "hosts": hosts }));
+    for (_, hs) in &mut merged {
+        hs.sort_unstable();
+        hs.dedup();
     }
-    ungrouped.sort();
-    doc.insert("ungrouped".into(), json!({ "hosts": ungrouped }));
-    doc.insert("all".into(), json!({ "children": children }));
-    doc.insert("_meta".into(), json!({ "hostvars": vars }));
-    Value::Object(doc)
+    // Every host has a kind group, so `ungrouped` is empty; it is listed because Ansible
+    // expects it.
+    let doc = ListDoc {
+        groups: &merged,
+        names: &names,
+        hosts: &hosts,
+    };
+    serde_json::to_writer(w, &doc)
+}
+
+struct ListDoc<'a> {
+    groups: &'a [(String, Vec<&'a str>)],
+    names: &'a [&'a str],
+    hosts: &'a [HostVars<'a>],
+}
+
+struct GroupHosts<'a>(&'a [&'a str]);
+
+impl Serialize for GroupHosts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("hosts", self.0)?;
+        m.end()
+    }
+}
+
+struct Children<'a>(&'a [(String, Vec<&'a str>)]);
+
+impl Serialize for Children<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        let names: Vec<&str> = self
+            .0
+            .iter()
+            .map(|g| g.0.as_str())
+            .chain(["ungrouped"])
+            .collect();
+        m.serialize_entry("children", &names)?;
+        m.end()
+    }
+}
+
+struct Meta<'a>(&'a [&'a str], &'a [HostVars<'a>]);
+
+impl Serialize for Meta<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct All<'a>(&'a [&'a str], &'a [HostVars<'a>]);
+        impl Serialize for All<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (n, h) in self.0.iter().zip(self.1) {
+                    m.serialize_entry(n, h)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("hostvars", &All(self.0, self.1))?;
+        m.end()
+    }
+}
+
+impl Serialize for ListDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.groups.len() + 3))?;
+        for (g, hs) in self.groups {
+            m.serialize_entry(g, &GroupHosts(hs))?;
+        }
+        m.serialize_entry("ungrouped", &GroupHosts(&[]))?;
+        m.serialize_entry("all", &Children(self.groups))?;
+        m.serialize_entry("_meta", &Meta(self.names, self.hosts))?;
+        m.end()
+    }
+}
+
+/// The `--list` document as a JSON value (tests; the binary streams with `write_list`).
+pub fn list(e: &Export, opts: Options, windows: &[Schedule]) -> Value {
+    let mut buf = Vec::new();
+    if write_list(&mut buf, e, opts, windows).is_err() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&buf).unwrap_or(Value::Null)
 }
 
 /// The `--host NAME` document: that host's vars, `{}` for a host muster does not know.
 pub fn host(e: &Export, name: &str, opts: Options, windows: &[Schedule]) -> Value {
-    let Some(d) = e.devices.iter().find(|d| {
-        d.device
-            .as_ref()
-            .and_then(|x| x.meta.as_ref())
-            .is_some_and(|m| m.name == name)
+    let Some((dev, os)) = e.devices.iter().find_map(|d| {
+        let dev = d.device.as_ref()?;
+        (dev.meta.as_ref()?.name == name).then_some((dev, d.os.as_ref()))
     }) else {
         return json!({});
     };
-    let labels = d
-        .device
-        .as_ref()
-        .and_then(|x| x.meta.as_ref())
-        .map(|m| &m.labels);
+    let labels = dev.meta.as_ref().map(|m| &m.labels);
     let open = muster::window::in_window(
         windows,
         |k| labels.and_then(|l| l.get(k)).map(String::as_str),
         opts.now,
     );
-    Value::Object(hostvars(d, Some(open)))
+    serde_json::to_value(HostVars {
+        device: dev,
+        os,
+        in_window: Some(open),
+    })
+    .unwrap_or_else(|_| json!({}))
 }
 
 #[cfg(test)]
