@@ -20,6 +20,10 @@
 //! - external: the whole `ansible_facts` object except `packages`, as canonical JSON (keys
 //!   sorted), so `expect` rules can address any Ansible fact.
 
+// Generated messages gain fields as the contract evolves (protobuf's rules); `..Default` keeps
+// this mapping compiling when they do, even where today it sets every field.
+#![allow(clippy::needless_update)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -147,6 +151,7 @@ fn nics(f: &Value) -> Vec<pb::Nic> {
                 mac: s(nic, "macaddress").to_lowercase(),
                 addresses: addresses(nic),
                 speed_mbps: speed,
+                ..Default::default()
             })
         })
         .collect()
@@ -171,6 +176,7 @@ fn disks(f: &Value) -> Vec<pb::BlockDevice> {
                 model: s(d, "model"),
                 serial: s(d, "serial"),
                 rotational: s(d, "rotational") == "1",
+                ..Default::default()
             }
         })
         .collect()
@@ -191,6 +197,7 @@ fn packages(f: &Value) -> Option<Vec<pb::InstalledPackage>> {
                     format!("{version}-{release}")
                 },
                 arch: s(p, "arch"),
+                ..Default::default()
             });
         }
     }
@@ -241,6 +248,7 @@ pub fn to_facts(f: &Value) -> Result<pb::Facts> {
         sockets: count,
         cores: u32_of(f, "ansible_processor_cores").saturating_mul(count.max(1)),
         threads: u32_of(f, "ansible_processor_vcpus"),
+        ..Default::default()
     };
     let mut external = f.clone();
     if let Some(o) = external.as_object_mut() {
