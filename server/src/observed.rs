@@ -48,6 +48,9 @@ pub fn sel_key(device_id: &str) -> Vec<u8> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum MetaRecord {
     V1(ReportMeta),
+    /// Facts from another origin than an agent (e.g. `ansible`): the same metadata and the
+    /// origin. Agent reports keep writing `V1`, byte for byte what they wrote before.
+    V2(ReportMeta, String),
 }
 
 /// What the server keeps about a device's reporting.
@@ -72,12 +75,21 @@ pub struct ReportMeta {
     /// encoded): a report compares against these instead of reading the device.
     pub health: i32,
     pub reasons: Vec<Vec<u8>>,
+    /// Where the facts came from when not from an agent ("ansible"); empty for agents. Stored
+    /// beside the struct (`MetaRecord::V2`), so records written before it decode unchanged.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 impl ReportMeta {
     /// Encodes for the store.
     pub fn encode(&self) -> Result<Vec<u8>, ApiError> {
-        postcard::to_stdvec(&MetaRecord::V1(self.clone()))
+        let record = if self.origin.is_empty() {
+            MetaRecord::V1(self.clone())
+        } else {
+            MetaRecord::V2(self.clone(), self.origin.clone())
+        };
+        postcard::to_stdvec(&record)
             .map_err(|e| ApiError::Internal(format!("encoding report metadata: {e}")))
     }
 
@@ -85,6 +97,7 @@ impl ReportMeta {
     pub fn decode(bytes: &[u8]) -> Result<Self, ApiError> {
         match postcard::from_bytes(bytes) {
             Ok(MetaRecord::V1(m)) => Ok(m),
+            Ok(MetaRecord::V2(m, origin)) => Ok(Self { origin, ..m }),
             Err(e) => Err(ApiError::Internal(format!(
                 "corrupt report metadata record: {e}"
             ))),
@@ -252,7 +265,11 @@ pub fn fill_meta(status: &mut pb::ObservedState, m: &ReportMeta) {
     status.report_seq = m.seq;
     status.facts_hash = m.facts_hash.clone();
     status.collectors = m.collectors();
-    status.origin = "agent".into();
+    status.origin = if m.origin.is_empty() {
+        "agent".into()
+    } else {
+        m.origin.clone()
+    };
     if m.interval_ms > 0 {
         status.report_interval = Some(pbjson_types::Duration {
             seconds: i64::try_from(m.interval_ms / 1000).unwrap_or(i64::MAX),
@@ -304,6 +321,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ReportMeta::decode(&m.encode().unwrap()).unwrap(), m);
+        let other = ReportMeta {
+            origin: "ansible".into(),
+            ..m.clone()
+        };
+        assert_eq!(ReportMeta::decode(&other.encode().unwrap()).unwrap(), other);
         let sel = vec![SelSeen {
             received_nanos: 5,
             entry: pb::SelEntry {

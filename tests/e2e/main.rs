@@ -6,6 +6,7 @@
 
 mod agent;
 mod agent_facts;
+mod ansible;
 mod api;
 mod backup;
 mod cli;

@@ -3,6 +3,7 @@
 //! talk to it over gRPC or through the real `muster` CLI.
 
 pub mod ipmi;
+pub mod ssh;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

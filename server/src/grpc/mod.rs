@@ -6,6 +6,7 @@ pub mod agent;
 pub mod audit;
 pub mod config;
 pub mod edge;
+pub mod export;
 pub mod inventory;
 pub mod status;
 

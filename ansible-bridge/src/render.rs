@@ -1,0 +1,582 @@
+//! Renders an export as Ansible's dynamic inventory JSON: the groups, `all`/`ungrouped`, and
+//! `_meta.hostvars` for every host (so Ansible never runs the script once per host).
+//!
+//! Pure: the export and the instant come in, JSON goes out. The inventory hostname is the
+//! device name. Groups (names sanitized as Ansible does, see [`safe_group_name`]):
+//! `kind_<kind>`, `site_<site>`, `rack_<rack>`, `role_<role>`, `lifecycle_<lifecycle>`,
+//! `health_<ok|warning|critical|unknown>`, `drift_yes`/`drift_no` (whether `status.drift` lists
+//! anything), `label_<key>_<value>` for every label, and `in_window` (hosts whose maintenance
+//! window is open at the instant). Hostvars: see [`hostvars`].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use muster::pb;
+use muster::window::Schedule;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Value, json};
+
+use crate::client::Export;
+
+/// Ansible's rule for group names (`ansible.inventory.group.to_safe_group_name`): every
+/// character outside `[A-Za-z0-9_]` becomes `_`.
+pub fn safe_group_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn kind_name(k: i32) -> &'static str {
+    use pb::DeviceKind as K;
+    match K::try_from(k) {
+        Ok(K::Server) => "server",
+        Ok(K::Storage) => "storage",
+        Ok(K::Switch) => "switch",
+        Ok(K::Router) => "router",
+        Ok(K::Firewall) => "firewall",
+        Ok(K::Pdu) => "pdu",
+        Ok(K::Vm) => "vm",
+        Ok(K::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+fn lifecycle_name(l: i32) -> &'static str {
+    use pb::Lifecycle as L;
+    match L::try_from(l) {
+        Ok(L::Planned) => "planned",
+        Ok(L::Provisioning) => "provisioning",
+        Ok(L::Active) => "active",
+        Ok(L::Maintenance) => "maintenance",
+        Ok(L::Decommissioned) => "decommissioned",
+        Ok(L::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+/// A device that never reported has no health: it is `unknown` like a silent one.
+fn health_name(h: i32) -> &'static str {
+    use pb::Health as H;
+    match H::try_from(h) {
+        Ok(H::Ok) => "ok",
+        Ok(H::Warning) => "warning",
+        Ok(H::Critical) => "critical",
+        Ok(H::Unknown | H::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// The hostvars of one device, serialized straight from the export (no intermediate JSON
+/// tree: at 10,000 hosts that tree cost more than everything else together):
+///
+/// - `ansible_host`, `ansible_port`, `ansible_user` from the device's SSH endpoint
+///   (`ansible_host` falls back to the management address; the port defaults to 22);
+/// - `muster_id`, `muster_kind`, `muster_site`, `muster_rack`, `muster_role`,
+///   `muster_lifecycle`, `muster_health`, `muster_serial`, `muster_asset_tag`, `muster_vendor`,
+///   `muster_model`, `muster_parent`, `muster_management_address`, `muster_labels` (a map),
+///   `muster_drift_count`, `muster_os_release`, `muster_kernel`, `muster_facts_origin`
+///   (`agent`, `ansible`, or empty when no facts were ever stored), `muster_revision`;
+/// - `muster_in_window` (bool) when windows were evaluated.
+#[derive(Debug, Clone, Copy)]
+pub struct HostVars<'a> {
+    pub device: &'a pb::Device,
+    pub os: Option<&'a pb::OsFacts>,
+    pub in_window: Option<bool>,
+}
+
+/// A device's labels as a map sorted by key.
+struct Labels<'a>(&'a std::collections::HashMap<String, String>);
+
+impl Serialize for Labels<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut sorted: Vec<(&String, &String)> = self.0.iter().collect();
+        sorted.sort_unstable();
+        let mut m = s.serialize_map(Some(sorted.len()))?;
+        for (k, v) in sorted {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for HostVars<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let dev = self.device;
+        let empty_meta = pb::ObjectMeta::default();
+        let meta = dev.meta.as_ref().unwrap_or(&empty_meta);
+        let (health, drift, origin) = dev.status.as_ref().map_or((0, 0, ""), |st| {
+            (st.health, st.drift.len(), st.origin.as_str())
+        });
+        let (ssh_host, ssh_port, ssh_user) = dev
+            .ssh
+            .as_ref()
+            .map_or(("", 0, ""), |e| (e.host.as_str(), e.port, e.user.as_str()));
+        let host = if ssh_host.is_empty() {
+            dev.management_address.as_str()
+        } else {
+            ssh_host
+        };
+        let (release, kernel) = self
+            .os
+            .map_or(("", ""), |o| (o.release.as_str(), o.kernel.as_str()));
+        let mut m = s.serialize_map(None)?;
+        if !host.is_empty() {
+            m.serialize_entry("ansible_host", host)?;
+            m.serialize_entry("ansible_port", &if ssh_port == 0 { 22 } else { ssh_port })?;
+        }
+        if !ssh_user.is_empty() {
+            m.serialize_entry("ansible_user", ssh_user)?;
+        }
+        m.serialize_entry("muster_id", &meta.id)?;
+        m.serialize_entry("muster_kind", kind_name(dev.kind))?;
+        m.serialize_entry("muster_site", &dev.site)?;
+        m.serialize_entry("muster_rack", &dev.rack)?;
+        m.serialize_entry("muster_role", &dev.role)?;
+        m.serialize_entry("muster_lifecycle", lifecycle_name(dev.lifecycle))?;
+        m.serialize_entry("muster_health", health_name(health))?;
+        m.serialize_entry("muster_serial", &dev.serial)?;
+        m.serialize_entry("muster_asset_tag", &dev.asset_tag)?;
+        m.serialize_entry("muster_vendor", &dev.vendor)?;
+        m.serialize_entry("muster_model", &dev.model)?;
+        m.serialize_entry("muster_parent", &dev.parent)?;
+        m.serialize_entry("muster_management_address", &dev.management_address)?;
+        m.serialize_entry("muster_labels", &Labels(&meta.labels))?;
+        m.serialize_entry("muster_drift_count", &drift)?;
+        m.serialize_entry("muster_os_release", release)?;
+        m.serialize_entry("muster_kernel", kernel)?;
+        m.serialize_entry("muster_facts_origin", origin)?;
+        m.serialize_entry("muster_revision", &meta.revision)?;
+        if let Some(w) = self.in_window {
+            m.serialize_entry("muster_in_window", &w)?;
+        }
+        m.end()
+    }
+}
+
+/// The groups of one device, as (prefix, value) pairs; the name is
+/// `safe_group_name(prefix + value)`. Building names per host would allocate some 400,000
+/// strings for 10,000 hosts with 30 labels: `GroupIndex` names each distinct pair once.
+fn group_keys<'a>(
+    d: &'a pb::Device,
+    in_window: bool,
+    out: &mut Vec<(&'static str, &'a str, &'a str)>,
+) {
+    out.clear();
+    let (health, drift) = d
+        .status
+        .as_ref()
+        .map_or((0, false), |st| (st.health, !st.drift.is_empty()));
+    out.push(("kind_", kind_name(d.kind), ""));
+    out.push(("lifecycle_", lifecycle_name(d.lifecycle), ""));
+    out.push(("health_", health_name(health), ""));
+    out.push(("drift_", if drift { "yes" } else { "no" }, ""));
+    for (prefix, value) in [("site_", &d.site), ("rack_", &d.rack), ("role_", &d.role)] {
+        if !value.is_empty() {
+            out.push((prefix, value.as_str(), ""));
+        }
+    }
+    if let Some(m) = &d.meta {
+        for (k, v) in &m.labels {
+            out.push(("label_", k.as_str(), v.as_str()));
+        }
+    }
+    if in_window {
+        out.push(("in_window", "", ""));
+    }
+}
+
+fn group_name(prefix: &str, a: &str, b: &str) -> String {
+    if b.is_empty() {
+        safe_group_name(&format!("{prefix}{a}"))
+    } else {
+        safe_group_name(&format!("{prefix}{a}_{b}"))
+    }
+}
+
+/// The groups one device belongs to (sanitized names).
+pub fn groups_of(d: &pb::Device, in_window: bool) -> Vec<String> {
+    let mut keys = Vec::new();
+    group_keys(d, in_window, &mut keys);
+    keys.iter().map(|(p, a, b)| group_name(p, a, b)).collect()
+}
+
+/// How to render.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// List only hosts whose maintenance window is open at `now`.
+    pub only_in_window: bool,
+    /// The instant windows are evaluated at.
+    pub now: DateTime<Utc>,
+}
+
+/// Parses every window; one that cannot be evaluated is reported on stderr by the caller and
+/// then treated on the safe side: a broken maintenance window opens nothing, a broken freeze
+/// is taken as always open (so it closes every host it selects).
+pub fn schedules(e: &Export) -> (Vec<Schedule>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for w in &e.windows {
+        match Schedule::parse(w) {
+            Ok(s) => out.push(s),
+            Err(err) => {
+                problems.push(err.to_string());
+                if w.freeze {
+                    let mut always = w.clone();
+                    always.cron = String::new();
+                    always.ranges = vec![pb::TimeRange {
+                        start: Some(pbjson_types::Timestamp {
+                            seconds: i64::MIN / 2,
+                            nanos: 0,
+                        }),
+                        end: Some(pbjson_types::Timestamp {
+                            seconds: i64::MAX / 2,
+                            nanos: 0,
+                        }),
+                    }];
+                    if let Ok(s) = Schedule::parse(&always) {
+                        out.push(s);
+                    } else {
+                        // Its selector is broken too: it cannot be matched, so nothing opens.
+                        always.selector = String::new();
+                        if let Ok(s) = Schedule::parse(&always) {
+                            out.push(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (out, problems)
+}
+
+/// Writes the full `--list` document.
+pub fn write_list<W: std::io::Write>(
+    w: W,
+    e: &Export,
+    opts: Options,
+    windows: &[Schedule],
+) -> serde_json::Result<()> {
+    type Key<'a> = (&'static str, &'a str, &'a str);
+    // Group index: (prefix, value, value) -> position in `groups`.
+    let mut index: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    let mut hosts: Vec<HostVars<'_>> = Vec::with_capacity(e.devices.len());
+    let mut names: Vec<&str> = Vec::with_capacity(e.devices.len());
+    let mut keys = Vec::new();
+    for d in &e.devices {
+        let Some(dev) = &d.device else { continue };
+        let name = dev.meta.as_ref().map_or("", |m| m.name.as_str());
+        if name.is_empty() {
+            continue;
+        }
+        let open = !windows.is_empty() && {
+            let labels = dev.meta.as_ref().map(|m| &m.labels);
+            muster::window::in_window(
+                windows,
+                |k| labels.and_then(|l| l.get(k)).map(String::as_str),
+                opts.now,
+            )
+        };
+        if opts.only_in_window && !open {
+            continue;
+        }
+        group_keys(dev, open, &mut keys);
+        for k in &keys {
+            let i = *index.entry(*k).or_insert_with(|| {
+                groups.push((group_name(k.0, k.1, k.2), Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(name);
+        }
+        names.push(name);
+        hosts.push(HostVars {
+            device: dev,
+            os: d.os.as_ref(),
+            in_window: Some(open),
+        });
+    }
+    // Distinct pairs can sanitize to one name (`a.b` and `a_b`): merge them, as Ansible would.
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Vec<(String, Vec<&str>)> = Vec::with_capacity(groups.len());
+    for (g, hs) in groups {
+        match merged.last_mut() {
+            Some((last, v)) if *last == g => v.extend(hs),
+            _ => merged.push((g, hs)),
+        }
+    }
+    for (_, hs) in &mut merged {
+        hs.sort_unstable();
+        hs.dedup();
+    }
+    // Every host has a kind group, so `ungrouped` is empty; it is listed because Ansible
+    // expects it.
+    let doc = ListDoc {
+        groups: &merged,
+        names: &names,
+        hosts: &hosts,
+    };
+    serde_json::to_writer(w, &doc)
+}
+
+struct ListDoc<'a> {
+    groups: &'a [(String, Vec<&'a str>)],
+    names: &'a [&'a str],
+    hosts: &'a [HostVars<'a>],
+}
+
+struct GroupHosts<'a>(&'a [&'a str]);
+
+impl Serialize for GroupHosts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("hosts", self.0)?;
+        m.end()
+    }
+}
+
+struct Children<'a>(&'a [(String, Vec<&'a str>)]);
+
+impl Serialize for Children<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        let names: Vec<&str> = self
+            .0
+            .iter()
+            .map(|g| g.0.as_str())
+            .chain(["ungrouped"])
+            .collect();
+        m.serialize_entry("children", &names)?;
+        m.end()
+    }
+}
+
+struct Meta<'a>(&'a [&'a str], &'a [HostVars<'a>]);
+
+impl Serialize for Meta<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct All<'a>(&'a [&'a str], &'a [HostVars<'a>]);
+        impl Serialize for All<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (n, h) in self.0.iter().zip(self.1) {
+                    m.serialize_entry(n, h)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("hostvars", &All(self.0, self.1))?;
+        m.end()
+    }
+}
+
+impl Serialize for ListDoc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.groups.len() + 3))?;
+        for (g, hs) in self.groups {
+            m.serialize_entry(g, &GroupHosts(hs))?;
+        }
+        m.serialize_entry("ungrouped", &GroupHosts(&[]))?;
+        m.serialize_entry("all", &Children(self.groups))?;
+        m.serialize_entry("_meta", &Meta(self.names, self.hosts))?;
+        m.end()
+    }
+}
+
+/// The `--list` document as a JSON value (tests; the binary streams with `write_list`).
+pub fn list(e: &Export, opts: Options, windows: &[Schedule]) -> Value {
+    let mut buf = Vec::new();
+    if write_list(&mut buf, e, opts, windows).is_err() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&buf).unwrap_or(Value::Null)
+}
+
+/// The `--host NAME` document: that host's vars, `{}` for a host muster does not know.
+pub fn host(e: &Export, name: &str, opts: Options, windows: &[Schedule]) -> Value {
+    let Some((dev, os)) = e.devices.iter().find_map(|d| {
+        let dev = d.device.as_ref()?;
+        (dev.meta.as_ref()?.name == name).then_some((dev, d.os.as_ref()))
+    }) else {
+        return json!({});
+    };
+    let labels = dev.meta.as_ref().map(|m| &m.labels);
+    let open = muster::window::in_window(
+        windows,
+        |k| labels.and_then(|l| l.get(k)).map(String::as_str),
+        opts.now,
+    );
+    serde_json::to_value(HostVars {
+        device: dev,
+        os,
+        in_window: Some(open),
+    })
+    .unwrap_or_else(|_| json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn device(
+        name: &str,
+        labels: &[(&str, &str)],
+        health: pb::Health,
+        drift: usize,
+    ) -> pb::ExportDevice {
+        pb::ExportDevice {
+            device: Some(pb::Device {
+                meta: Some(pb::ObjectMeta {
+                    name: name.into(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                kind: pb::DeviceKind::Server as i32,
+                site: "fra-1".into(),
+                lifecycle: pb::Lifecycle::Active as i32,
+                ssh: Some(pb::SshEndpoint {
+                    host: "127.0.0.1".into(),
+                    port: 2201,
+                    user: "ops".into(),
+                    ..Default::default()
+                }),
+                status: Some(pb::ObservedState {
+                    health: health as i32,
+                    drift: vec![pb::DriftItem::default(); drift],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            os: None,
+        }
+    }
+
+    #[test]
+    fn group_names_are_sanitized_like_ansible() {
+        assert_eq!(
+            safe_group_name("label_app.kubernetes.io/name_web-1"),
+            "label_app_kubernetes_io_name_web_1"
+        );
+        assert_eq!(safe_group_name("site_fra1"), "site_fra1");
+    }
+
+    #[test]
+    fn list_has_groups_meta_and_in_window() {
+        let e = Export {
+            devices: vec![
+                device("a", &[("env", "prod")], pb::Health::Ok, 0),
+                device("b", &[("env", "dev")], pb::Health::Critical, 2),
+            ],
+            windows: vec![pb::Window {
+                meta: Some(pb::ObjectMeta {
+                    name: "w".into(),
+                    ..Default::default()
+                }),
+                selector: "env=prod".into(),
+                cron: "0 2 * * *".into(),
+                duration: Some(pbjson_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (ws, problems) = schedules(&e);
+        assert!(problems.is_empty());
+        let now = DateTime::parse_from_rfc3339("2026-01-01T02:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let doc = list(
+            &e,
+            Options {
+                only_in_window: false,
+                now,
+            },
+            &ws,
+        );
+        assert_eq!(doc["site_fra_1"]["hosts"], json!(["a", "b"]));
+        assert_eq!(doc["health_ok"]["hosts"], json!(["a"]));
+        assert_eq!(doc["health_critical"]["hosts"], json!(["b"]));
+        assert_eq!(doc["drift_yes"]["hosts"], json!(["b"]));
+        assert_eq!(doc["label_env_prod"]["hosts"], json!(["a"]));
+        assert_eq!(doc["in_window"]["hosts"], json!(["a"]));
+        let a = &doc["_meta"]["hostvars"]["a"];
+        assert_eq!(a["ansible_host"], "127.0.0.1");
+        assert_eq!(a["ansible_port"], 2201);
+        assert_eq!(a["ansible_user"], "ops");
+        assert_eq!(a["muster_labels"], json!({"env": "prod"}));
+        assert_eq!(doc["_meta"]["hostvars"]["b"]["muster_drift_count"], 2);
+        let only = list(
+            &e,
+            Options {
+                only_in_window: true,
+                now,
+            },
+            &ws,
+        );
+        assert_eq!(only["_meta"]["hostvars"].as_object().unwrap().len(), 1);
+        let later = now + chrono::Duration::hours(1);
+        let none = list(
+            &e,
+            Options {
+                only_in_window: true,
+                now: later,
+            },
+            &ws,
+        );
+        assert!(none["_meta"]["hostvars"].as_object().unwrap().is_empty());
+        assert_eq!(
+            host(
+                &e,
+                "zz",
+                Options {
+                    only_in_window: false,
+                    now
+                },
+                &ws
+            ),
+            json!({})
+        );
+    }
+
+    #[test]
+    fn a_broken_freeze_closes_everything_it_selects() {
+        let e = Export {
+            windows: vec![
+                pb::Window {
+                    meta: Some(pb::ObjectMeta {
+                        name: "open".into(),
+                        ..Default::default()
+                    }),
+                    cron: "* * * * *".into(),
+                    duration: Some(pbjson_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+                pb::Window {
+                    meta: Some(pb::ObjectMeta {
+                        name: "f".into(),
+                        ..Default::default()
+                    }),
+                    cron: "bad".into(),
+                    freeze: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let (ws, problems) = schedules(&e);
+        assert_eq!(problems.len(), 1);
+        assert!(!muster::window::in_window(&ws, |_| None, Utc::now()));
+    }
+}
