@@ -241,6 +241,9 @@ pub fn to_facts(f: &Value) -> Result<pb::Facts> {
             .get("ansible_date_time")
             .map(|d| s(d, "tz"))
             .unwrap_or_default(),
+        // Fields added to OsFacts later (DNS/NTP servers, package format) stay unset here:
+        // with the desired-state work, map `ansible_dns.nameservers` and `ansible_pkg_mgr`.
+        ..Default::default()
     };
     let count = u32_of(f, "ansible_processor_count");
     let cpu = pb::CpuFacts {
