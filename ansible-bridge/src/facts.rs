@@ -241,8 +241,22 @@ pub fn to_facts(f: &Value) -> Result<pb::Facts> {
             .get("ansible_date_time")
             .map(|d| s(d, "tz"))
             .unwrap_or_default(),
-        // Fields added to OsFacts later (DNS/NTP servers, package format) stay unset here:
-        // with the desired-state work, map `ansible_dns.nameservers` and `ansible_pkg_mgr`.
+        dns_servers: f
+            .get("ansible_dns")
+            .and_then(|d| d.get("nameservers"))
+            .and_then(|n| n.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        // How versions compare on this host, from the package manager Ansible found.
+        package_format: match s(f, "ansible_pkg_mgr").as_str() {
+            "apt" | "dpkg" => "deb".into(),
+            "dnf" | "dnf5" | "yum" | "zypper" | "rpm" => "rpm".into(),
+            _ => String::new(),
+        },
         ..Default::default()
     };
     let count = u32_of(f, "ansible_processor_count");

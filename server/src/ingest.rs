@@ -280,7 +280,9 @@ async fn ingest_one(
         .await
         .map_err(|e| ApiError::from_store("device", &h.device, e))?;
     let sections: Vec<u32> = hashes.iter().map(|(n, _)| u32::from(*n)).collect();
-    // DRIFT-HOOK: notify drift engine (device_id, sections)
+    // A full report: drift looks at every section again.
+    inv.observed_signal()
+        .changed(&id, crate::inventory::ObservedSignal::ALL);
     tracing::debug!(device = %h.device, device_id = %id, ?sections, origin = %req.origin, "agentless facts stored");
     Ok(pb::IngestedHost {
         device: h.device.clone(),

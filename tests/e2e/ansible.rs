@@ -673,4 +673,25 @@ async fn setup_facts_of_this_machine_become_observed_state() {
             .any(|c| c.verb == "ingest-facts" && c.origin == "ansible" && c.principal == "oscar"),
         "no ingest-facts entry"
     );
+
+    // Drift works on agentless facts: a newer kernel is pending, an expect rule on an
+    // Ansible fact holds.
+    let profile = format!(
+        "kind: Profile\nmeta:\n  name: kernel\nselector: \"\"\npriority: 1\nspec:\n  kernel: \"{kernel}+new1\"\n  expect:\n    - {{ path: facts.external.ansible_kernel, op: \"==\", value: \"{kernel}\" }}\n"
+    );
+    let o = s.muster_with(
+        &["apply", "-f", "-"],
+        OPERATOR_TOKEN,
+        Some(profile.as_bytes()),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = s.muster_with(&["drift", "-o", "json"], OPERATOR_TOKEN, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let drift: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let items = &drift["items"][0]["items"];
+    assert_eq!(drift["items"][0]["device"], "web-01", "{drift}");
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{drift}");
+    assert_eq!(items[0]["field"], "kernel");
+    assert_eq!(items[0]["cause"], "pending");
+    assert_eq!(items[0]["observed"], kernel.as_str());
 }
