@@ -238,6 +238,13 @@ pub fn effective(
                 }
                 continue;
             }
+            if priority_of
+                .get(field)
+                .is_some_and(|prio| *prio < p.priority)
+            {
+                // A strictly higher priority settles any tie below it.
+                conflicts.remove(field);
+            }
             eff.insert(
                 field.clone(),
                 Setting {
@@ -375,6 +382,19 @@ mod tests {
             }],
             "the same value (timezone) is no conflict"
         );
+        // A higher priority over both settles it.
+        let c = profile(
+            "ntp-fra",
+            6,
+            "site=fra1",
+            pb::DesiredState {
+                ntp_servers: vec!["ntp9".into()],
+                ..Default::default()
+            },
+        );
+        let (eff, conflicts) = effective(&[&a, &b, &c], &labels(&[("site", "fra1")]), &[]);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        assert_eq!(eff["ntp_servers"].source, Source::Profile("ntp-fra".into()));
         // Not selected by b: no conflict.
         let (_, conflicts) = effective(&[&a, &b], &labels(&[("site", "ams1")]), &[]);
         assert!(conflicts.is_empty());

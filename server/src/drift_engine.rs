@@ -34,6 +34,8 @@ pub const PRINCIPAL: &str = "system:drift";
 pub const VERB: &str = "drift";
 /// Auxiliary key prefix of the per-device drift memory.
 const MEMORY_PREFIX: &[u8] = b"dr/";
+/// Auxiliary key of the event-log revision whose drift has been written out.
+const FOLLOWED_KEY: &[u8] = b"dr-followed";
 /// Device writes in flight at once.
 const WRITE_WINDOW: usize = 512;
 /// Auxiliary puts per write.
@@ -156,8 +158,16 @@ impl DriftEngine {
     pub fn start(inventory: Arc<Inventory>) -> Result<Arc<Self>, ApiError> {
         let store = Arc::clone(inventory.store());
         let revision = store.revision();
+        // Resume after the last pass whose writes were applied: changes followed but not yet
+        // written out when the server stopped are taken in again.
+        let resume = store
+            .aux_get(FOLLOWED_KEY)
+            .map_err(store_err)?
+            .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
+            .filter(|f| *f <= revision)
+            .unwrap_or(revision);
         let mut state = State {
-            followed: revision,
+            followed: resume,
             ..State::default()
         };
         for o in list_all(&*store, ResourceKind::Profile)? {
@@ -223,6 +233,7 @@ impl DriftEngine {
 
     async fn run(self: Arc<Self>) {
         let mut durable = self.store.durable();
+        let mut persisted = 0u64;
         loop {
             let upto = match &*durable.borrow_and_update() {
                 Ok(d) => *d,
@@ -232,7 +243,24 @@ impl DriftEngine {
             let this = Arc::clone(&self);
             let pass = tokio::task::spawn_blocking(move || this.pass(upto, observed)).await;
             match pass {
-                Ok(Ok(writes)) => self.write(writes).await,
+                Ok(Ok(writes)) => {
+                    self.write(writes).await;
+                    let followed = self.state().followed;
+                    if followed != persisted {
+                        let put = AuxWrite {
+                            guards: Vec::new(),
+                            puts: vec![(
+                                FOLLOWED_KEY.to_vec(),
+                                Some(followed.to_be_bytes().to_vec()),
+                            )],
+                            mutation: None,
+                        };
+                        match self.store.commit_aux(put).applied().await {
+                            Ok(_) => persisted = followed,
+                            Err(e) => tracing::warn!(error = %e, "cannot record drift progress"),
+                        }
+                    }
+                }
                 Ok(Err(e)) => tracing::error!(error = %e, "drift recompute failed"),
                 Err(e) => tracing::error!(error = %e, "drift recompute panicked"),
             }
@@ -366,9 +394,9 @@ impl DriftEngine {
                                 e.declared = fresh.declared;
                                 dirty.insert(c.id.clone());
                             }
-                            if c.meta.verb != VERB {
-                                e.items = fresh.items;
-                            }
+                            // Whoever wrote it, the body holds the items now (events are
+                            // followed in order, so the engine's own write comes last).
+                            e.items = fresh.items;
                         }
                         None => {
                             st.ids.insert(c.name.clone(), c.id.clone());
@@ -490,11 +518,24 @@ impl DriftEngine {
                 Some(Some(v)) => needs_json && v.facts_json.is_none(),
                 Some(None) => false,
             };
+            // One device's unreadable records must not stop the others.
             if reload {
-                e.observed = Some(self.load_view(package_sets, &id, needs_json)?);
+                match self.load_view(package_sets, &id, needs_json) {
+                    Ok(v) => e.observed = Some(v),
+                    Err(err) => {
+                        tracing::error!(device = %e.name, error = %err, "cannot read observed facts for drift");
+                        continue;
+                    }
+                }
             }
             if e.desired_memory.is_none() {
-                e.desired_memory = Some(self.load_memory(&id)?);
+                match self.load_memory(&id) {
+                    Ok(m) => e.desired_memory = Some(m),
+                    Err(err) => {
+                        tracing::error!(device = %e.name, error = %err, "cannot read drift memory; starting afresh");
+                        e.desired_memory = Some(BTreeMap::new());
+                    }
+                }
             }
             let Some(Some(view)) = &e.observed else {
                 // Nothing observed yet: no drift, and no desired memory (the first report's
@@ -904,7 +945,8 @@ fn intern_packages(
         .map(|l| l.items.into_iter().map(|p| (p.name, p.version)).collect())
         .unwrap_or_default();
     let set = Arc::new(set);
-    if sets.len() > 4096 {
+    // Prune dead lists when the map has doubled since the last prune (amortised O(1)).
+    if sets.len() >= 4096 && sets.len().is_power_of_two() {
         sets.retain(|_, w| w.strong_count() > 0);
     }
     sets.insert(hash, Arc::downgrade(&set));

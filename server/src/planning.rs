@@ -94,7 +94,29 @@ impl Planner {
                 ));
             }
         }
-        indexed.sort_by_key(|(i, r)| (rank(r), *i));
+        // Parents before children, however deep (a VM on a blade in a chassis).
+        let parents: std::collections::HashMap<String, String> = indexed
+            .iter()
+            .filter_map(|(_, r)| match r.resource.as_ref() {
+                Some(R::Device(d)) if !d.parent.is_empty() => {
+                    Some((r.name().to_string(), d.parent.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let depth = |name: &str| {
+            let mut d = 0usize;
+            let mut cur = name;
+            while let Some(p) = parents.get(cur) {
+                d += 1;
+                cur = p;
+                if d > parents.len() {
+                    break; // a cycle: the store's reference check reports it
+                }
+            }
+            d
+        };
+        indexed.sort_by_key(|(i, r)| (rank(r), depth(r.name()), *i));
         let now = now_unix_nanos();
         indexed
             .into_iter()
@@ -185,7 +207,11 @@ impl Planner {
         let prepared = self.prepare(who, resources, ctx)?;
         let change = Self::planned_change(&prepared);
         if !change.profiles.is_empty() || !change.devices.is_empty() {
-            self.drift.caught_up(CATCH_UP).await;
+            if !self.drift.caught_up(CATCH_UP).await {
+                return Err(ApiError::Aborted(
+                    "the drift engine is still taking in earlier changes, so conflicts cannot be checked yet; retry shortly".into(),
+                ));
+            }
             let drift = Arc::clone(&self.drift);
             let plan = tokio::task::spawn_blocking(move || drift.plan(&change, false))
                 .await

@@ -615,3 +615,59 @@ async fn audit_verify_finds_an_entry_modified_on_disk() {
     let out = s.muster(&["audit", "verify"]);
     assert!(!out.status.success(), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_holding_secrets_needs_the_secrets_permission() {
+    let s = TestServer::start_with(muster_tests::Options {
+        role_tokens: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let viewer = |ch| {
+        pb::config_service_client::ConfigServiceClient::with_interceptor(
+            ch,
+            Bearer::new(muster_tests::VIEWER_TOKEN),
+        )
+    };
+    let mut c = viewer(s.channel().await.unwrap());
+    let credential = pb::Resource {
+        resource: Some(R::Credential(pb::Credential {
+            meta: Some(pb::ObjectMeta {
+                name: "bmc-pw".into(),
+                ..Default::default()
+            }),
+            kind: pb::CredentialKind::BmcPassword as i32,
+            secret: b"guess".to_vec(),
+            fingerprint: String::new(),
+        })),
+    };
+    // Whether a guessed secret is "unchanged" must not be told to a viewer.
+    let err = c
+        .plan(pb::PlanRequest {
+            resources: vec![credential],
+            include_unchanged: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A viewer may plan desired state.
+    let plan = c
+        .plan(pb::PlanRequest {
+            resources: vec![profile("p", "", 1, pb::DesiredState::default())],
+            include_unchanged: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.resources.len(), 1);
+    assert_eq!(plan.resources[0].action, pb::ApplyAction::Created as i32);
+    // And may not apply it.
+    let err = c
+        .apply(pb::ApplySetRequest {
+            resources: vec![profile("p", "", 1, pb::DesiredState::default())],
+            context: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}

@@ -34,13 +34,15 @@ impl ConfigService for ConfigApi {
         &self,
         req: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        let who = self.shared.authorize(
-            &req,
-            Permission::Read,
-            "plan",
-            ResourceKind::Unspecified,
-            "",
-        )?;
+        // A plan compares incoming secrets with stored ones (unchanged or not): only those who
+        // may write secrets may ask, or it would be an oracle for guessing them.
+        let perm = match set_permission(&req.get_ref().resources) {
+            Permission::WriteSecrets => Permission::WriteSecrets,
+            _ => Permission::Read,
+        };
+        let who = self
+            .shared
+            .authorize(&req, perm, "plan", ResourceKind::Unspecified, "")?;
         let r = req.into_inner();
         self.planner
             .plan(&who, r.resources, r.include_unchanged)

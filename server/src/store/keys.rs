@@ -37,7 +37,8 @@ pub fn aux(key: &[u8]) -> Vec<u8> {
 pub const META_REFUSAL_SEQ: &[u8] = b"mrefusal_seq";
 pub const META_FORMAT: &[u8] = b"mformat";
 /// Layout version written at creation; a store with another version is refused at open.
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: change records are hash-chained (a layout-1 store is upgraded in place at open).
+pub const FORMAT_VERSION: u64 = 2;
 
 pub fn object(kind: KindId, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + id.len());

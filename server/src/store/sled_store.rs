@@ -224,6 +224,12 @@ impl SledStore {
             })?;
         let tree: Tree = (*db).clone();
         match tree.get(keys::META_FORMAT)? {
+            // Layout 1 lacks only the hash chain: upgrade in place (a musterd that knows only
+            // layout 1 then refuses the store instead of misreading chained records).
+            Some(v) if be(&v)? == 1 => {
+                tree.insert(keys::META_FORMAT, &keys::FORMAT_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
             Some(v) if be(&v)? != keys::FORMAT_VERSION => {
                 return Err(StoreError::Corrupt(format!(
                     "store layout version {} is not supported by this musterd (expects {})",
@@ -723,6 +729,15 @@ impl Inner {
                 );
                 overlay.clear();
                 aux_overlay.clear();
+                head = w.head;
+            }
+            if self.poisoned.load(Ordering::SeqCst) {
+                // A batch of this group failed: nothing more may be written (its revisions and
+                // chain link would be reused).
+                q.fail(StoreError::Io(
+                    "the store failed earlier; restart musterd".into(),
+                ));
+                continue;
             }
             let revision = staged
                 .iter()
@@ -771,7 +786,7 @@ impl Inner {
                     let size = u32::try_from(mutations.len()).unwrap_or(u32::MAX);
                     let mut failed = None;
                     for (i, mut m) in mutations.into_iter().enumerate() {
-                        if needs_index(&m) {
+                        if needs_index(&m) || m.put.is_none() {
                             failed = Some((
                                 i,
                                 StoreError::Io("a change set cannot hold deletes".into()),
@@ -877,7 +892,11 @@ impl Store for SledStore {
 
     fn verify_chain(&self) -> Result<ChainReport, StoreError> {
         let inner = &*self.inner;
-        let upto = inner.committed.load(Ordering::SeqCst);
+        // Only what is durable: a head hash someone anchors must survive a power loss.
+        let upto = match &*inner.durable.borrow() {
+            Ok(d) => *d,
+            Err(e) => return Err(StoreError::Io(e.clone())),
+        };
         let mut report = ChainReport {
             revision: upto,
             head: record::GENESIS,
