@@ -44,26 +44,7 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// A status as one line: `UNAUTHENTICATED: ...`, with the transport cause when there is one.
 pub fn status_line(s: &Status) -> String {
-    use tonic::Code;
-    let name = match s.code() {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    };
+    let name = muster::status::code_name(s.code());
     let mut line = name.to_string();
     let msg = s.message().trim();
     if !msg.is_empty() {

@@ -7,6 +7,7 @@ pub mod facts;
 pub mod names;
 mod resource;
 pub mod selector;
+pub mod status;
 pub mod version;
 pub mod window;
 
