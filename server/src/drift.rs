@@ -375,11 +375,6 @@ pub fn desired_texts(eff: &Effective, declared: &Declared) -> BTreeMap<String, S
     m
 }
 
-/// Whether two item lists say the same (ignoring nothing: cause, age and values all count).
-pub fn same_items(a: &[pb::DriftItem], b: &[pb::DriftItem]) -> bool {
-    a == b
-}
-
 /// The version a package requirement would be adopted as by `drift accept`.
 pub fn accepted_requirement(name: &str, observed: &str) -> pb::PackageRequirement {
     if observed == NOT_INSTALLED {
