@@ -138,7 +138,7 @@ fn config(extra: &str) -> String {
     format!("interval = \"{INTERVAL}\"\nsmart = false\npackages = false\n{extra}")
 }
 
-async fn device(s: &TestServer, name: &str) -> pb::Device {
+pub(crate) async fn device(s: &TestServer, name: &str) -> pb::Device {
     let mut c = s.inventory().await.unwrap();
     let r = c
         .get(pb::GetRequest {

@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::agent::{AgentHost, INTERVAL, add_device, ok, tls_server, token_for};
+use crate::agent::{AgentHost, INTERVAL, add_device, device, ok, tls_server, token_for};
 
 type ConfigClient =
     pb::config_service_client::ConfigServiceClient<InterceptedService<Channel, Bearer>>;
@@ -108,21 +108,6 @@ async fn wait_drift(
     }
 }
 
-async fn get_device(inv: &mut muster_tests::InventoryClient, name: &str) -> pb::Device {
-    let r = inv
-        .get(pb::GetRequest {
-            kind: pb::ResourceKind::Device as i32,
-            name: name.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match r.resource {
-        Some(R::Device(d)) => d,
-        other => panic!("not a device: {other:?}"),
-    }
-}
-
 fn installed_version(pkg: &str) -> String {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Version}", pkg])
@@ -159,8 +144,7 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
     // Nothing desired yet: no drift, once the agent has reported.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let mut inv = s.inventory().await.unwrap();
-        let d = get_device(&mut inv, "drift-01").await;
+        let d = device(&s, "drift-01").await;
         if d.status.as_ref().is_some_and(|s| !s.packages.is_empty()) {
             break;
         }
@@ -219,7 +203,7 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
 
     // Drift is part of the device (Watch/List see it) and of the audit trail.
     let mut inv = s.inventory().await.unwrap();
-    let d = get_device(&mut inv, "drift-01").await;
+    let d = device(&s, "drift-01").await;
     assert_eq!(d.status.unwrap().drift.len(), 1);
 
     // An expect rule cannot be accepted; the raid is repaired instead.
