@@ -467,10 +467,7 @@ impl DriftEngine {
         id: &str,
         with_json: bool,
     ) -> Result<Option<ObservedView>, ApiError> {
-        let records = self
-            .store
-            .aux_scan(&observed::prefix(id))
-            .map_err(store_err)?;
+        let records = observed::scan_device(&*self.store, id).map_err(store_err)?;
         let sel = observed::sel_key(id);
         let meta = observed::meta_key(id);
         let packages_key = observed::section_key(id, 6);
@@ -600,7 +597,7 @@ impl DriftEngine {
         let mut retry = Vec::new();
         let mut puts = Vec::new();
         for w in writes.iter().filter(|w| w.forget) {
-            match self.store.aux_scan(&observed::prefix(&w.id)) {
+            match observed::scan_device(&*self.store, &w.id) {
                 Ok(records) => puts.extend(records.into_iter().map(|(k, _)| (k, None))),
                 Err(e) => tracing::warn!(error = %e, "cannot list a deleted device's facts"),
             }

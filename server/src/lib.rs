@@ -124,6 +124,10 @@ impl Server {
             .await
             .map_err(|e| ServeError::Join(e.to_string()))??;
         let store: Arc<dyn Store> = Arc::new(store);
+        let moved = observed::upgrade_layout(&*store).await?;
+        if moved > 0 {
+            tracing::info!(moved, "moved bulky facts sections to their own key range");
+        }
         let key_path = config
             .secrets_key_file
             .clone()

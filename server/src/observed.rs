@@ -7,8 +7,15 @@
 //! Keys (under the store's auxiliary prefix): `om/<device id>` the report metadata (sequence,
 //! boot id, facts hash, collector status, health memory; a prefix of its own, so start-up reads
 //! every device's metadata without touching its facts), `ob/<device id>/f<N>` section N of
-//! `Facts` (encoded as a `Facts` holding only that field, so sections decode by merging), and
+//! `Facts` (encoded as a `Facts` holding only that field, so sections decode by merging),
+//! `ox/<device id>/f<N>` the same for the bulky sections (packages, external facts, VMs), and
 //! `ob/<device id>/sel` the SEL entries the server keeps.
+//!
+//! Why bulky sections live apart: sled splits a leaf only past 16 keys and rewrites the whole
+//! leaf when it consolidates one. With a device's 68 KB package list in the same leaf as its
+//! sensors, every delta report (sensors, SMART, uptime) made sled rewrite ~70-140 KB leaves (as
+//! separate blob files past 128 KB): measured, delta ingest went from ~3,000 to ~4,800
+//! reports/s when they moved out. The bulky ones change rarely, so their leaves stay still.
 
 use muster::pb;
 use prost::Message;
@@ -16,15 +23,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::{HealthMemory, SelSeen};
 use crate::model::{ApiError, timestamp};
-use crate::store::{Store, StoreError};
+use crate::store::{AuxRecord, Store, StoreError};
 
 /// How many SEL entries the server keeps per device (oldest dropped first).
 pub const MAX_SEL_ENTRIES: usize = 512;
 
-/// Prefix of every record of one device.
-pub fn prefix(device_id: &str) -> Vec<u8> {
+/// Prefix of a device's small records (sections that change often, and its SEL).
+fn prefix(device_id: &str) -> Vec<u8> {
     format!("ob/{device_id}/").into_bytes()
 }
+
+/// Prefix of a device's bulky sections.
+fn bulky_prefix(device_id: &str) -> Vec<u8> {
+    format!("ox/{device_id}/").into_bytes()
+}
+
+/// Sections that are large and change rarely (packages, external facts, VMs): kept under
+/// `ox/`, away from the small ones every delta report rewrites.
+pub const BULKY_SECTIONS: [u8; 3] = [6, 12, 13];
 
 /// Key of the report metadata.
 pub fn meta_key(device_id: &str) -> Vec<u8> {
@@ -36,7 +52,75 @@ pub const META_PREFIX: &str = "om/";
 
 /// Key of one facts section.
 pub fn section_key(device_id: &str, section: u8) -> Vec<u8> {
-    format!("ob/{device_id}/f{section:02}").into_bytes()
+    let area = if BULKY_SECTIONS.contains(&section) {
+        "ox"
+    } else {
+        "ob"
+    };
+    format!("{area}/{device_id}/f{section:02}").into_bytes()
+}
+
+/// Every facts and SEL record of a device (not its metadata), small ones first.
+pub fn scan_device(store: &dyn Store, device_id: &str) -> Result<Vec<AuxRecord>, StoreError> {
+    let mut records = store.aux_scan(&prefix(device_id))?;
+    records.extend(store.aux_scan(&bulky_prefix(device_id))?);
+    Ok(records)
+}
+
+/// Key of the observed layer's own layout version.
+const LAYOUT_KEY: &[u8] = b"ol";
+/// 2: bulky sections under `ox/` (layout 1 kept every section under `ob/`).
+const LAYOUT: u64 = 2;
+/// Records moved per batch when upgrading (each batch is atomic; a restart resumes).
+const UPGRADE_BATCH: usize = 256;
+
+/// Brings records written by an older musterd to the current key layout; returns how many
+/// records moved. Runs at start-up before anything reads facts; cheap once done (one read).
+pub async fn upgrade_layout(store: &dyn Store) -> Result<usize, StoreError> {
+    let current = store.aux_get(LAYOUT_KEY)?;
+    if current.as_deref() == Some(LAYOUT.to_be_bytes().as_slice()) {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    let mut puts = Vec::new();
+    for (key, value) in store.aux_scan(b"ob/")? {
+        let Some(target) = bulky_key_for(&key) else {
+            continue;
+        };
+        puts.push((key, None));
+        puts.push((target, Some(value)));
+        if puts.len() >= 2 * UPGRADE_BATCH {
+            moved += puts.len() / 2;
+            commit_durably(store, std::mem::take(&mut puts)).await?;
+        }
+    }
+    moved += puts.len() / 2;
+    puts.push((LAYOUT_KEY.to_vec(), Some(LAYOUT.to_be_bytes().to_vec())));
+    commit_durably(store, puts).await?;
+    Ok(moved)
+}
+
+/// The `ox/` key a layout-1 `ob/<id>/f<N>` key of a bulky section moves to.
+fn bulky_key_for(key: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(key).ok()?;
+    let (device, section) = text.strip_prefix("ob/")?.rsplit_once("/f")?;
+    let n: u8 = section.parse().ok()?;
+    BULKY_SECTIONS.contains(&n).then(|| section_key(device, n))
+}
+
+async fn commit_durably(
+    store: &dyn Store,
+    puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), StoreError> {
+    let applied = store
+        .commit_aux(crate::store::AuxWrite {
+            guards: Vec::new(),
+            puts,
+            mutation: None,
+        })
+        .applied()
+        .await?;
+    crate::store::wait_durable_batch(store, applied.batch).await
 }
 
 /// Key of the kept SEL entries.
@@ -197,7 +281,7 @@ pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
         ..Stored::default()
     };
     let sel = sel_key(device_id);
-    for (k, v) in store.aux_scan(&prefix(device_id)).map_err(store_error)? {
+    for (k, v) in scan_device(store, device_id).map_err(store_error)? {
         if k == sel {
             out.sel = decode_sel(&v)?;
         } else {
@@ -335,5 +419,60 @@ mod tests {
         }];
         assert_eq!(decode_sel(&encode_sel(&sel).unwrap()).unwrap(), sel);
         assert!(ReportMeta::decode(b"\xff\xff").is_err());
+    }
+
+    /// A store written with layout 1 (every section under `ob/`) reads the same after the
+    /// upgrade, its bulky sections now under `ox/`; a second start moves nothing.
+    #[tokio::test]
+    async fn upgrade_moves_bulky_sections_and_keeps_the_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path(), &Default::default()).unwrap();
+        let facts = pb::Facts {
+            os: Some(pb::OsFacts {
+                hostname: "h".into(),
+                ..Default::default()
+            }),
+            packages: Some(pb::PackageList {
+                items: vec![pb::InstalledPackage {
+                    name: "bash".into(),
+                    version: "5.2".into(),
+                    arch: "amd64".into(),
+                }],
+            }),
+            external_json: Some("{\"rack_u\":4}".into()),
+            ..Default::default()
+        };
+        let layout_1 = muster::facts::split(&facts)
+            .into_iter()
+            .map(|(n, b)| (format!("ob/dev1/f{n:02}").into_bytes(), Some(b)))
+            .collect();
+        commit_durably(&store, layout_1).await.unwrap();
+        // An unrelated record that merely looks similar stays where it is.
+        commit_durably(
+            &store,
+            vec![(b"ob/dev1/sel".to_vec(), Some(encode_sel(&[]).unwrap()))],
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(upgrade_layout(&store).await.unwrap(), 2);
+        let keys: Vec<String> = store
+            .aux_scan(b"o")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "ob/dev1/f01",
+                "ob/dev1/sel",
+                "ol",
+                "ox/dev1/f06",
+                "ox/dev1/f12"
+            ]
+        );
+        assert_eq!(load(&store, "dev1").unwrap().facts, facts);
+        assert_eq!(upgrade_layout(&store).await.unwrap(), 0);
     }
 }

@@ -38,7 +38,10 @@ pub const META_REFUSAL_SEQ: &[u8] = b"mrefusal_seq";
 pub const META_FORMAT: &[u8] = b"mformat";
 /// Layout version written at creation; a store with another version is refused at open.
 /// 2: change records are hash-chained (a layout-1 store is upgraded in place at open).
-pub const FORMAT_VERSION: u64 = 2;
+/// 3: the observed layer moved its bulky records to their own auxiliary key range
+/// (`observed::upgrade_layout`); nothing changed here, but a musterd that knows only layout 2
+/// would not find them, so it must refuse the store.
+pub const FORMAT_VERSION: u64 = 3;
 
 pub fn object(kind: KindId, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + id.len());
