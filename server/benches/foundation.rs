@@ -9,7 +9,8 @@
 //! 6. restart-to-serving time with 100k devices (SIGTERM and kill -9).
 //!
 //! Run: `cargo bench -p muster-server --bench foundation` (release build; ~3 minutes, ~2 GB of
-//! temporary disk). `BENCH_SCALE=0.1` shrinks every count for a quick look.
+//! temporary disk). `BENCH_SCALE=0.1` shrinks every count for a quick look; `BENCH_ONLY=creates`
+//! stops after the create figures (for profiling the write path).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -431,6 +432,9 @@ async fn run() -> Result<(), BoxError> {
         ms(pct(&mut create_lat, 0.99)),
         create_rate / raw_rate
     );
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("creates") {
+        return Ok(());
+    }
 
     // 2./3. Get throughput vs bare tonic, and latency at 10k devices.
     let mut bare = Command::new(std::env::current_exe()?)

@@ -581,47 +581,70 @@ impl Inventory {
         Ok(r)
     }
 
-    async fn create_prepared(
+    /// Everything a create does before it waits: the stored form and its mutation. Kept out
+    /// of the async path so that its futures hold no `pb::Resource` (1.9 KB each) across an
+    /// await: a 12.5 KB create future was memcpy'd at every layer, ~a quarter of the request
+    /// handling time.
+    fn create_mutation(
         &self,
         who: &Principal,
         kind: ResourceKind,
         r: pb::Resource,
         verb: &str,
         ctx: &ChangeContext,
-    ) -> Result<pb::Resource, ApiError> {
+    ) -> Result<(Mutation, Box<pb::Resource>), ApiError> {
         let now = now_unix_nanos();
         let name = r.name().to_string();
         let r = self.new_object(who, r, now)?;
         let obj = self.stored(kind, &r);
         let m = Mutation {
             kind: kind_id(kind),
-            name: name.clone(),
+            name,
             expect: Expect::Absent,
             put: Some(obj),
             checks: Self::checks_for(&r),
             change: Self::change_meta(who, verb, ctx, now),
         };
+        Ok((m, Box::new(r)))
+    }
+
+    /// Commits a create prepared by `create_mutation`; returns the resource as stored.
+    async fn create_prepared(
+        &self,
+        kind: ResourceKind,
+        (m, r): (Mutation, Box<pb::Resource>),
+    ) -> Result<pb::Resource, ApiError> {
+        let name = m.name.clone();
         let rev = self.commit(kind, &name, m).await?;
-        Ok(Self::shown(r, rev))
+        Ok(Self::shown(*r, rev))
     }
 
     /// Creates a resource; ALREADY_EXISTS if the name is taken.
-    pub async fn create(
-        &self,
-        who: &Principal,
+    ///
+    /// Validation and preparation run when this is called, not when the future is first
+    /// polled: the future then holds only the mutation, never the 1.9 KB resource itself.
+    pub fn create<'a>(
+        &'a self,
+        who: &'a Principal,
         mut r: pb::Resource,
-        ctx: &ChangeContext,
-    ) -> Result<pb::Resource, ApiError> {
+        ctx: &'a ChangeContext,
+    ) -> impl Future<Output = Result<pb::Resource, ApiError>> + Send + 'a {
         let kind = resource::kind_of(&r).unwrap_or(ResourceKind::Unspecified);
         let name = r.name().to_string();
-        let result = async {
-            ctx.validate()?;
-            let kind = Self::prepare(&mut r)?;
-            self.check_rack_site(&r)?;
-            self.create_prepared(who, kind, r, "create", ctx).await
+        let prepared = ctx
+            .validate()
+            .and_then(|()| Self::prepare(&mut r))
+            .and_then(|kind| {
+                self.check_rack_site(&r)?;
+                Ok((kind, self.create_mutation(who, kind, r, "create", ctx)?))
+            });
+        async move {
+            let result = match prepared {
+                Ok((kind, prepared)) => self.create_prepared(kind, prepared).await,
+                Err(e) => Err(e),
+            };
+            self.audit_refusal(who, "create", kind, &name, ctx, result)
         }
-        .await;
-        self.audit_refusal(who, "create", kind, &name, ctx, result)
     }
 
     /// A device's rack must be in the device's site.
@@ -768,10 +791,8 @@ impl Inventory {
                             }
                             return Ok((ApplyAction::Created, shown));
                         }
-                        match self
-                            .create_prepared(who, kind, r.clone(), "apply", ctx)
-                            .await
-                        {
+                        let prepared = self.create_mutation(who, kind, r.clone(), "apply", ctx)?;
+                        match self.create_prepared(kind, prepared).await {
                             Err(ApiError::AlreadyExists { .. }) => continue,
                             other => return other.map(|v| (ApplyAction::Created, v)),
                         }
