@@ -126,7 +126,7 @@ async fn run() -> Result<(), BoxError> {
     )?);
     let secrets = SecretBox::load_or_create(&dir.path().join("secrets.key"))?;
     let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
-    let engine = DriftEngine::start(Arc::clone(&inventory))?;
+    let engine = DriftEngine::start(Arc::clone(&inventory));
     let planner = Planner {
         inventory: Arc::clone(&inventory),
         drift: Arc::clone(&engine),

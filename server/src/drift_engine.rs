@@ -28,6 +28,9 @@ use crate::model::{ApiError, kind_id, now_unix_nanos, timestamp};
 use crate::observed;
 use crate::store::{AuxWrite, ListQuery, Store, StoreError};
 
+/// How often the followed revision is persisted at most.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
 /// Principal of the engine's own writes.
 pub const PRINCIPAL: &str = "system:drift";
 /// Verb of the engine's own writes.
@@ -154,13 +157,41 @@ struct Subject<'a> {
 }
 
 impl DriftEngine {
-    /// Loads profiles and devices and starts following the event log.
-    pub fn start(inventory: Arc<Inventory>) -> Result<Arc<Self>, ApiError> {
+    /// Starts the engine: it loads profiles and devices in the background, then follows the
+    /// event log. Queries wait for it through `caught_up` (its progress starts at revision 0),
+    /// so musterd serves at once instead of decoding every device body before it listens
+    /// (~1.5 s and ~400 MB of transient memory at 100,000 devices).
+    pub fn start(inventory: Arc<Inventory>) -> Arc<Self> {
         let store = Arc::clone(inventory.store());
-        let revision = store.revision();
+        let engine = Arc::new(Self {
+            store,
+            inventory,
+            state: Mutex::new(State::default()),
+            progress: watch::channel(Progress::default()).0,
+            last_pass: Mutex::new(PassStats::default()),
+        });
+        let runner = Arc::clone(&engine);
+        tokio::spawn(async move {
+            let loader = Arc::clone(&runner);
+            match tokio::task::spawn_blocking(move || loader.load()).await {
+                Ok(Ok(())) => runner.run().await,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "drift engine cannot load the store; drift and plans are unavailable");
+                }
+                Err(e) => tracing::error!(error = %e, "drift engine load panicked"),
+            }
+        });
+        engine
+    }
+
+    /// Reads profiles and devices (a page at a time: never every body at once) into the state.
+    fn load(&self) -> Result<(), ApiError> {
+        let started = std::time::Instant::now();
+        let revision = self.store.revision();
         // Resume after the last pass whose writes were applied: changes followed but not yet
         // written out when the server stopped are taken in again.
-        let resume = store
+        let resume = self
+            .store
             .aux_get(FOLLOWED_KEY)
             .map_err(store_err)?
             .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
@@ -170,7 +201,7 @@ impl DriftEngine {
             followed: resume,
             ..State::default()
         };
-        for o in list_all(&*store, ResourceKind::Profile)? {
+        for_each_object(&*self.store, ResourceKind::Profile, |o| {
             if let Ok(pb::Resource {
                 resource: Some(R::Profile(p)),
             }) = pb::Resource::decode(o.body.as_slice())
@@ -179,30 +210,24 @@ impl DriftEngine {
                     .profiles
                     .insert(o.name.clone(), CompiledProfile::new(&p));
             }
-        }
-        for o in list_all(&*store, ResourceKind::Device)? {
+        })?;
+        for_each_object(&*self.store, ResourceKind::Device, |o| {
             if let Ok(pb::Resource {
                 resource: Some(R::Device(d)),
             }) = pb::Resource::decode(o.body.as_slice())
             {
                 state.ids.insert(o.name.clone(), o.id.clone());
-                state.devices.insert(o.id.clone(), Entry::from_device(&d));
+                state.devices.insert(o.id, Entry::from_device(&d));
             }
-        }
-        let engine = Arc::new(Self {
-            store,
-            inventory,
-            state: Mutex::new(state),
-            progress: watch::channel(Progress {
-                revision,
-                observed: 0,
-            })
-            .0,
-            last_pass: Mutex::new(PassStats::default()),
-        });
-        let runner = Arc::clone(&engine);
-        tokio::spawn(async move { runner.run().await });
-        Ok(engine)
+        })?;
+        tracing::info!(
+            devices = state.devices.len(),
+            profiles = state.profiles.len(),
+            took_ms = started.elapsed().as_millis(),
+            "drift engine loaded"
+        );
+        *self.state() = state;
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -234,6 +259,7 @@ impl DriftEngine {
     async fn run(self: Arc<Self>) {
         let mut durable = self.store.durable();
         let mut persisted = 0u64;
+        let mut persisted_at: Option<std::time::Instant> = None;
         loop {
             let upto = match &*durable.borrow_and_update() {
                 Ok(d) => *d,
@@ -246,7 +272,12 @@ impl DriftEngine {
                 Ok(Ok(writes)) => {
                     self.write(writes).await;
                     let followed = self.state().followed;
-                    if followed != persisted {
+                    // At most once per PERSIST_EVERY: under a stream of creates every flush
+                    // wakes a pass, and a progress write each time was one more store write
+                    // per batch. Resuming from an older point only replays more changes.
+                    let due = persisted_at.is_none_or(|t| t.elapsed() >= PERSIST_EVERY);
+                    if followed != persisted && due {
+                        persisted_at = Some(std::time::Instant::now());
                         let put = AuxWrite {
                             guards: Vec::new(),
                             puts: vec![(
@@ -1086,11 +1117,12 @@ pub fn view_of(
     }
 }
 
-fn list_all(
+/// Calls `f` with every object of `kind`, reading a page of bodies at a time.
+fn for_each_object(
     store: &dyn Store,
     kind: ResourceKind,
-) -> Result<Vec<crate::store::StoredObject>, ApiError> {
-    let mut out = Vec::new();
+    mut f: impl FnMut(crate::store::StoredObject),
+) -> Result<(), ApiError> {
     let mut after_id = None;
     loop {
         let page = store
@@ -1099,12 +1131,12 @@ fn list_all(
                 labels: Selector::default(),
                 fields: Selector::default(),
                 after_id: after_id.clone(),
-                limit: 10_000,
+                limit: 2_000,
             })
             .map_err(store_err)?;
-        out.extend(page.objects);
+        page.objects.into_iter().for_each(&mut f);
         if !page.more {
-            return Ok(out);
+            return Ok(());
         }
         after_id = page.last_id;
     }

@@ -151,8 +151,7 @@ impl Server {
                 .map_err(ServeError::Agents)?,
         );
         let metrics = Arc::new(Metrics::new(store));
-        let drift =
-            drift_engine::DriftEngine::start(Arc::clone(&inventory)).map_err(ServeError::Agents)?;
+        let drift = drift_engine::DriftEngine::start(Arc::clone(&inventory));
         Ok(Self {
             config,
             shared: Shared {
