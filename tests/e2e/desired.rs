@@ -202,7 +202,6 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
     assert_eq!(items[0].observed, "degraded");
 
     // Drift is part of the device (Watch/List see it) and of the audit trail.
-    let mut inv = s.inventory().await.unwrap();
     let d = device(&s, "drift-01").await;
     assert_eq!(d.status.unwrap().drift.len(), 1);
 
@@ -231,7 +230,28 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
         "newer again",
     )
     .await;
-    wait_drift(&mut c, "drift-01", "pending again", |i| i.len() == 1).await;
+    let pending = wait_drift(&mut c, "drift-01", "pending again", |i| i.len() == 1).await;
+
+    // After kill -9 the engine reloads in the background; a drift query waits for it instead
+    // of answering from an empty state. (A few thousand more devices make the load long
+    // enough that answering before it would be seen.)
+    for chunk in 0..2 {
+        let fleet = (0..2500)
+            .map(|i| fixtures::device(&format!("filler-{chunk}-{i:04}"), &[("role", "filler")]))
+            .collect();
+        apply(&mut c, fleet, "filler").await;
+    }
+    let mut s = s;
+    s.restart_after_kill9().unwrap();
+    let mut c = config_client(&s).await;
+    let mut inv = s.inventory().await.unwrap();
+    let after = drift_of(&mut c, "drift-01").await;
+    let fields = |v: &[pb::DriftItem]| {
+        v.iter()
+            .map(|i| (i.field.clone(), i.cause.clone(), i.observed.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fields(&after), fields(&pending), "{after:#?}");
     let accepted = c
         .accept_drift(pb::AcceptDriftRequest {
             device: "drift-01".into(),
@@ -288,7 +308,6 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
     // Drift answers once the engine has taken in (and written out) the delete.
     assert!(drift_of(&mut c, "drift-01").await.is_empty());
     drop((inv, c));
-    let mut s = s;
     s.stop().unwrap();
     let db = sled::open(&s.data_dir).unwrap();
     let left: Vec<String> = db
