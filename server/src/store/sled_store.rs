@@ -195,8 +195,10 @@ impl std::fmt::Debug for SledStore {
 }
 
 /// How long the blob directory must have been unchanged before a listing of it is trusted
-/// to stay current while its mtime stays the same (see `Inner::sync_blobs`).
-const BLOB_MTIME_MARGIN: Duration = Duration::from_secs(5);
+/// to stay current while its mtime stays the same (see `Inner::sync_blobs`): more than any
+/// Linux filesystem's timestamp granularity plus a clock tick. (5 s cost the first seconds
+/// of every delta-report burst after a full-report one: a listing per flush.)
+const BLOB_MTIME_MARGIN: Duration = Duration::from_secs(2);
 
 /// What the flusher knows about sled's blob files.
 #[derive(Debug, Default)]
@@ -409,9 +411,10 @@ impl Inner {
     /// Listing the directory on every flush cost ~8 % of a core under delta-report load (and
     /// grows with the number of blobs), so it is skipped while the directory's mtime still
     /// equals the one seen before the last listing. That is safe only if any later change
-    /// must show a different mtime: the kernel stamps mtimes from a coarse clock (a jiffy; 2 s
-    /// on FAT), so a listing is trusted only when the directory had not changed for
-    /// `BLOB_MTIME_MARGIN` before it began.
+    /// must show a different mtime: the kernel stamps mtimes from a coarse clock (a jiffy
+    /// behind, rounded down to the filesystem's granularity: nanoseconds on ext4, XFS, btrfs
+    /// and tmpfs, 1 s on ext3), so a listing is trusted only when the directory had not
+    /// changed for `BLOB_MTIME_MARGIN` before it began.
     fn sync_blobs(&self) -> Result<(), String> {
         if self.data_file.is_none() {
             return Ok(());
