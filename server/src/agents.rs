@@ -355,9 +355,7 @@ impl Agents {
     }
 
     async fn commit(&self, w: AuxWrite) -> Result<store::AuxApplied, StoreError> {
-        let applied = self.store.commit_aux(w).applied().await?;
-        store::wait_durable_batch(&*self.store, applied.batch).await?;
-        Ok(applied)
+        store::commit_aux_durably(&*self.store, w).await
     }
 
     /// Operator: a one-time enrollment token for `device`.

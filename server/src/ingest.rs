@@ -267,18 +267,16 @@ async fn ingest_one(
         ..req.ctx.clone()
     };
     let mutation = inv.server_mutation(&obj, annotated, &who.name, "ingest-facts", &ctx, now);
-    let applied = store
-        .commit_aux(AuxWrite {
+    store::commit_aux_durably(
+        &**store,
+        AuxWrite {
             guards: vec![(observed::meta_key(&id), meta_raw)],
             puts,
             mutation: Some(mutation),
-        })
-        .applied()
-        .await
-        .map_err(|e| ApiError::from_store("device", &h.device, e))?;
-    store::wait_durable_batch(&**store, applied.batch)
-        .await
-        .map_err(|e| ApiError::from_store("device", &h.device, e))?;
+        },
+    )
+    .await
+    .map_err(|e| ApiError::from_store("device", &h.device, e))?;
     let sections: Vec<u32> = hashes.iter().map(|(n, _)| u32::from(*n)).collect();
     // A full report: drift looks at every section again.
     inv.observed_signal()

@@ -91,13 +91,26 @@ pub async fn upgrade_layout(store: &dyn Store) -> Result<usize, StoreError> {
         puts.push((target, Some(value)));
         if puts.len() >= 2 * UPGRADE_BATCH {
             moved += puts.len() / 2;
-            commit_durably(store, std::mem::take(&mut puts)).await?;
+            commit_puts(store, std::mem::take(&mut puts)).await?;
         }
     }
     moved += puts.len() / 2;
     puts.push((LAYOUT_KEY.to_vec(), Some(LAYOUT.to_be_bytes().to_vec())));
-    commit_durably(store, puts).await?;
+    commit_puts(store, puts).await?;
     Ok(moved)
+}
+
+/// Writes `puts` alone, durably.
+async fn commit_puts(
+    store: &dyn Store,
+    puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), StoreError> {
+    let w = crate::store::AuxWrite {
+        guards: Vec::new(),
+        puts,
+        mutation: None,
+    };
+    crate::store::commit_aux_durably(store, w).await.map(|_| ())
 }
 
 /// The `ox/` key a layout-1 `ob/<id>/f<N>` key of a bulky section moves to.
@@ -106,21 +119,6 @@ fn bulky_key_for(key: &[u8]) -> Option<Vec<u8>> {
     let (device, section) = text.strip_prefix("ob/")?.rsplit_once("/f")?;
     let n: u8 = section.parse().ok()?;
     BULKY_SECTIONS.contains(&n).then(|| section_key(device, n))
-}
-
-async fn commit_durably(
-    store: &dyn Store,
-    puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<(), StoreError> {
-    let applied = store
-        .commit_aux(crate::store::AuxWrite {
-            guards: Vec::new(),
-            puts,
-            mutation: None,
-        })
-        .applied()
-        .await?;
-    crate::store::wait_durable_batch(store, applied.batch).await
 }
 
 /// Key of the kept SEL entries.
@@ -446,9 +444,9 @@ mod tests {
             .into_iter()
             .map(|(n, b)| (format!("ob/dev1/f{n:02}").into_bytes(), Some(b)))
             .collect();
-        commit_durably(&store, layout_1).await.unwrap();
+        commit_puts(&store, layout_1).await.unwrap();
         // An unrelated record that merely looks similar stays where it is.
-        commit_durably(
+        commit_puts(
             &store,
             vec![(b"ob/dev1/sel".to_vec(), Some(encode_sel(&[]).unwrap()))],
         )

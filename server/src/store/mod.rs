@@ -407,6 +407,14 @@ pub async fn wait_durable_batch(store: &dyn Store, batch: u64) -> Result<(), Sto
     }
 }
 
+/// Queues an auxiliary write and waits until it is applied and durable (what may be
+/// acknowledged).
+pub async fn commit_aux_durably(store: &dyn Store, w: AuxWrite) -> Result<AuxApplied, StoreError> {
+    let applied = store.commit_aux(w).applied().await?;
+    wait_durable_batch(store, applied.batch).await?;
+    Ok(applied)
+}
+
 /// The newest durable revision, or why nothing more can become durable.
 pub fn durable_revision(store: &dyn Store) -> Result<u64, StoreError> {
     store.durable().borrow().clone().map_err(StoreError::Io)
