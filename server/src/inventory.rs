@@ -1200,7 +1200,9 @@ impl Inventory {
                         Ok(b) if !b.is_empty() => b,
                         Ok(_) => break,
                         Err(e) => {
-                            let _ = tx.send(Err(crate::store_map::api_error("event", "", e))).await;
+                            let _ = tx
+                                .send(Err(crate::store_map::api_error("event", "", e)))
+                                .await;
                             return;
                         }
                     };

@@ -228,7 +228,11 @@ const NO_KEYS_WARNING: &str = "warning: this backup carries no keys (no --passph
     are copied from this data directory: keep copies of them with the backup";
 
 /// `musterd backup`: a stopped server's store, and its key files sealed with a passphrase.
-fn offline_backup(config: &Config, to: &Path, passphrase_file: Option<&Path>) -> anyhow::Result<()> {
+fn offline_backup(
+    config: &Config,
+    to: &Path,
+    passphrase_file: Option<&Path>,
+) -> anyhow::Result<()> {
     let opts = StoreOptions {
         cache_capacity_bytes: config.cache_capacity_mb * 1024 * 1024,
         fdatasync: true,
@@ -264,7 +268,11 @@ fn offline_backup(config: &Config, to: &Path, passphrase_file: Option<&Path>) ->
         "backed up {n} records at revision {} to {}{}",
         store.revision(),
         to.display(),
-        if bundle.is_empty() { "" } else { ", with the keys (encrypted)" }
+        if bundle.is_empty() {
+            ""
+        } else {
+            ", with the keys (encrypted)"
+        }
     );
     if bundle.is_empty() {
         eprintln!("{NO_KEYS_WARNING}");
@@ -275,11 +283,13 @@ fn offline_backup(config: &Config, to: &Path, passphrase_file: Option<&Path>) ->
 /// `musterd restore`: the keys are decrypted first, so a wrong passphrase writes nothing; the
 /// records next; the key files last, never over existing ones.
 fn restore(config: &Config, from: &Path, passphrase_file: Option<&Path>) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let dir = &config.data_dir;
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        bail!("{} is not empty; restore only into an empty or new data directory", dir.display());
+        bail!(
+            "{} is not empty; restore only into an empty or new data directory",
+            dir.display()
+        );
     }
     let mut r = std::io::BufReader::new(file);
     let reader = muster_server::store::open_backup(&mut r)

@@ -105,7 +105,16 @@ async fn a_passphrase_backup_restores_the_keys_and_every_agent_identity() {
     let token = token_for(&s, "web-01", "1h");
     let agent = AgentHost::new(&s);
     assert!(ok(&agent.enroll(&token, "0s")).contains("enrolled as device web-01"));
-    assert!(agent.client().await.report(report(1)).await.unwrap().into_inner().applied);
+    assert!(
+        agent
+            .client()
+            .await
+            .report(report(1))
+            .await
+            .unwrap()
+            .into_inner()
+            .applied
+    );
     add_credential(&s).await;
     let pass = passphrase_file(&s, "pass", PASSPHRASE);
     let pass_arg = pass.to_str().unwrap();
@@ -121,7 +130,11 @@ async fn a_passphrase_backup_restores_the_keys_and_every_agent_identity() {
         pass_arg,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("carries no keys"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("carries no keys"),
+        "{}",
+        stderr(&out)
+    );
     let bytes = std::fs::read(&online).unwrap();
     let key = std::fs::read(s.data_dir.join("secrets.key")).unwrap();
     assert!(
@@ -166,7 +179,10 @@ async fn a_passphrase_backup_restores_the_keys_and_every_agent_identity() {
         // The agent's old certificate is still its identity, and the credential still opens.
         let applied = agent.client().await.report(report(2)).await;
         assert!(applied.unwrap().into_inner().applied, "{}", restored.log());
-        assert!(credential_opens(&restored).await, "the sealed credential no longer opens");
+        assert!(
+            credential_opens(&restored).await,
+            "the sealed credential no longer opens"
+        );
         restored.stop().unwrap();
     }
 }
@@ -188,7 +204,11 @@ async fn without_its_keys_a_restored_store_refuses_to_start_and_creates_none() {
     let mut restored = TestServer::prepare(options(false)).unwrap();
     let out = restore(&file, &restored.data_dir, None);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("copy secrets.key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("copy secrets.key"),
+        "{}",
+        stderr(&out)
+    );
     let err = restored.spawn().unwrap_err().to_string();
     for needle in [
         "secrets.key is missing",
@@ -196,7 +216,10 @@ async fn without_its_keys_a_restored_store_refuses_to_start_and_creates_none() {
         "musterd restore --from BACKUP --data-dir DIR --passphrase-file FILE",
         "copy it from the old data directory",
     ] {
-        assert!(err.contains(needle), "start-up refusal lacks {needle:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "start-up refusal lacks {needle:?}: {err}"
+        );
     }
     for f in KEY_FILES {
         assert!(
@@ -220,7 +243,11 @@ async fn without_its_keys_a_restored_store_refuses_to_start_and_creates_none() {
         err.contains("secrets.key is not the file this store was set up with"),
         "{err}"
     );
-    std::fs::copy(s.data_dir.join("secrets.key"), restored.data_dir.join("secrets.key")).unwrap();
+    std::fs::copy(
+        s.data_dir.join("secrets.key"),
+        restored.data_dir.join("secrets.key"),
+    )
+    .unwrap();
     std::fs::remove_file(restored.data_dir.join("agent-ca.key")).unwrap();
     std::fs::remove_file(restored.data_dir.join("agent-ca.pem")).unwrap();
     let err = restored.spawn().unwrap_err().to_string();
@@ -309,7 +336,11 @@ async fn a_wrong_or_missing_passphrase_restores_nothing_and_a_weak_one_is_refuse
         })
         .count();
     assert_eq!(audited, 2, "refused backups not audited: {refused:#?}");
-    let revision = |r: pb::WhoAmIResponse| r.revision;
-    let after = revision(admin.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner());
+    let after = admin
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
     assert_eq!(before, after, "a refused backup changed the store");
 }

@@ -74,7 +74,12 @@ async fn write_backup(
 ) -> Result<u64> {
     // The deadline bounds the start of the stream, not its (possibly long) transfer.
     let mut stream = clients
-        .unary(clients.admin.clone().backup(pb::BackupRequest { passphrase }))
+        .unary(
+            clients
+                .admin
+                .clone()
+                .backup(pb::BackupRequest { passphrase }),
+        )
         .await?;
     let mut bytes = 0u64;
     while let Some(chunk) = stream.message().await.map_err(RpcError)? {

@@ -115,15 +115,17 @@ impl AdminService for AdminApi {
             } else {
                 bundle::seal(&keys, &passphrase).map_err(|e| e.to_string())
             };
-            let result = sealed.and_then(|b| snapshot_to(&*store, &b, &path)).and_then(|_| {
-                let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                let mut w = ChunkWriter {
-                    tx: tx.clone(),
-                    buf: Vec::with_capacity(CHUNK),
-                };
-                std::io::copy(&mut file, &mut w).map_err(|e| e.to_string())?;
-                w.flush().map_err(|e| e.to_string())
-            });
+            let result = sealed
+                .and_then(|b| snapshot_to(&*store, &b, &path))
+                .and_then(|_| {
+                    let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                    let mut w = ChunkWriter {
+                        tx: tx.clone(),
+                        buf: Vec::with_capacity(CHUNK),
+                    };
+                    std::io::copy(&mut file, &mut w).map_err(|e| e.to_string())?;
+                    w.flush().map_err(|e| e.to_string())
+                });
             let _ = std::fs::remove_file(&path);
             match result {
                 Ok(()) => tracing::info!("backup streamed"),

@@ -132,7 +132,11 @@ pub fn open(bundle: &[u8], passphrase: &[u8]) -> Result<KeyFiles, BundleError> {
     }
     let (header, sealed) = bundle.split_at(HEADER_LEN);
     let at = MAGIC.len();
-    let (m, t, p) = (u32_at(header, at), u32_at(header, at + 4), u32_at(header, at + 8));
+    let (m, t, p) = (
+        u32_at(header, at),
+        u32_at(header, at + 4),
+        u32_at(header, at + 8),
+    );
     if m > MAX_MEMORY_KIB || t > MAX_PASSES || p > MAX_LANES {
         return Err(BundleError::Malformed(format!(
             "key derivation cost m={m} KiB t={t} p={p} exceeds the limits (m<={MAX_MEMORY_KIB}, t<={MAX_PASSES}, p<={MAX_LANES})"
@@ -155,7 +159,8 @@ pub fn open(bundle: &[u8], passphrase: &[u8]) -> Result<KeyFiles, BundleError> {
         .try_into()
         .map_err(|_| BundleError::Malformed("the secrets key is not 32 bytes".into()))?;
     let text = |b: &[u8], what: &str| {
-        String::from_utf8(b.to_vec()).map_err(|_| BundleError::Malformed(format!("{what} is not PEM")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| BundleError::Malformed(format!("{what} is not PEM")))
     };
     let ca_cert_pem = text(take_frame(&mut rest, "CA certificate")?, "CA certificate")?;
     let ca_key_pem = text(take_frame(&mut rest, "CA key")?, "CA key")?;

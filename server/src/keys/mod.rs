@@ -42,7 +42,8 @@ impl KeyPaths {
     pub fn new(data_dir: &Path, secrets_key_file: Option<&Path>) -> Self {
         let (ca_cert, ca_key) = AgentCa::files(data_dir);
         Self {
-            secrets_key: secrets_key_file.map_or_else(|| data_dir.join("secrets.key"), Path::to_path_buf),
+            secrets_key: secrets_key_file
+                .map_or_else(|| data_dir.join("secrets.key"), Path::to_path_buf),
             ca_cert,
             ca_key,
         }
@@ -81,7 +82,9 @@ pub enum KeyError {
         "{file} is not the file this store was set up with ({what}). Put the original back: {HOW_TO_RESTORE}"
     )]
     Mismatch { file: PathBuf, what: &'static str },
-    #[error("{present} exists but {missing} does not; the CA needs both. Restore it: {HOW_TO_RESTORE}")]
+    #[error(
+        "{present} exists but {missing} does not; the CA needs both. Restore it: {HOW_TO_RESTORE}"
+    )]
     Incomplete { present: PathBuf, missing: PathBuf },
     #[error("{0} already exists; a restore never replaces a key file")]
     Exists(PathBuf),
@@ -226,12 +229,83 @@ pub async fn open(store: &dyn Store, paths: &KeyPaths) -> Result<KeyMaterial, Ke
             commit_aux_durably(store, w).await?;
         }
     }
-    let ca = AgentCa::from_pem(&files.ca_cert_pem, &files.ca_key_pem).map_err(|e| {
-        PkiError::BadCa(paths.ca_key.parent().unwrap_or(Path::new(".")).into(), e)
-    })?;
+    let ca = AgentCa::from_pem(&files.ca_cert_pem, &files.ca_key_pem)
+        .map_err(|e| PkiError::BadCa(paths.ca_key.parent().unwrap_or(Path::new(".")).into(), e))?;
     Ok(KeyMaterial {
         secrets: SecretBox::from_key(files.secrets_key),
         ca,
         files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::{ChangeMeta, Expect, Mutation, SledStore, StoreOptions, StoredObject};
+
+    fn setup() -> (tempfile::TempDir, SledStore, KeyPaths) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let paths = KeyPaths::new(&dir.path().join("keys"), None);
+        (dir, store, paths)
+    }
+
+    /// Stores from before the fingerprint record: sealed credentials or agent identities are
+    /// enough to refuse creating a new key or CA.
+    #[tokio::test]
+    async fn a_store_without_a_record_but_with_sealed_data_is_not_given_new_keys() {
+        let (_dir, store, paths) = setup();
+        let m = Mutation {
+            kind: kind_id(ResourceKind::Credential),
+            name: "bmc".into(),
+            expect: Expect::Absent,
+            put: Some(StoredObject {
+                kind: kind_id(ResourceKind::Credential),
+                id: ulid::Ulid::new().to_string(),
+                name: "bmc".into(),
+                labels: Default::default(),
+                fields: Default::default(),
+                revision: 0,
+                body: Vec::new(),
+            }),
+            checks: Vec::new(),
+            change: ChangeMeta::default(),
+        };
+        let rev = store.commit(m).revision().await.unwrap();
+        crate::store::wait_durable(&store, rev).await.unwrap();
+        let err = open(&store, &paths).await.unwrap_err();
+        assert!(matches!(&err, KeyError::Missing { file, .. } if file == &paths.secrets_key));
+        assert!(!paths.secrets_key.exists());
+
+        let (_dir, store, paths) = setup();
+        let w = AuxWrite {
+            guards: Vec::new(),
+            puts: vec![(b"ag/id/abc".to_vec(), Some(b"x".to_vec()))],
+            mutation: None,
+        };
+        commit_aux_durably(&store, w).await.unwrap();
+        let err = open(&store, &paths).await.unwrap_err();
+        assert!(
+            matches!(&err, KeyError::Missing { file, .. } if file == &paths.ca_key),
+            "{err}"
+        );
+        assert!(!paths.ca_key.exists() && !paths.ca_cert.exists());
+    }
+
+    /// A fresh store gets new files and records them; the next open checks against the record.
+    #[tokio::test]
+    async fn first_start_records_the_files_and_later_starts_check_them() {
+        let (_dir, store, paths) = setup();
+        let first = open(&store, &paths).await.unwrap();
+        let again = open(&store, &paths).await.unwrap();
+        assert_eq!(first.files.secrets_key, again.files.secrets_key);
+        std::fs::remove_file(&paths.ca_cert).unwrap();
+        let err = open(&store, &paths).await.unwrap_err();
+        assert!(matches!(err, KeyError::Incomplete { .. }), "{err}");
+        std::fs::remove_file(&paths.ca_key).unwrap();
+        let err = open(&store, &paths).await.unwrap_err();
+        assert!(matches!(err, KeyError::Missing { .. }), "{err}");
+        assert!(!paths.ca_key.exists());
+    }
 }

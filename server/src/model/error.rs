@@ -3,7 +3,6 @@
 
 use thiserror::Error;
 
-
 /// Why a request was refused or failed. Messages are for the operator and never carry
 /// internals; `Internal` and `Unavailable` details are logged, not sent.
 #[derive(Debug, Error)]

@@ -242,13 +242,19 @@ mod tests {
         assert_eq!(reader.restore_into(&target).unwrap(), 2);
         assert_eq!(
             read_back(&target),
-            vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"22".to_vec())]
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"22".to_vec())
+            ]
         );
     }
 
     #[test]
     fn version_2_carries_an_authenticated_attachment() {
-        let items = vec![Ok((sled::IVec::from(&b"k"[..]), sled::IVec::from(&b"v"[..])))];
+        let items = vec![Ok((
+            sled::IVec::from(&b"k"[..]),
+            sled::IVec::from(&b"v"[..]),
+        ))];
         let mut file = Vec::new();
         assert_eq!(
             write_snapshot(items.into_iter(), b"bundle", &mut file).unwrap(),
