@@ -356,6 +356,11 @@ pub enum AdminCommand {
         /// File to create (must not exist).
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
+        /// File holding a passphrase (12 to 1024 bytes): the backup then also carries the
+        /// server's secrets key and agent CA, encrypted with it (`musterd restore
+        /// --passphrase-file` restores them). Without it, keep copies of those files.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
 }
 

@@ -124,7 +124,7 @@ async fn run() -> Result<(), BoxError> {
         &dir.path().join("data"),
         &StoreOptions::default(),
     )?);
-    let secrets = SecretBox::load_or_create(&dir.path().join("secrets.key"))?;
+    let secrets = SecretBox::from_key(rand::random());
     let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
     let engine = DriftEngine::start(Arc::clone(&inventory));
     let planner = Planner {

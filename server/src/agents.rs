@@ -145,7 +145,7 @@ fn random_secret(prefix: &str) -> String {
 }
 
 fn store_err(e: StoreError) -> ApiError {
-    ApiError::from_store("device", "", e)
+    crate::store_map::api_error("device", "", e)
 }
 
 fn duration_pb(d: Duration) -> pbjson_types::Duration {
@@ -405,7 +405,7 @@ impl Agents {
                 mutation: Some(mutation),
             })
             .await
-            .map_err(|e| ApiError::from_store("device", device, e))?;
+            .map_err(|e| crate::store_map::api_error("device", device, e))?;
             Ok((token, expires))
         }
         .await;
@@ -693,7 +693,7 @@ impl Agents {
             now_unix_nanos(),
         )
         .await
-        .map_err(|e| ApiError::from_store("device", &p.device, e))?;
+        .map_err(|e| crate::store_map::api_error("device", &p.device, e))?;
         Ok(Enrolled::Identity {
             device: p.device,
             cert_pem: issued.cert_pem,
@@ -755,7 +755,7 @@ impl Agents {
                 mutation: Some(mutation),
             })
             .await
-            .map_err(|e| ApiError::from_store("device", device, e))?;
+            .map_err(|e| crate::store_map::api_error("device", device, e))?;
             Ok(fp)
         }
         .await;
@@ -870,7 +870,7 @@ impl Agents {
                 } = *w;
                 self.commit(write)
                     .await
-                    .map_err(|e| ApiError::from_store("device", device, e))?;
+                    .map_err(|e| crate::store_map::api_error("device", device, e))?;
                 if sections != 0 {
                     self.inventory.observed_signal().changed(&id, sections);
                 }
@@ -1240,7 +1240,7 @@ impl Agents {
             mutation: Some(m),
         })
         .await
-        .map_err(|e| ApiError::from_store("device", name, e))?;
+        .map_err(|e| crate::store_map::api_error("device", name, e))?;
         Ok(true)
     }
 
@@ -1342,10 +1342,10 @@ impl Agents {
             .commit(m)
             .revision()
             .await
-            .map_err(|e| ApiError::from_store("device", name, e))?;
+            .map_err(|e| crate::store_map::api_error("device", name, e))?;
         store::wait_durable(&*self.store, rev)
             .await
-            .map_err(|e| ApiError::from_store("device", name, e))
+            .map_err(|e| crate::store_map::api_error("device", name, e))
     }
 }
 
@@ -1365,7 +1365,7 @@ fn conflict_as_used(device: &str, e: StoreError) -> ApiError {
         StoreError::AuxConflict => ApiError::PermissionDenied(
             "this enrollment token was used concurrently by another request".into(),
         ),
-        other => ApiError::from_store("device", device, other),
+        other => crate::store_map::api_error("device", device, other),
     }
 }
 

@@ -10,7 +10,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::config::TokenConfig;
-use crate::model::secrets::write_private_file;
+use crate::keys::files::write_private_file;
 use crate::model::{ApiError, Principal, Role};
 use crate::store::{Store, StoreError, StoredToken};
 

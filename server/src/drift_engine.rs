@@ -146,7 +146,7 @@ impl std::fmt::Debug for DriftEngine {
 }
 
 fn store_err(e: StoreError) -> ApiError {
-    ApiError::from_store("drift", "", e)
+    crate::store_map::api_error("drift", "", e)
 }
 
 /// A device the plan or the engine evaluates: its desired inputs and its observed view.

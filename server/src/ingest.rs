@@ -276,7 +276,7 @@ async fn ingest_one(
         },
     )
     .await
-    .map_err(|e| ApiError::from_store("device", &h.device, e))?;
+    .map_err(|e| crate::store_map::api_error("device", &h.device, e))?;
     let sections: Vec<u32> = hashes.iter().map(|(n, _)| u32::from(*n)).collect();
     // A full report: drift looks at every section again.
     inv.observed_signal()

@@ -310,7 +310,7 @@ impl Inventory {
                     .get(i)
                     .cloned()
                     .unwrap_or((ResourceKind::Unspecified, String::new()));
-                Err(ApiError::from_store(kind_name(kind), &name, e))
+                Err(crate::store_map::api_error(kind_name(kind), &name, e))
             }
         }
     }
@@ -523,7 +523,7 @@ impl Inventory {
         let Some(o) = self
             .store
             .get(kind_id(kind), name)
-            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?
+            .map_err(|e| crate::store_map::api_error(kind_name(kind), name, e))?
         else {
             return Ok(None);
         };
@@ -556,10 +556,10 @@ impl Inventory {
             .commit(m)
             .revision()
             .await
-            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
+            .map_err(|e| crate::store_map::api_error(kind_name(kind), name, e))?;
         store::wait_durable(&*self.store, rev)
             .await
-            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?;
+            .map_err(|e| crate::store_map::api_error(kind_name(kind), name, e))?;
         Ok(rev)
     }
 
@@ -933,7 +933,7 @@ impl Inventory {
         let o = self
             .store
             .get(kind_id(kind), name)
-            .map_err(|e| ApiError::from_store(kind_name(kind), name, e))?
+            .map_err(|e| crate::store_map::api_error(kind_name(kind), name, e))?
             .ok_or_else(|| ApiError::NotFound {
                 kind: kind_name(kind),
                 name: name.to_string(),
@@ -984,7 +984,7 @@ impl Inventory {
                 after_id: None,
                 limit: 100_000,
             })
-            .map_err(|e| ApiError::from_store("device", name, e))?;
+            .map_err(|e| crate::store_map::api_error("device", name, e))?;
         page.objects
             .into_iter()
             .map(|o| {
@@ -1118,7 +1118,7 @@ impl Inventory {
         let page = self
             .store
             .list(&q)
-            .map_err(|e| ApiError::from_store(kind_name(kind), "", e))?;
+            .map_err(|e| crate::store_map::api_error(kind_name(kind), "", e))?;
         let next = match (page.more, &page.last_id) {
             (true, Some(last)) => URL_SAFE_NO_PAD.encode(format!("l1:{last}")),
             _ => String::new(),
@@ -1200,7 +1200,9 @@ impl Inventory {
                         Ok(b) if !b.is_empty() => b,
                         Ok(_) => break,
                         Err(e) => {
-                            let _ = tx.send(Err(ApiError::from_store("event", "", e))).await;
+                            let _ = tx
+                                .send(Err(crate::store_map::api_error("event", "", e)))
+                                .await;
                             return;
                         }
                     };
@@ -1287,7 +1289,7 @@ impl Inventory {
         let entries = self
             .store
             .audit(&q)
-            .map_err(|e| ApiError::from_store("audit", "", e))?;
+            .map_err(|e| crate::store_map::api_error("audit", "", e))?;
         let (mut last_rev, mut last_seq) = (after_revision, after_seq);
         let mut out = Vec::with_capacity(entries.len());
         for e in &entries {
@@ -1400,5 +1402,5 @@ fn refusal_to_audit(r: &Refusal) -> pb::Change {
 
 /// Maps a store error outside a specific object (used by admin operations).
 pub fn store_error(e: StoreError) -> ApiError {
-    ApiError::from_store("store", "", e)
+    crate::store_map::api_error("store", "", e)
 }

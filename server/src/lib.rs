@@ -18,12 +18,14 @@ pub mod grpc;
 pub mod health;
 pub mod ingest;
 pub mod inventory;
+pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod observed;
 pub mod pki;
 pub mod planning;
 pub mod store;
+pub mod store_map;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,7 +51,6 @@ use crate::config::Config;
 use crate::grpc::Shared;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
-use crate::model::secrets::SecretBox;
 use crate::store::{SledStore, Store, StoreError, StoreOptions};
 
 /// How long in-flight requests may take to finish after shutdown is requested. HTTP/2's
@@ -68,11 +69,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("cannot set up tokens: {0}")]
     Auth(#[from] auth::AuthSetupError),
-    #[error("cannot load the secrets key {path}: {source}")]
-    SecretsKey {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("key material: {0}")]
+    Keys(#[from] keys::KeyError),
     #[error("cannot read TLS material {path}: {source}")]
     TlsFile {
         path: PathBuf,
@@ -113,7 +111,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store, the secrets key and the token registry.
+    /// Opens the store, the key material (checked against the store) and the token registry.
     pub async fn open(config: Config) -> Result<Self, ServeError> {
         let opts = StoreOptions {
             cache_capacity_bytes: config.cache_capacity_mb.saturating_mul(1024 * 1024),
@@ -128,19 +126,12 @@ impl Server {
         if moved > 0 {
             tracing::info!(moved, "moved bulky facts sections to their own key range");
         }
-        let key_path = config
-            .secrets_key_file
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("secrets.key"));
-        let secrets =
-            SecretBox::load_or_create(&key_path).map_err(|source| ServeError::SecretsKey {
-                path: key_path,
-                source,
-            })?;
+        let paths = keys::KeyPaths::new(&config.data_dir, config.secrets_key_file.as_deref());
+        let keys = keys::open(&*store, &paths).await?;
         let (tokens, created_admin_token) =
             TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
-        let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
-        let ca = Arc::new(AgentCa::load_or_create(&config.data_dir)?);
+        let inventory = Arc::new(Inventory::new(Arc::clone(&store), keys.secrets));
+        let ca = Arc::new(keys.ca);
         let settings = AgentSettings {
             report_interval: Duration::from_millis(config.agent_report_interval_ms.max(1)),
             jitter: config.agent_jitter,
@@ -157,6 +148,7 @@ impl Server {
             shared: Shared {
                 inventory,
                 tokens: Arc::new(tokens),
+                keys: Arc::new(keys.files),
             },
             agents,
             drift,

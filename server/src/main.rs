@@ -2,11 +2,14 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use muster_server::config::{Config, LogFormat, TlsConfig};
+use muster_server::keys::{self, KeyPaths};
+use muster_server::pki::AgentCa;
 use muster_server::store::{SledStore, Store, StoreOptions};
 use muster_server::{Listeners, Server};
 
@@ -83,12 +86,19 @@ enum Command {
         /// Backup file to create.
         #[arg(long)]
         to: PathBuf,
+        /// File holding a passphrase (12 to 1024 bytes): the backup then carries the secrets
+        /// key and the agent CA, encrypted with it. Without it, keep copies of those files.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Restore a backup into an empty data directory.
     Restore {
         /// Backup file to read.
         #[arg(long)]
         from: PathBuf,
+        /// The passphrase file the backup was made with: restores the key files it carries.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Read a token on stdin and print the sha256 to put in the config's [[tokens]].
     HashToken,
@@ -212,6 +222,119 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a backup without keys means for its restore; printed whenever one is made.
+const NO_KEYS_WARNING: &str = "warning: this backup carries no keys (no --passphrase-file). \
+    A server restored from it refuses to start until secrets.key, agent-ca.key and agent-ca.pem \
+    are copied from this data directory: keep copies of them with the backup";
+
+/// `musterd backup`: a stopped server's store, and its key files sealed with a passphrase.
+fn offline_backup(
+    config: &Config,
+    to: &Path,
+    passphrase_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let opts = StoreOptions {
+        cache_capacity_bytes: config.cache_capacity_mb * 1024 * 1024,
+        fdatasync: true,
+    };
+    let store = SledStore::open(&config.data_dir, &opts).with_context(|| {
+        format!(
+            "opening {} (is musterd running? then use `muster admin backup`)",
+            config.data_dir.display()
+        )
+    })?;
+    let bundle = match passphrase_file {
+        Some(p) => {
+            let passphrase = keys::files::read_passphrase(p)?;
+            let paths = KeyPaths::new(&config.data_dir, config.secrets_key_file.as_deref());
+            let files = keys::files::read_all(&paths)?;
+            keys::bundle::seal(&files, &passphrase)?
+        }
+        None => Vec::new(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let n = store.backup(&bundle, &mut w).context("writing backup")?;
+    let file = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing backup: {e}"))?;
+    file.sync_all()?;
+    eprintln!(
+        "backed up {n} records at revision {} to {}{}",
+        store.revision(),
+        to.display(),
+        if bundle.is_empty() {
+            ""
+        } else {
+            ", with the keys (encrypted)"
+        }
+    );
+    if bundle.is_empty() {
+        eprintln!("{NO_KEYS_WARNING}");
+    }
+    Ok(())
+}
+
+/// `musterd restore`: the keys are decrypted first, so a wrong passphrase writes nothing; the
+/// records next; the key files last, never over existing ones.
+fn restore(config: &Config, from: &Path, passphrase_file: Option<&Path>) -> anyhow::Result<()> {
+    let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let dir = &config.data_dir;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!(
+            "{} is not empty; restore only into an empty or new data directory",
+            dir.display()
+        );
+    }
+    let mut r = std::io::BufReader::new(file);
+    let reader = muster_server::store::open_backup(&mut r)
+        .with_context(|| format!("reading {}", from.display()))?;
+    let paths = KeyPaths::new(&config.data_dir, config.secrets_key_file.as_deref());
+    let keys = match (reader.attachment().is_empty(), passphrase_file) {
+        (true, _) => None,
+        (false, None) => bail!(
+            "{} carries the server's keys, encrypted: pass --passphrase-file with the passphrase it was made with",
+            from.display()
+        ),
+        (false, Some(p)) => {
+            let passphrase = keys::files::read_passphrase(p)?;
+            let files = keys::bundle::open(reader.attachment(), &passphrase)?;
+            AgentCa::from_pem(&files.ca_cert_pem, &files.ca_key_pem)
+                .map_err(|e| anyhow::anyhow!("the CA in the backup is unusable: {e}"))?;
+            keys::files::refuse_existing(&paths)?;
+            Some(files)
+        }
+    };
+    let n = reader
+        .restore_into(&config.data_dir)
+        .with_context(|| format!("restoring into {}", config.data_dir.display()))?;
+    match keys {
+        Some(files) => {
+            if let Err(e) = keys::files::install(&paths, &files) {
+                let _ = std::fs::remove_dir_all(&config.data_dir);
+                return Err(e).context("restoring the key files (the restore was undone)");
+            }
+            eprintln!(
+                "restored {n} records and the key files into {}",
+                config.data_dir.display()
+            );
+        }
+        None => {
+            eprintln!("restored {n} records into {}", config.data_dir.display());
+            eprintln!(
+                "this backup carries no keys: copy secrets.key, agent-ca.key and agent-ca.pem from the old data directory into {} before starting musterd",
+                config.data_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = load_config(&cli.serve)?;
@@ -221,44 +344,14 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(run_server(config))
         }
-        Some(Command::Backup { to }) => {
-            let opts = StoreOptions {
-                cache_capacity_bytes: config.cache_capacity_mb * 1024 * 1024,
-                fdatasync: true,
-            };
-            let store = SledStore::open(&config.data_dir, &opts).with_context(|| {
-                format!(
-                    "opening {} (is musterd running? then use `muster admin backup`)",
-                    config.data_dir.display()
-                )
-            })?;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&to)
-                .with_context(|| format!("creating {}", to.display()))?;
-            let mut w = std::io::BufWriter::new(file);
-            let n = store.backup(&mut w).context("writing backup")?;
-            let file = w
-                .into_inner()
-                .map_err(|e| anyhow::anyhow!("writing backup: {e}"))?;
-            file.sync_all()?;
-            eprintln!(
-                "backed up {n} records at revision {} to {}",
-                store.revision(),
-                to.display()
-            );
-            Ok(())
-        }
-        Some(Command::Restore { from }) => {
-            let file = std::fs::File::open(&from)
-                .with_context(|| format!("opening {}", from.display()))?;
-            let mut r = std::io::BufReader::new(file);
-            let n = muster_server::store::restore_into(&mut r, &config.data_dir)
-                .with_context(|| format!("restoring into {}", config.data_dir.display()))?;
-            eprintln!("restored {n} records into {}", config.data_dir.display());
-            Ok(())
-        }
+        Some(Command::Backup {
+            to,
+            passphrase_file,
+        }) => offline_backup(&config, &to, passphrase_file.as_deref()),
+        Some(Command::Restore {
+            from,
+            passphrase_file,
+        }) => restore(&config, &from, passphrase_file.as_deref()),
         Some(Command::HashToken) => {
             let mut token = String::new();
             std::io::stdin().read_line(&mut token)?;

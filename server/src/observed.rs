@@ -259,7 +259,7 @@ pub struct Stored {
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::from_store("device", "", e)
+    crate::store_map::api_error("device", "", e)
 }
 
 /// Reads the metadata record only.

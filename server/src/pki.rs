@@ -13,6 +13,8 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::keys::files::{write_new_file, write_private_file};
+
 /// Why the CA could not be loaded or could not sign.
 #[derive(Debug, Error)]
 pub enum PkiError {
@@ -55,56 +57,61 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
-fn write_private(path: &Path, data: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data.as_bytes())?;
-    f.sync_all()
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError {
+    let path = path.to_path_buf();
+    move |source| PkiError::File { path, source }
 }
 
 impl AgentCa {
-    /// Loads the CA from `dir` (`agent-ca.pem`, `agent-ca.key`), creating it on first start.
-    pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
-        let cert_path = dir.join("agent-ca.pem");
-        let key_path = dir.join("agent-ca.key");
-        let file_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| PkiError::File { path, source }
-        };
-        if !key_path.exists() {
-            let key = KeyPair::generate().map_err(|e| PkiError::Issue(e.to_string()))?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "muster agent CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
-            let cert = params
-                .self_signed(&key)
-                .map_err(|e| PkiError::Issue(e.to_string()))?;
-            std::fs::create_dir_all(dir).map_err(file_err(dir))?;
-            write_private(&key_path, &key.serialize_pem()).map_err(file_err(&key_path))?;
-            std::fs::write(&cert_path, cert.pem()).map_err(file_err(&cert_path))?;
-        }
+    /// The CA's files in `dir`: certificate, key.
+    pub fn files(dir: &Path) -> (PathBuf, PathBuf) {
+        (dir.join("agent-ca.pem"), dir.join("agent-ca.key"))
+    }
+
+    /// Creates a new CA in `dir`. Fails if a key file is already there, so an existing CA is
+    /// never replaced (`crate::keys` decides when a new one may be made at all).
+    pub fn create(dir: &Path) -> Result<Self, PkiError> {
+        let (cert_path, key_path) = Self::files(dir);
+        let key = KeyPair::generate().map_err(|e| PkiError::Issue(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "muster agent CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| PkiError::Issue(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(file_err(dir))?;
+        write_private_file(&key_path, key.serialize_pem().as_bytes())
+            .map_err(file_err(&key_path))?;
+        write_new_file(&cert_path, cert.pem().as_bytes(), 0o644).map_err(file_err(&cert_path))?;
+        Self::load(dir)
+    }
+
+    /// Loads the CA from `dir` (`agent-ca.pem`, `agent-ca.key`).
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let (cert_path, key_path) = Self::files(dir);
         let key_pem = std::fs::read_to_string(&key_path).map_err(file_err(&key_path))?;
         let ca_pem = std::fs::read_to_string(&cert_path).map_err(file_err(&cert_path))?;
-        let key =
-            KeyPair::from_pem(&key_pem).map_err(|e| PkiError::BadCa(dir.into(), e.to_string()))?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)
-            .map_err(|e| PkiError::BadCa(dir.into(), e.to_string()))?;
-        Ok(Self { issuer, ca_pem })
+        Self::from_pem(&ca_pem, &key_pem).map_err(|e| PkiError::BadCa(dir.into(), e))
+    }
+
+    /// The CA from its certificate and key, PEM (also how a restored bundle is checked).
+    pub fn from_pem(ca_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| e.to_string())?;
+        let issuer = Issuer::from_ca_cert_pem(ca_pem, key).map_err(|e| e.to_string())?;
+        Ok(Self {
+            issuer,
+            ca_pem: ca_pem.to_string(),
+        })
     }
 
     /// The CA certificate, PEM: what agents and clients trust.
@@ -183,9 +190,14 @@ mod tests {
     #[test]
     fn ca_persists_and_signs_only_the_public_key() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = AgentCa::load_or_create(dir.path()).unwrap();
-        let again = AgentCa::load_or_create(dir.path()).unwrap();
+        let ca = AgentCa::create(dir.path()).unwrap();
+        let again = AgentCa::load(dir.path()).unwrap();
         assert_eq!(ca.ca_pem(), again.ca_pem());
+        assert!(
+            AgentCa::create(dir.path()).is_err(),
+            "an existing CA is never replaced"
+        );
+        assert_eq!(AgentCa::load(dir.path()).unwrap().ca_pem(), ca.ca_pem());
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
         p.distinguished_name

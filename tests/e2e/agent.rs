@@ -120,7 +120,7 @@ impl AgentHost {
     }
 
     /// An AgentService client presenting this agent's certificate.
-    async fn client(&self) -> AgentServiceClient<tonic::transport::Channel> {
+    pub(crate) async fn client(&self) -> AgentServiceClient<tonic::transport::Channel> {
         let ch =
             identity::channel(&self.server, Some(&self.ca), &Paths::new(self.dir()), true).unwrap();
         AgentServiceClient::new(ch)

@@ -362,6 +362,9 @@ async fn roles_are_enforced() {
         s.channel().await.unwrap(),
         muster_tests::Bearer::new(OPERATOR_TOKEN),
     );
-    let e = admin_api.backup(pb::BackupRequest {}).await.unwrap_err();
+    let e = admin_api
+        .backup(pb::BackupRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 }

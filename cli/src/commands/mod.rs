@@ -64,8 +64,12 @@ pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
         Command::Watch(args) => watch::run(&clients, args).await,
         Command::Audit(args) => audit::run(&clients, args).await,
         Command::Admin {
-            command: AdminCommand::Backup { to },
-        } => admin::backup(&clients, &to).await,
+            command:
+                AdminCommand::Backup {
+                    to,
+                    passphrase_file,
+                },
+        } => admin::backup(&clients, &to, passphrase_file.as_deref()).await,
         Command::Whoami => whoami::run(&clients).await,
         Command::Agent { command } => agent::run(&clients, command).await,
         Command::Completion { .. } | Command::Version => Ok(()),

@@ -1,4 +1,4 @@
-//! AdminService handlers: online backup and WhoAmI.
+//! AdminService handlers: online backup (optionally carrying the keys, encrypted) and WhoAmI.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -11,8 +11,10 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::status::to_status;
-use crate::inventory::store_error;
+use crate::inventory::{ChangeContext, store_error};
+use crate::keys::bundle;
 use crate::model::{ApiError, Permission};
+use crate::store::RefusalKind;
 
 /// Size of the chunks a backup is streamed in.
 const CHUNK: usize = 1024 * 1024;
@@ -47,8 +49,12 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-/// Writes a consistent snapshot of the store to a new file at `path`.
-fn snapshot_to(store: &dyn crate::store::Store, path: &std::path::Path) -> Result<(), String> {
+/// Writes a consistent snapshot of the store, carrying `bundle`, to a new file at `path`.
+fn snapshot_to(
+    store: &dyn crate::store::Store,
+    bundle: &[u8],
+    path: &std::path::Path,
+) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -57,7 +63,7 @@ fn snapshot_to(store: &dyn crate::store::Store, path: &std::path::Path) -> Resul
         .open(path)
         .map_err(|e| format!("creating {}: {e}", path.display()))?;
     let mut w = std::io::BufWriter::new(file);
-    store.backup(&mut w).map_err(|e| e.to_string())?;
+    store.backup(bundle, &mut w).map_err(|e| e.to_string())?;
     w.flush().map_err(|e| e.to_string())
 }
 
@@ -69,29 +75,57 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        self.0.authorize(
+        let who = self.0.authorize(
             &req,
             Permission::Admin,
             "backup",
             ResourceKind::Unspecified,
             "",
         )?;
+        let passphrase = req.into_inner().passphrase;
+        if !passphrase.is_empty()
+            && let Err(problem) = bundle::check_passphrase(&passphrase)
+        {
+            let e = ApiError::invalid("passphrase", problem);
+            self.0.inventory.record_refusal(
+                &who.name,
+                "backup",
+                (ResourceKind::Unspecified, ""),
+                &ChangeContext::default(),
+                RefusalKind::Rejected,
+                &e.to_string(),
+            );
+            return Err(to_status(e));
+        }
+        if passphrase.is_empty() {
+            tracing::warn!(
+                "backup without a passphrase: it carries no keys; a restore needs secrets.key and agent-ca.* copied by hand"
+            );
+        }
         let (tx, rx) = mpsc::channel(4);
         let store = std::sync::Arc::clone(self.0.inventory.store());
+        let keys = std::sync::Arc::clone(&self.0.keys);
         tokio::task::spawn_blocking(move || {
             // Snapshot to a local file first: the store's writer is held only for as long as the
             // local disk takes, never for as long as a slow client takes to read.
             let path =
                 std::env::temp_dir().join(format!("muster-backup-{}.tmp", ulid::Ulid::new()));
-            let result = snapshot_to(&*store, &path).and_then(|_| {
-                let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                let mut w = ChunkWriter {
-                    tx: tx.clone(),
-                    buf: Vec::with_capacity(CHUNK),
-                };
-                std::io::copy(&mut file, &mut w).map_err(|e| e.to_string())?;
-                w.flush().map_err(|e| e.to_string())
-            });
+            let sealed = if passphrase.is_empty() {
+                Ok(Vec::new())
+            } else {
+                bundle::seal(&keys, &passphrase).map_err(|e| e.to_string())
+            };
+            let result = sealed
+                .and_then(|b| snapshot_to(&*store, &b, &path))
+                .and_then(|_| {
+                    let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                    let mut w = ChunkWriter {
+                        tx: tx.clone(),
+                        buf: Vec::with_capacity(CHUNK),
+                    };
+                    std::io::copy(&mut file, &mut w).map_err(|e| e.to_string())?;
+                    w.flush().map_err(|e| e.to_string())
+                });
             let _ = std::fs::remove_file(&path);
             match result {
                 Ok(()) => tracing::info!("backup streamed"),

@@ -35,6 +35,8 @@ pub(crate) fn context(c: Option<muster::pb::ChangeContext>) -> ChangeContext {
 pub struct Shared {
     pub inventory: Arc<Inventory>,
     pub tokens: Arc<TokenRegistry>,
+    /// The key files, sealed into online backups made with a passphrase.
+    pub keys: Arc<crate::keys::KeyFiles>,
 }
 
 impl Shared {

@@ -1,11 +1,7 @@
 //! Encryption of credential secrets at rest.
 //!
-//! Secrets are sealed with ChaCha20-Poly1305 under a 32-byte key kept in a file the server owns
-//! (mode 0600, created on first start). A backup of the store holds only sealed secrets: keep
-//! the key file with it, or the credentials must be written again after a restore.
-
-use std::io::Write;
-use std::path::Path;
+//! Secrets are sealed with ChaCha20-Poly1305 under a 32-byte key. Pure: the key file itself
+//! (where it lives, creating it, refusing to replace it) is `crate::keys`.
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -27,27 +23,7 @@ impl std::fmt::Debug for SecretBox {
 }
 
 impl SecretBox {
-    /// Loads the key from `path`, creating it (0600) when absent.
-    pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
-        let key: [u8; 32] = match std::fs::read(path) {
-            Ok(bytes) => bytes.try_into().map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} must hold exactly 32 bytes", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                write_private_file(path, &key)?;
-                key
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(Self::from_key(key))
-    }
-
-    /// A box with the given key (tests, benchmarks).
+    /// A box with the given key (loaded by `crate::keys`).
     pub fn from_key(key: [u8; 32]) -> Self {
         Self {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
@@ -82,18 +58,6 @@ impl SecretBox {
         h.update(plain);
         hex::encode(&h.finalize()[..12])
     }
-}
-
-/// Writes a new file readable only by its owner.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use backup::{BackupError, restore_into};
+pub use backup::{BackupError, BackupReader, open_backup};
 pub use record::GENESIS;
 pub use sled_store::{SledStore, StoreOptions};
 
@@ -331,8 +331,9 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
     /// Adds a token and returns the revision to wait for.
     fn put_token(&self, t: StoredToken) -> Result<u64, StoreError>;
-    /// Writes a consistent snapshot of the whole store.
-    fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64, StoreError>;
+    /// Writes a consistent snapshot of the whole store, carrying `attachment` (opaque bytes of
+    /// the layer above, e.g. the encrypted keys bundle; empty for none).
+    fn backup(&self, attachment: &[u8], out: &mut dyn std::io::Write) -> Result<u64, StoreError>;
     /// Flush statistics.
     fn flush_stats(&self) -> FlushStats;
 }

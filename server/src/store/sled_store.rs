@@ -1260,12 +1260,12 @@ impl Store for SledStore {
         Ok(revision)
     }
 
-    fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64, StoreError> {
+    fn backup(&self, attachment: &[u8], out: &mut dyn std::io::Write) -> Result<u64, StoreError> {
         let inner = &*self.inner;
         // Holding both locks stops every writer, so the scan is a consistent snapshot.
         let w = lock(&inner.writer);
         let _r = lock(&inner.refusals);
-        let n = super::backup::write_snapshot(inner.tree.iter(), out)?;
+        let n = super::backup::write_snapshot(inner.tree.iter(), attachment, out)?;
         drop(w);
         Ok(n)
     }
