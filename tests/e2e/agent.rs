@@ -120,7 +120,7 @@ impl AgentHost {
     }
 
     /// An AgentService client presenting this agent's certificate.
-    async fn client(&self) -> AgentServiceClient<tonic::transport::Channel> {
+    pub(crate) async fn client(&self) -> AgentServiceClient<tonic::transport::Channel> {
         let ch =
             identity::channel(&self.server, Some(&self.ca), &Paths::new(self.dir()), true).unwrap();
         AgentServiceClient::new(ch)
@@ -169,7 +169,7 @@ fn reason_codes(d: &pb::Device) -> Vec<String> {
 }
 
 /// Polls the device until `pred` holds or `within` passes; returns the last state seen.
-async fn wait_for(
+pub(crate) async fn wait_for(
     s: &TestServer,
     name: &str,
     within: Duration,
