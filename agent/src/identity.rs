@@ -220,3 +220,65 @@ pub fn cert_validity(
     let v = cert.validity();
     Ok((at(v.not_before), at(v.not_after)))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    /// Every point a crash can leave a renewal at ends with a matching key and certificate.
+    #[test]
+    fn an_interrupted_renewal_resumes_at_every_crash_point() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Paths::new(d.path());
+        let reset = || {
+            for f in [&p.key_next, &p.cert_next] {
+                let _ = std::fs::remove_file(f);
+            }
+            std::fs::write(&p.key, "old key").unwrap();
+            std::fs::write(&p.cert, "old cert").unwrap();
+        };
+        // Crash before the certificate arrived: nothing switches; the new key is reused.
+        reset();
+        std::fs::write(&p.key_next, "new key").unwrap();
+        assert!(!finish_renewal(&p).unwrap());
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("old key".into(), "old cert".into())
+        );
+        // Crash after the certificate was saved, before the switch.
+        std::fs::write(&p.cert_next, "new cert").unwrap();
+        assert!(finish_renewal(&p).unwrap());
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("new key".into(), "new cert".into())
+        );
+        // Crash between the two renames (the key already moved).
+        reset();
+        std::fs::write(&p.key, "new key").unwrap();
+        std::fs::write(&p.cert_next, "new cert").unwrap();
+        assert!(finish_renewal(&p).unwrap());
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("new key".into(), "new cert".into())
+        );
+        assert!(!p.key_next.exists() && !p.cert_next.exists());
+        // Nothing pending: nothing happens.
+        assert!(!finish_renewal(&p).unwrap());
+    }
+
+    #[test]
+    fn next_key_is_kept_for_a_retry() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Paths::new(d.path());
+        let a = next_key_and_csr(&p, "web-01").unwrap();
+        let key = read(&p.key_next);
+        let b = next_key_and_csr(&p, "web-01").unwrap();
+        assert_eq!(read(&p.key_next), key);
+        assert!(a.contains("CERTIFICATE REQUEST") && b.contains("CERTIFICATE REQUEST"));
+    }
+}

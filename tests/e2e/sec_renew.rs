@@ -303,3 +303,54 @@ async fn a_certificate_that_is_not_renewed_warns_before_expiry_and_is_critical_a
     assert!(!a.log().contains("renewed the client certificate"));
     a.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_the_agent_never_saved_does_not_lock_it_out() {
+    let s = tls_server(&["--agent-cert-validity", "6s", "--agent-cert-warn", "1s"]);
+    add_device(&s, "web-01");
+    let mut a = AgentHost::new(&s);
+    ok(&a.enroll(&token_for(&s, "web-01", "1h"), "0s"));
+    let enrolled = Instant::now();
+    let first = identities(&s, "web-01").await;
+    // The server issues a renewal whose answer never reaches the agent's disk (a crash).
+    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(enrolled.elapsed())).await;
+    a.client()
+        .await
+        .renew_certificate(pb::RenewRequest { csr_pem: csr() })
+        .await
+        .unwrap();
+    let ids = identities(&s, "web-01").await;
+    let lost = ids.iter().find(|(st, _)| st == "active").unwrap().1.clone();
+    assert!(
+        ids.contains(&("retiring".to_string(), first[0].1.clone())),
+        "{ids:?}"
+    );
+    // The agent, still holding the old certificate, reports and renews again by itself.
+    a.run(&agent_config(""), &[]);
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let ids = identities(&s, "web-01").await;
+        if ids.len() == 1 && ids[0].1 != first[0].1 && ids[0].1 != lost {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not renewed: {ids:?}\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And reports past the original expiry.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(enrolled.elapsed())).await;
+    let seq_then = device(&s, "web-01").await.status.unwrap().report_seq;
+    wait_for(
+        &s,
+        "web-01",
+        Duration::from_secs(5),
+        "reports after expiry",
+        |d| d.status.as_ref().is_some_and(|st| st.report_seq > seq_then),
+    )
+    .await;
+    assert!(!a.dir().join("agent.pem.next").exists() && !a.dir().join("agent.key.next").exists());
+    a.stop();
+}
