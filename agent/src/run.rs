@@ -775,6 +775,9 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
                 write_atomic(&paths.device, id.device.as_bytes(), 0o644)?;
                 let _ = std::fs::remove_file(&paths.pending);
                 let _ = std::fs::remove_file(&paths.csr);
+                // A renewal left over from the previous identity must not replace this one.
+                let _ = std::fs::remove_file(&paths.cert_next);
+                let _ = std::fs::remove_file(&paths.key_next);
                 return Ok(id.device);
             }
             Some(pb::enroll_response::Result::Pending(p)) => {

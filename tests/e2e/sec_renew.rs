@@ -71,8 +71,9 @@ fn report(seq: u64) -> pb::ReportRequest {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_renews_its_certificate_and_reports_past_the_original_expiry() {
-    // 8-second certificates: the agent renews with a third of the lifetime left (~6 s in).
-    let s = tls_server(&["--agent-cert-validity", "8s", "--agent-cert-warn", "1s"]);
+    // 10-second certificates (11 s lifetime with the skew allowance): the agent renews with a
+    // third of it left, ~6.3 s in.
+    let s = tls_server(&["--agent-cert-validity", "10s", "--agent-cert-warn", "1s"]);
     add_device(&s, "web-01");
     let mut a = AgentHost::new(&s);
     ok(&a.enroll(&token_for(&s, "web-01", "1h"), "0s"));
@@ -84,7 +85,7 @@ async fn agent_renews_its_certificate_and_reports_past_the_original_expiry() {
     a.run(&agent_config(""), &[]);
 
     // Renewed, and the first report with the new certificate retired the old one.
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ids = identities(&s, "web-01").await;
         if ids.len() == 1 && ids[0].1 != first_fp && ids[0].0 == "active" {
@@ -98,7 +99,7 @@ async fn agent_renews_its_certificate_and_reports_past_the_original_expiry() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        enrolled.elapsed() < Duration::from_secs(8),
+        enrolled.elapsed() < Duration::from_secs(10),
         "renewed too late to test the old one"
     );
     // The old certificate, still within its validity, no longer speaks for the device.
@@ -109,7 +110,7 @@ async fn agent_renews_its_certificate_and_reports_past_the_original_expiry() {
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 
     // Well past the original expiry, the agent still reports (with its renewed certificate).
-    let past = Duration::from_secs(10);
+    let past = Duration::from_secs(12);
     tokio::time::sleep(past.saturating_sub(enrolled.elapsed())).await;
     let seq_then = device(&s, "web-01").await.status.unwrap().report_seq;
     let d = wait_for(
@@ -143,7 +144,7 @@ async fn agent_renews_its_certificate_and_reports_past_the_original_expiry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn renewal_is_refused_to_revoked_or_early_callers_and_changes_nothing() {
-    let s = tls_server(&["--agent-cert-validity", "6s", "--agent-cert-warn", "1s"]);
+    let s = tls_server(&["--agent-cert-validity", "8s", "--agent-cert-warn", "1s"]);
     add_device(&s, "web-01");
     add_device(&s, "web-02");
     let a = AgentHost::new(&s);
@@ -170,8 +171,8 @@ async fn renewal_is_refused_to_revoked_or_early_callers_and_changes_nothing() {
             "too early to renew",
         ),
     ];
-    // Into the second half of the 6.6 s lifetime (6 s + 0.6 s skew allowance).
-    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(enrolled.elapsed())).await;
+    // Into the second half of the 8.8 s lifetime (8 s + 0.8 s skew allowance): from 3.6 s.
+    tokio::time::sleep(Duration::from_millis(4000).saturating_sub(enrolled.elapsed())).await;
     cases.push((
         "not a CSR",
         c.renew_certificate(renew("garbage".into()))
@@ -210,7 +211,7 @@ async fn renewal_is_refused_to_revoked_or_early_callers_and_changes_nothing() {
         "deleted",
     ));
     assert!(
-        enrolled.elapsed() < Duration::from_secs(6),
+        enrolled.elapsed() < Duration::from_secs(8),
         "the certificate expired mid-test"
     );
 
@@ -306,14 +307,14 @@ async fn a_certificate_that_is_not_renewed_warns_before_expiry_and_is_critical_a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewal_the_agent_never_saved_does_not_lock_it_out() {
-    let s = tls_server(&["--agent-cert-validity", "6s", "--agent-cert-warn", "1s"]);
+    let s = tls_server(&["--agent-cert-validity", "8s", "--agent-cert-warn", "1s"]);
     add_device(&s, "web-01");
     let mut a = AgentHost::new(&s);
     ok(&a.enroll(&token_for(&s, "web-01", "1h"), "0s"));
     let enrolled = Instant::now();
     let first = identities(&s, "web-01").await;
     // The server issues a renewal whose answer never reaches the agent's disk (a crash).
-    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(enrolled.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(4000).saturating_sub(enrolled.elapsed())).await;
     a.client()
         .await
         .renew_certificate(pb::RenewRequest { csr_pem: csr() })
@@ -327,7 +328,7 @@ async fn a_renewal_the_agent_never_saved_does_not_lock_it_out() {
     );
     // The agent, still holding the old certificate, reports and renews again by itself.
     a.run(&agent_config(""), &[]);
-    let deadline = Instant::now() + Duration::from_secs(6);
+    let deadline = Instant::now() + Duration::from_secs(8);
     loop {
         let ids = identities(&s, "web-01").await;
         if ids.len() == 1 && ids[0].1 != first[0].1 && ids[0].1 != lost {
@@ -341,7 +342,7 @@ async fn a_renewal_the_agent_never_saved_does_not_lock_it_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And reports past the original expiry.
-    tokio::time::sleep(Duration::from_secs(7).saturating_sub(enrolled.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(9).saturating_sub(enrolled.elapsed())).await;
     let seq_then = device(&s, "web-01").await.status.unwrap().report_seq;
     wait_for(
         &s,
