@@ -923,12 +923,14 @@ impl Agents {
                     response,
                     retired,
                 } = *w;
-                self.commit(write)
-                    .await
-                    .map_err(|e| ApiError::from_store("device", device, e))?;
+                // Refused from now on, before the write is durable: a request with the old
+                // certificate must not slip in while the deletion is being flushed.
                 if let Some(old) = retired {
                     self.forget_identity(&old);
                 }
+                self.commit(write)
+                    .await
+                    .map_err(|e| ApiError::from_store("device", device, e))?;
                 if sections != 0 {
                     self.inventory.observed_signal().changed(&id, sections);
                 }

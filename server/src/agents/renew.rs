@@ -359,6 +359,7 @@ impl Agents {
             .iter()
             .any(|r| r.code == "agent.certificate_expired")
         {
+            self.forget_expired(id, not_after_nanos);
             return Ok(false);
         }
         let Some(reason) = certificate_reason(not_after_nanos, now, self.settings.cert_warn) else {
@@ -383,7 +384,20 @@ impl Agents {
         })
         .await
         .map_err(|e| ApiError::from_store("device", name, e))?;
+        self.forget_expired(id, not_after_nanos);
         Ok(true)
+    }
+
+    /// Stops sweeping a device marked expired: it cannot report again with that certificate,
+    /// and a re-enrolled agent's next report puts it back. Left alone if that already happened.
+    fn forget_expired(&self, id: &str, not_after_nanos: i64) {
+        let mut live = self.live_map();
+        if live
+            .get(id)
+            .is_some_and(|l| l.cert_not_after_nanos == not_after_nanos)
+        {
+            live.remove(id);
+        }
     }
 
     /// Drops retired identities from memory once their deletion is written.
