@@ -78,6 +78,10 @@ pub struct AgentConfig {
     /// Most reports kept in the spool while the server is unreachable (older ones are
     /// coalesced, never their SEL events).
     pub spool_max_reports: usize,
+    /// Renew the client certificate when less than this fraction of its lifetime remains
+    /// (or when the server says so); 0 turns renewal off. At most 0.5: the server refuses
+    /// renewals in the first half of a certificate's lifetime.
+    pub renew_fraction: f64,
 }
 
 impl Default for AgentConfig {
@@ -99,6 +103,7 @@ impl Default for AgentConfig {
             interval: Duration::from_secs(60),
             deadlines: Deadlines::default(),
             spool_max_reports: 1000,
+            renew_fraction: 1.0 / 3.0,
         }
     }
 }
@@ -107,6 +112,17 @@ impl AgentConfig {
     /// Parses a TOML config file's text.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let f = self.renew_fraction;
+        if !(0.0..=0.5).contains(&f) {
+            return Err(format!(
+                "renew_fraction must be between 0 (off) and 0.5, not {f}"
+            ));
+        }
+        Ok(())
     }
 
     /// Where the spooled reports live.

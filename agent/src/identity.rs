@@ -25,6 +25,8 @@ pub enum IdentityError {
     Server(String, String),
     #[error("no CA to verify the server with: pass --ca (or set `ca` in the config)")]
     NoCa,
+    #[error("{0}: not a readable certificate: {1}")]
+    BadCert(PathBuf, String),
 }
 
 /// File names inside the state directory.
@@ -35,6 +37,10 @@ pub struct Paths {
     pub device: PathBuf,
     pub csr: PathBuf,
     pub pending: PathBuf,
+    /// A renewal in progress: the new key (written before the CSR is sent)...
+    pub key_next: PathBuf,
+    /// ...and its certificate: once this exists the new pair is complete and is switched in.
+    pub cert_next: PathBuf,
 }
 
 impl Paths {
@@ -47,6 +53,8 @@ impl Paths {
             device: state_dir.join("device"),
             csr: state_dir.join("agent.csr"),
             pending: state_dir.join("pending-enrollment"),
+            key_next: state_dir.join("agent.key.next"),
+            cert_next: state_dir.join("agent.pem.next"),
         }
     }
 }
@@ -156,4 +164,121 @@ pub fn channel(
         .tls_config(tls)
         .map_err(|e| IdentityError::Server(server.into(), e.to_string()))?
         .connect_lazy())
+}
+
+/// The key for a renewal (kept in `key_next` until its certificate arrives, so a retry after a
+/// crash asks for the same key) and a CSR for it.
+pub fn next_key_and_csr(paths: &Paths, device: &str) -> Result<String, IdentityError> {
+    let key = if paths.key_next.exists() {
+        let pem = std::fs::read_to_string(&paths.key_next).map_err(io(&paths.key_next))?;
+        KeyPair::from_pem(&pem).map_err(|e| IdentityError::Key(e.to_string()))?
+    } else {
+        let key = KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
+        write_atomic(&paths.key_next, key.serialize_pem().as_bytes(), 0o600)?;
+        key
+    };
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, device);
+    params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| IdentityError::Key(e.to_string()))
+}
+
+/// Switches in a renewed key and certificate once both are on disk (`cert_next` is written
+/// last, so its presence means the pair is complete). Each step is a rename, and the order
+/// (key, then certificate) makes every crash point recoverable by calling this again: it runs
+/// at every start. Returns whether a renewal was switched in.
+pub fn finish_renewal(paths: &Paths) -> Result<bool, IdentityError> {
+    if !paths.cert_next.exists() {
+        return Ok(false);
+    }
+    // Without `key_next` the key was already moved before a crash.
+    if paths.key_next.exists() {
+        std::fs::rename(&paths.key_next, &paths.key).map_err(io(&paths.key))?;
+    }
+    std::fs::rename(&paths.cert_next, &paths.cert).map_err(io(&paths.cert))?;
+    let dir = paths.cert.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(true)
+}
+
+/// The validity (not before, not after) of the certificate in `path`.
+pub fn cert_validity(
+    path: &Path,
+) -> Result<(std::time::SystemTime, std::time::SystemTime), IdentityError> {
+    let pem = std::fs::read(path).map_err(io(path))?;
+    let bad = |e: String| IdentityError::BadCert(path.to_path_buf(), e);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| bad(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
+    let v = cert.validity();
+    Ok((at(v.not_before), at(v.not_after)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    /// Every point a crash can leave a renewal at ends with a matching key and certificate.
+    #[test]
+    fn an_interrupted_renewal_resumes_at_every_crash_point() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Paths::new(d.path());
+        let reset = || {
+            for f in [&p.key_next, &p.cert_next] {
+                let _ = std::fs::remove_file(f);
+            }
+            std::fs::write(&p.key, "old key").unwrap();
+            std::fs::write(&p.cert, "old cert").unwrap();
+        };
+        // Crash before the certificate arrived: nothing switches; the new key is reused.
+        reset();
+        std::fs::write(&p.key_next, "new key").unwrap();
+        assert!(!finish_renewal(&p).unwrap());
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("old key".into(), "old cert".into())
+        );
+        // Crash after the certificate was saved, before the switch.
+        std::fs::write(&p.cert_next, "new cert").unwrap();
+        assert!(finish_renewal(&p).unwrap());
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("new key".into(), "new cert".into())
+        );
+        // Crash between the two renames (the key already moved).
+        reset();
+        std::fs::write(&p.key, "new key").unwrap();
+        std::fs::write(&p.cert_next, "new cert").unwrap();
+        assert!(finish_renewal(&p).unwrap());
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("new key".into(), "new cert".into())
+        );
+        assert!(!p.key_next.exists() && !p.cert_next.exists());
+        // Nothing pending: nothing happens.
+        assert!(!finish_renewal(&p).unwrap());
+    }
+
+    #[test]
+    fn next_key_is_kept_for_a_retry() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Paths::new(d.path());
+        let a = next_key_and_csr(&p, "web-01").unwrap();
+        let key = read(&p.key_next);
+        let b = next_key_and_csr(&p, "web-01").unwrap();
+        assert_eq!(read(&p.key_next), key);
+        assert!(a.contains("CERTIFICATE REQUEST") && b.contains("CERTIFICATE REQUEST"));
+    }
 }

@@ -19,6 +19,8 @@ use crate::identity::{self, IdentityError, Paths, write_atomic};
 use crate::report::Chain;
 use crate::spool::{Spool, SpoolError};
 
+mod renew;
+
 /// The agent's version, sent with every report.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest wait between retries while the server is unreachable.
@@ -33,6 +35,8 @@ pub enum AgentError {
     Spool(#[from] SpoolError),
     #[error("enrollment refused: {0}")]
     Enroll(String),
+    #[error("certificate renewal refused: {0}")]
+    Renew(String),
     #[error("state file {path}: {problem}")]
     State { path: PathBuf, problem: String },
     #[error("{0}")]
@@ -390,6 +394,10 @@ pub struct Agent {
     /// The next report must be full (first after start, or the server asked).
     need_full: bool,
     interval: Duration,
+    /// The server said the certificate should be renewed.
+    renew_hint: bool,
+    /// After a failed renewal, not before this.
+    renew_retry_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -443,9 +451,14 @@ fn retryable(code: tonic::Code) -> bool {
 impl Agent {
     /// Loads identity, state and spool.
     pub fn open(cfg: AgentConfig) -> Result<Self, AgentError> {
+        cfg.validate().map_err(AgentError::Config)?;
         let paths = Paths::new(&cfg.state_dir);
+        // A renewal interrupted after its certificate was saved is completed first.
+        if identity::finish_renewal(&paths)? {
+            tracing::info!("switched to the certificate a renewal saved before a restart");
+        }
         let device = identity::enrolled_device(&paths)?;
-        let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, true)?;
+        let client = Self::connect(&cfg, &paths)?;
         let spool = Spool::open(&cfg.spool_dir(), cfg.spool_max_reports)?;
         let mut state = load_state(&cfg)?;
         // A report may have been spooled after the state was last saved.
@@ -453,9 +466,6 @@ impl Agent {
             state.seq = state.seq.max(*last);
         }
         let collectors = Collectors::new(&cfg, state.sel_cursor)?;
-        let client = AgentServiceClient::new(channel)
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024);
         Ok(Self {
             interval: cfg.interval,
             cfg,
@@ -465,7 +475,20 @@ impl Agent {
             state,
             collectors,
             need_full: true,
+            renew_hint: false,
+            renew_retry_at: None,
         })
+    }
+
+    /// A client presenting the identity on disk.
+    fn connect(
+        cfg: &AgentConfig,
+        paths: &Paths,
+    ) -> Result<AgentServiceClient<Channel>, AgentError> {
+        let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), paths, true)?;
+        Ok(AgentServiceClient::new(channel)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024))
     }
 
     /// The device this agent reports for.
@@ -529,6 +552,7 @@ impl Agent {
                         applied = resp.applied,
                         "reported"
                     );
+                    self.renew_hint |= resp.renew_certificate;
                     if let Some(d) = resp.next_interval.filter(|d| d.seconds > 0 || d.nanos > 0) {
                         self.interval = Duration::new(
                             u64::try_from(d.seconds).unwrap_or(60),
@@ -614,6 +638,9 @@ impl Agent {
                 "collected"
             );
             let sent = self.drain().await?;
+            if sent {
+                self.renew_if_due().await;
+            }
             let wait = if sent {
                 backoff = Duration::from_secs(1);
                 self.interval
@@ -748,6 +775,9 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
                 write_atomic(&paths.device, id.device.as_bytes(), 0o644)?;
                 let _ = std::fs::remove_file(&paths.pending);
                 let _ = std::fs::remove_file(&paths.csr);
+                // A renewal left over from the previous identity must not replace this one.
+                let _ = std::fs::remove_file(&paths.cert_next);
+                let _ = std::fs::remove_file(&paths.key_next);
                 return Ok(id.device);
             }
             Some(pb::enroll_response::Result::Pending(p)) => {

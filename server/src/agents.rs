@@ -29,6 +29,10 @@ use crate::observed::{self, ReportMeta};
 use crate::pki::AgentCa;
 use crate::store::{self, AuxWrite, Mutation, RefusalKind, Store, StoreError};
 
+mod renew;
+use renew::{Ident, identity_record};
+pub use renew::{RENEW_OVERLAP, Renewed, certificate_reason};
+
 /// Tuning of agent handling.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
@@ -38,6 +42,11 @@ pub struct AgentSettings {
     pub jitter: f64,
     /// Validity of issued client certificates.
     pub cert_validity: Duration,
+    /// Agents are told to renew when less than this fraction of their certificate's lifetime
+    /// remains (at most 0.5: renewal is refused in the first half).
+    pub renew_fraction: f64,
+    /// A certificate with less than this left is a WARNING health reason.
+    pub cert_warn: Duration,
     /// Longest enrollment token lifetime an operator may ask for.
     pub max_token_ttl: Duration,
     /// Reports missed before a device's health becomes UNKNOWN.
@@ -50,6 +59,8 @@ impl Default for AgentSettings {
             report_interval: Duration::from_secs(60),
             jitter: 0.1,
             cert_validity: Duration::from_secs(365 * 24 * 3600),
+            renew_fraction: 1.0 / 3.0,
+            cert_warn: Duration::from_secs(14 * 24 * 3600),
             max_token_ttl: Duration::from_secs(7 * 24 * 3600),
             silent_intervals: 3,
         }
@@ -73,6 +84,8 @@ enum Record {
     Identity(IdentityV1),
     Device(DeviceV1),
     Pending(PendingV1),
+    /// Appended (postcard numbers variants in order): older records decode unchanged.
+    IdentityV2(renew::IdentityV2),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +179,8 @@ struct Liveness {
     name: String,
     last_seen_nanos: i64,
     interval: Duration,
+    /// Expiry of the certificate it last reported with (0: unknown).
+    cert_not_after_nanos: i64,
 }
 
 /// The agent-facing domain service.
@@ -174,9 +189,8 @@ pub struct Agents {
     store: Arc<dyn Store>,
     ca: Arc<AgentCa>,
     settings: AgentSettings,
-    /// Certificate fingerprint → device name, mirrored from the `ag/id/` records.
-    /// Certificate fingerprint → (device name, device id).
-    identities: RwLock<HashMap<String, (String, String)>>,
+    /// Certificate fingerprint → identity, mirrored from the `ag/id/` records.
+    identities: RwLock<HashMap<String, Ident>>,
     /// Device id → liveness, for devices that have reported.
     live: Mutex<HashMap<String, Liveness>>,
 }
@@ -222,6 +236,8 @@ struct WriteReport {
     sections: u32,
     now: i64,
     response: pb::ReportResponse,
+    /// The previous identity this report retires (the first report after a renewal).
+    retired: Option<String>,
 }
 
 impl Agents {
@@ -234,9 +250,9 @@ impl Agents {
         let store = Arc::clone(inventory.store());
         let mut identities = HashMap::new();
         for (k, v) in store.aux_scan(b"ag/id/").map_err(store_err)? {
-            if let Record::Identity(i) = decode(&v)? {
+            if let Some((i, _, _)) = Ident::from_record(decode(&v)?) {
                 let fp = String::from_utf8_lossy(&k[6..]).into_owned();
-                identities.insert(fp, (i.device, i.device_id));
+                identities.insert(fp, i);
             }
         }
         let agents = Self {
@@ -259,6 +275,10 @@ impl Agents {
         for (k, v) in self.store.aux_scan(prefix).map_err(store_err)? {
             let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             let meta = ReportMeta::decode(&v)?;
+            let cert_not_after_nanos = self
+                .identities_map()
+                .get(&meta.identity)
+                .map_or(0, |i| i.not_after_nanos);
             // The name is looked up when needed (a device may have been deleted since).
             live.insert(
                 id,
@@ -266,6 +286,7 @@ impl Agents {
                     name: meta.device.clone(),
                     last_seen_nanos: meta.last_report_nanos.max(now),
                     interval: Duration::from_millis(meta.interval_ms.max(1)),
+                    cert_not_after_nanos,
                 },
             );
         }
@@ -276,7 +297,7 @@ impl Agents {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn identities_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, (String, String)>> {
+    fn identities_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Ident>> {
         self.identities.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -287,26 +308,33 @@ impl Agents {
 
     /// The device a client certificate speaks for.
     pub fn device_for(&self, fingerprint: Option<&str>) -> Result<String, ApiError> {
+        self.identity(fingerprint).map(|i| i.device)
+    }
+
+    /// The identity a client certificate is, while it may be used: the TLS handshake checks
+    /// expiry, but a connection can outlive its certificate, and a renewed one retires.
+    fn identity(&self, fingerprint: Option<&str>) -> Result<Ident, ApiError> {
         let fp = fingerprint.ok_or_else(|| {
             ApiError::Unauthenticated(
                 "no client certificate: enroll first (muster-agent enroll --token ...)".into(),
             )
         })?;
-        self.identities_map()
-            .get(fp)
-            .map(|(name, _)| name.clone())
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "this client certificate is not enrolled (or was replaced by a newer enrollment)"
-                        .into(),
-                )
-            })
+        let ident = self.identities_map().get(fp).cloned().ok_or_else(|| {
+            ApiError::Unauthenticated(
+                "this client certificate is not enrolled (or was replaced by a newer enrollment)"
+                    .into(),
+            )
+        })?;
+        match ident.refusal(now_unix_nanos()) {
+            Some(e) => Err(e),
+            None => Ok(ident),
+        }
     }
 
     /// Refuses a certificate issued for an earlier device of the same name (deleted since).
     fn check_same_device(&self, fingerprint: &str, device_id: &str) -> Result<(), ApiError> {
         match self.identities_map().get(fingerprint) {
-            Some((_, id)) if id == device_id => Ok(()),
+            Some(i) if i.device_id == device_id => Ok(()),
             _ => Err(ApiError::Unauthenticated(
                 "this client certificate was issued for a device that has since been deleted; enroll again".into(),
             )),
@@ -586,19 +614,34 @@ impl Agents {
             Ok(None) => return Err(StoreError::NotFound(device.to_string())),
             Err(e) => return Err(StoreError::Io(e.to_string())),
         };
-        if let Some(old) = &dev.active {
+        // Every earlier identity of the device goes: the active one and any a renewal left
+        // in its overlap.
+        let mut revoked: Vec<String> = self
+            .identities_map()
+            .iter()
+            .filter(|(_, i)| i.device == device)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let Some(old) = &dev.active
+            && !revoked.contains(old)
+        {
+            revoked.push(old.clone());
+        }
+        for old in &revoked {
             puts.push((identity_key(old), None));
         }
+        let ident = Ident {
+            device: device.to_string(),
+            device_id: device_id.clone(),
+            not_before_nanos: system_time_nanos(issued.not_before),
+            not_after_nanos: system_time_nanos(issued.not_after),
+            retire_nanos: None,
+        };
         puts.push((
             identity_key(&issued.fingerprint),
             Some(
-                encode(&Record::Identity(IdentityV1 {
-                    device: device.to_string(),
-                    device_id: device_id.clone(),
-                    since_nanos: now,
-                    hostname: hostname.to_string(),
-                }))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                encode(&identity_record(&ident, hostname, now))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             ),
         ));
         puts.push((
@@ -630,6 +673,7 @@ impl Agents {
                     ),
                     ("enrollment-pending", String::new()),
                     ("enrollment-token", String::new()),
+                    ("cert-not-after", rfc3339(ident.not_after_nanos)),
                 ],
             )
             .map_err(|e| StoreError::Io(e.to_string()))?;
@@ -640,10 +684,10 @@ impl Agents {
         })
         .await?;
         let mut ids = self.identities.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = &dev.active {
+        for old in &revoked {
             ids.remove(old);
         }
-        ids.insert(issued.fingerprint.clone(), (device.to_string(), device_id));
+        ids.insert(issued.fingerprint.clone(), ident);
         Ok(())
     }
 
@@ -766,13 +810,19 @@ impl Agents {
     pub fn enrollments(&self) -> Result<Vec<pb::EnrollmentInfo>, ApiError> {
         let mut out = Vec::new();
         for (k, v) in self.store.aux_scan(b"ag/id/").map_err(store_err)? {
-            if let Record::Identity(i) = decode(&v)? {
+            if let Some((i, hostname, since)) = Ident::from_record(decode(&v)?) {
                 out.push(pb::EnrollmentInfo {
                     device: i.device,
-                    state: "active".into(),
+                    // "retiring": replaced by a renewal, working until its overlap ends.
+                    state: if i.retire_nanos.is_some() {
+                        "retiring"
+                    } else {
+                        "active"
+                    }
+                    .into(),
                     fingerprint: String::from_utf8_lossy(&k[6..]).into_owned(),
-                    hostname: i.hostname,
-                    since: Some(timestamp(i.since_nanos)),
+                    hostname,
+                    since: Some(timestamp(since)),
                 });
             }
         }
@@ -804,8 +854,8 @@ impl Agents {
         fingerprint: Option<&str>,
         req: pb::ReportRequest,
     ) -> Result<pb::ReportResponse, ApiError> {
-        let device = match self.device_for(fingerprint) {
-            Ok(d) => d,
+        let (device, cert) = match self.identity(fingerprint) {
+            Ok(i) => (i.device.clone(), i),
             Err(e) => {
                 let name = req.device.clone();
                 let ctx = ChangeContext {
@@ -830,7 +880,10 @@ impl Agents {
         let fp = fingerprint.unwrap_or_default().to_string();
         let mut attempt = 0;
         loop {
-            match self.report_once(&device, &fp, &principal, &req).await {
+            match self
+                .report_once(&device, &fp, &cert, &principal, &req)
+                .await
+            {
                 Err(ApiError::Aborted(_) | ApiError::Conflict { .. })
                     if attempt < REPORT_RETRIES =>
                 {
@@ -847,10 +900,11 @@ impl Agents {
         &self,
         device: &str,
         fp: &str,
+        cert: &Ident,
         principal: &str,
         req: &pb::ReportRequest,
     ) -> Result<pb::ReportResponse, ApiError> {
-        match self.prepare_report(device, fp, principal, req)? {
+        match self.prepare_report(device, fp, cert, principal, req)? {
             PreparedReport::Answer(response) => Ok(response),
             PreparedReport::Repeat(response) => {
                 // The first attempt may still be waiting for its flush (or its flush failed):
@@ -867,7 +921,13 @@ impl Agents {
                     sections,
                     now,
                     response,
+                    retired,
                 } = *w;
+                // Refused from now on, before the write is durable: a request with the old
+                // certificate must not slip in while the deletion is being flushed.
+                if let Some(old) = retired {
+                    self.forget_identity(&old);
+                }
                 self.commit(write)
                     .await
                     .map_err(|e| crate::store_map::api_error("device", device, e))?;
@@ -880,6 +940,7 @@ impl Agents {
                         name: device.to_string(),
                         last_seen_nanos: now,
                         interval: self.settings.report_interval,
+                        cert_not_after_nanos: cert.not_after_nanos,
                     },
                 );
                 if let Some(vms) = req.facts.as_ref().and_then(|f| f.vms.as_ref())
@@ -898,6 +959,7 @@ impl Agents {
         &self,
         device: &str,
         fp: &str,
+        cert: &Ident,
         principal: &str,
         req: &pb::ReportRequest,
     ) -> Result<PreparedReport, ApiError> {
@@ -924,6 +986,7 @@ impl Agents {
                     next_interval: Some(duration_pb(interval)),
                     health: m.health,
                     applied: false,
+                    renew_certificate: false,
                 }));
             }
             if req.seq <= m.seq {
@@ -945,6 +1008,7 @@ impl Agents {
                 next_interval: Some(duration_pb(Duration::ZERO)),
                 health: meta.as_ref().map_or(0, |m| m.health),
                 applied: false,
+                renew_certificate: false,
             }));
         }
         let full = req.base_hash.is_empty();
@@ -1033,7 +1097,7 @@ impl Agents {
             puts.push((observed::sel_key(&id), Some(observed::encode_sel(&sel)?)));
         }
         let mut memory = prior.as_ref().map(|m| m.memory.clone()).unwrap_or_default();
-        let assessment = health::evaluate(
+        let mut assessment = health::evaluate(
             HealthInput {
                 sensors: &sensors,
                 sel: &sel,
@@ -1043,6 +1107,20 @@ impl Agents {
             },
             &mut memory,
         );
+        if let Some(r) = certificate_reason(cert.not_after_nanos, now, self.settings.cert_warn) {
+            assessment.reasons.push(r);
+            assessment.health = health::worst(&assessment.reasons);
+        }
+        // The first report with a renewed certificate: the agent has saved it, so the one it
+        // replaced stops working now rather than at the end of its overlap.
+        let retired = meta.as_ref().filter(|m| m.identity != fp).and_then(|m| {
+            self.retire_after_first_use(&m.identity, &id)
+                .map(|w| (m.identity.clone(), w))
+        });
+        let retired = retired.map(|(old, w)| {
+            puts.push(w);
+            old
+        });
         let changed = meta
             .as_ref()
             .is_none_or(|m| !assessment.same_as(m.health, &m.reasons()));
@@ -1096,7 +1174,9 @@ impl Agents {
                 next_interval: Some(duration_pb(interval)),
                 health: assessment.health as i32,
                 applied: true,
+                renew_certificate: cert.in_last(self.settings.renew_fraction, now),
             },
+            retired,
         })))
     }
 
@@ -1175,9 +1255,27 @@ impl Agents {
     /// many devices changed.
     pub async fn sweep_silent(&self) -> usize {
         let now = now_unix_nanos();
+        // An agent whose certificate expired cannot report again: CRITICAL, not UNKNOWN.
+        let expired: Vec<(String, String, i64)> = self
+            .live_map()
+            .iter()
+            .filter(|(_, l)| l.cert_not_after_nanos > 0 && l.cert_not_after_nanos <= now)
+            .map(|(id, l)| (id.clone(), l.name.clone(), l.cert_not_after_nanos))
+            .collect();
+        let mut changed = 0;
+        for (id, name, not_after) in &expired {
+            match self.mark_expired(id, name, *not_after, now).await {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(device = %name, error = %e, "could not mark an expired agent certificate")
+                }
+            }
+        }
         let silent: Vec<(String, String, i64)> = self
             .live_map()
             .iter()
+            .filter(|(_, l)| l.cert_not_after_nanos == 0 || l.cert_not_after_nanos > now)
             .filter(|(_, l)| {
                 let limit = l.interval.saturating_mul(self.settings.silent_intervals);
                 now.saturating_sub(l.last_seen_nanos)
@@ -1185,7 +1283,6 @@ impl Agents {
             })
             .map(|(id, l)| (id.clone(), l.name.clone(), l.last_seen_nanos))
             .collect();
-        let mut changed = 0;
         for (id, name, last) in silent {
             match self.mark_silent(&id, &name, last, now).await {
                 Ok(true) => changed += 1,

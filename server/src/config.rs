@@ -13,6 +13,11 @@ pub const DEFAULT_DATA_DIR: &str = "muster-data";
 /// Default largest request message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Default agent certificate validity: a year.
+pub const DEFAULT_AGENT_CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
+/// Longest agent certificate validity: the agent CA's own (ten years).
+pub const MAX_AGENT_CERT_VALIDITY_SECS: u64 = 3650 * 24 * 3600;
+
 /// A token accepted by the server, by its SHA-256 (the token itself never sits in a file).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +63,13 @@ pub struct Config {
     pub agent_report_interval_ms: u64,
     /// Random spread of agents' intervals, as a fraction (0.1 = ±10 %).
     pub agent_jitter: f64,
+    /// Validity of the client certificates agents get at enrollment and renewal, seconds.
+    pub agent_cert_validity_secs: u64,
+    /// Agents are told to renew when less than this fraction of their certificate's lifetime
+    /// remains; more than 0, at most 0.5 (renewal is refused in the first half).
+    pub agent_cert_renew_fraction: f64,
+    /// An agent certificate with less than this left (seconds) is a WARNING health reason.
+    pub agent_cert_warn_secs: u64,
     /// Allow plaintext on a non-loopback address.
     pub insecure: bool,
     /// Requests larger than this are refused with RESOURCE_EXHAUSTED.
@@ -85,6 +97,9 @@ impl Default for Config {
             tls_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             agent_report_interval_ms: 60_000,
             agent_jitter: 0.1,
+            agent_cert_validity_secs: DEFAULT_AGENT_CERT_VALIDITY_SECS,
+            agent_cert_renew_fraction: 1.0 / 3.0,
+            agent_cert_warn_secs: 14 * 24 * 3600,
             insecure: false,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             cache_capacity_mb: 64,
@@ -100,6 +115,23 @@ impl Config {
     /// Whether the gRPC listener speaks TLS (configured or automatic).
     pub fn has_tls(&self) -> bool {
         self.tls.is_some() || self.tls_auto
+    }
+
+    /// Checks the values serde cannot: the agent certificate settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_AGENT_CERT_VALIDITY_SECS).contains(&self.agent_cert_validity_secs) {
+            return Err(format!(
+                "agent_cert_validity_secs must be between 1 and {MAX_AGENT_CERT_VALIDITY_SECS} (the agent CA's lifetime), not {}",
+                self.agent_cert_validity_secs
+            ));
+        }
+        let f = self.agent_cert_renew_fraction;
+        if !(f > 0.0 && f <= 0.5) {
+            return Err(format!(
+                "agent_cert_renew_fraction must be more than 0 and at most 0.5, not {f}"
+            ));
+        }
+        Ok(())
     }
 
     /// Parses a TOML config file's text.
@@ -125,6 +157,19 @@ mod tests {
         assert!(
             Config::from_toml("lisen = 1").is_err(),
             "unknown keys are errors"
+        );
+        assert!(c.validate().is_ok());
+        let bad = Config::from_toml("agent_cert_renew_fraction = 0.9\n").unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("agent_cert_renew_fraction")
+        );
+        let bad = Config::from_toml("agent_cert_validity_secs = 0\n").unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .contains("agent_cert_validity_secs")
         );
     }
 }

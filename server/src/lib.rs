@@ -135,6 +135,9 @@ impl Server {
         let settings = AgentSettings {
             report_interval: Duration::from_millis(config.agent_report_interval_ms.max(1)),
             jitter: config.agent_jitter,
+            cert_validity: Duration::from_secs(config.agent_cert_validity_secs),
+            renew_fraction: config.agent_cert_renew_fraction,
+            cert_warn: Duration::from_secs(config.agent_cert_warn_secs),
             ..AgentSettings::default()
         };
         let agents = Arc::new(
@@ -308,7 +311,10 @@ async fn sweep_silent_agents(agents: Arc<Agents>, every: Duration) {
         tick.tick().await;
         let n = agents.sweep_silent().await;
         if n > 0 {
-            tracing::info!(devices = n, "agents went silent; health set to UNKNOWN");
+            tracing::info!(
+                devices = n,
+                "agents went silent (UNKNOWN) or their certificates expired (CRITICAL)"
+            );
         }
     }
 }

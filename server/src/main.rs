@@ -59,6 +59,12 @@ struct ServeArgs {
     /// Interval agents are told to report at, e.g. 60s [default: 60s].
     #[arg(long, env = "MUSTER_AGENT_INTERVAL", value_parser = humantime::parse_duration)]
     agent_interval: Option<std::time::Duration>,
+    /// Validity of agent client certificates, e.g. 365d [default: 365d].
+    #[arg(long, env = "MUSTER_AGENT_CERT_VALIDITY", value_parser = humantime::parse_duration)]
+    agent_cert_validity: Option<std::time::Duration>,
+    /// Agent certificates with less than this left are a WARNING health reason [default: 14d].
+    #[arg(long, env = "MUSTER_AGENT_CERT_WARN", value_parser = humantime::parse_duration)]
+    agent_cert_warn: Option<std::time::Duration>,
     /// Allow plaintext gRPC on a non-loopback address.
     #[arg(long)]
     insecure: bool,
@@ -136,6 +142,12 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(v) = args.agent_interval {
         c.agent_report_interval_ms = u64::try_from(v.as_millis()).unwrap_or(u64::MAX).max(1);
     }
+    if let Some(v) = args.agent_cert_validity {
+        c.agent_cert_validity_secs = v.as_secs();
+    }
+    if let Some(v) = args.agent_cert_warn {
+        c.agent_cert_warn_secs = v.as_secs();
+    }
     if let Some(v) = args.max_message_bytes {
         c.max_message_bytes = v;
     }
@@ -148,6 +160,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.log_json {
         c.log_format = LogFormat::Json;
     }
+    c.validate().map_err(anyhow::Error::msg)?;
     Ok(c)
 }
 

@@ -37,7 +37,19 @@ pub struct Issued {
     pub cert_pem: String,
     /// Hex SHA-256 of the DER certificate: the identity the server recognises.
     pub fingerprint: String,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
+}
+
+/// Clock-skew allowance before an agent certificate's issue time: 5 minutes, or a tenth of the
+/// validity when that is shorter (so the lifetime the agent sees in the certificate is close to
+/// the configured validity, and renewal thresholds mean the same on both sides).
+pub fn skew_allowance(validity: Duration) -> Duration {
+    (validity / 10).min(Duration::from_secs(300))
+}
+
+fn system_time(t: time::OffsetDateTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.unix_timestamp()).unwrap_or(0))
 }
 
 /// The CA: its key stays in the data directory (mode 0600), its certificate is public.
@@ -157,19 +169,20 @@ impl AgentCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
+        let skew = time::Duration::try_from(skew_allowance(validity))
+            .map_err(|e| PkiError::Issue(format!("validity: {e}")))?;
         let validity = time::Duration::try_from(validity)
             .map_err(|e| PkiError::Issue(format!("validity: {e}")))?;
-        params.not_before = now - time::Duration::minutes(5);
+        params.not_before = now - skew;
         params.not_after = now + validity;
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(|e| PkiError::Issue(e.to_string()))?;
-        let not_after = SystemTime::UNIX_EPOCH
-            + Duration::from_secs(u64::try_from(params.not_after.unix_timestamp()).unwrap_or(0));
         Ok(Issued {
             cert_pem: cert.pem(),
             fingerprint: fingerprint(cert.der()),
-            not_after,
+            not_before: system_time(params.not_before),
+            not_after: system_time(params.not_after),
         })
     }
 

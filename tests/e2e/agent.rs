@@ -169,7 +169,7 @@ fn reason_codes(d: &pb::Device) -> Vec<String> {
 }
 
 /// Polls the device until `pred` holds or `within` passes; returns the last state seen.
-async fn wait_for(
+pub(crate) async fn wait_for(
     s: &TestServer,
     name: &str,
     within: Duration,

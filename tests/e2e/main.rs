@@ -16,5 +16,6 @@ mod errors;
 mod ipmi;
 mod peers;
 mod sec_backup;
+mod sec_renew;
 mod smart;
 mod watch;

@@ -107,6 +107,26 @@ impl AgentService for AgentApi {
             .map_err(to_status)
     }
 
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let fp = peer_fingerprint(&req);
+        let r = self
+            .agents
+            .renew(fp.as_deref(), &req.get_ref().csr_pem)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RenewResponse {
+            identity: Some(pb::AgentIdentity {
+                device: r.device,
+                certificate_pem: r.cert_pem,
+                ca_pem: self.agents.ca_pem().to_string(),
+                not_after: Some(timestamp(r.not_after_nanos)),
+            }),
+        }))
+    }
+
     async fn create_enrollment_token(
         &self,
         req: Request<pb::CreateEnrollmentTokenRequest>,
