@@ -28,6 +28,7 @@ use crate::model::{ApiError, Principal, kind_id, now_unix_nanos, timestamp};
 use crate::observed::{self, ReportMeta};
 use crate::pki::AgentCa;
 use crate::store::{self, AuxWrite, Mutation, RefusalKind, Store, StoreError};
+use crate::vm_discovery;
 
 /// Tuning of agent handling.
 #[derive(Debug, Clone)]
@@ -42,6 +43,11 @@ pub struct AgentSettings {
     pub max_token_ttl: Duration,
     /// Reports missed before a device's health becomes UNKNOWN.
     pub silent_intervals: u32,
+    /// The largest report accepted (the server's max_message_bytes), told to agents so they
+    /// leave out what does not fit instead of being refused.
+    pub max_report_bytes: usize,
+    /// Most VM devices discovery creates under one hypervisor.
+    pub max_discovered_vms: usize,
 }
 
 impl Default for AgentSettings {
@@ -52,6 +58,8 @@ impl Default for AgentSettings {
             cert_validity: Duration::from_secs(365 * 24 * 3600),
             max_token_ttl: Duration::from_secs(7 * 24 * 3600),
             silent_intervals: 3,
+            max_report_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_discovered_vms: crate::config::DEFAULT_MAX_DISCOVERED_VMS,
         }
     }
 }
@@ -791,6 +799,10 @@ impl Agents {
         Ok(out)
     }
 
+    fn max_report_bytes(&self) -> u64 {
+        u64::try_from(self.settings.max_report_bytes).unwrap_or(u64::MAX)
+    }
+
     fn next_interval(&self) -> Duration {
         let base = self.settings.report_interval.as_secs_f64();
         let j = self.settings.jitter.clamp(0.0, 0.5);
@@ -924,13 +936,44 @@ impl Agents {
                     next_interval: Some(duration_pb(interval)),
                     health: m.health,
                     applied: false,
+                    resync: false,
+                    max_report_bytes: self.max_report_bytes(),
                 }));
             }
             if req.seq <= m.seq {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "report sequence {} is not newer than the last applied {} (boot {}); replayed or out of order",
-                    req.seq, m.seq, m.boot_id
-                )));
+                // Agent state restored from an old image (or a replay): apply nothing, but tell
+                // the agent where the sequence stands so it continues after it (full), instead
+                // of being refused forever. Audited as a refused report.
+                let msg = format!(
+                    "report sequence {} (boot {}) is not newer than the last applied {} (boot {}); nothing applied, the agent was told to continue after {}",
+                    req.seq,
+                    crate::inventory::printable_text(&req.boot_id, 64),
+                    m.seq,
+                    m.boot_id,
+                    m.seq
+                );
+                let ctx = ChangeContext {
+                    origin: "agent".into(),
+                    ..Default::default()
+                };
+                self.inventory.record_refusal(
+                    principal,
+                    "agent-report-resync",
+                    (ResourceKind::Device, device),
+                    &ctx,
+                    RefusalKind::Rejected,
+                    &msg,
+                );
+                return Ok(PreparedReport::Answer(pb::ReportResponse {
+                    acked_seq: m.seq,
+                    acked_hash: m.facts_hash.clone(),
+                    resend_full: true,
+                    next_interval: Some(duration_pb(Duration::ZERO)),
+                    health: m.health,
+                    applied: false,
+                    resync: true,
+                    max_report_bytes: self.max_report_bytes(),
+                }));
             }
         }
         let base_ok = req.base_hash.is_empty()
@@ -945,6 +988,8 @@ impl Agents {
                 next_interval: Some(duration_pb(Duration::ZERO)),
                 health: meta.as_ref().map_or(0, |m| m.health),
                 applied: false,
+                resync: false,
+                max_report_bytes: self.max_report_bytes(),
             }));
         }
         let full = req.base_hash.is_empty();
@@ -1033,7 +1078,7 @@ impl Agents {
             puts.push((observed::sel_key(&id), Some(observed::encode_sel(&sel)?)));
         }
         let mut memory = prior.as_ref().map(|m| m.memory.clone()).unwrap_or_default();
-        let assessment = health::evaluate(
+        let mut assessment = health::evaluate(
             HealthInput {
                 sensors: &sensors,
                 sel: &sel,
@@ -1043,6 +1088,30 @@ impl Agents {
             },
             &mut memory,
         );
+        // The VM cap: decided from the VMs this report lists; a delta that leaves them out
+        // keeps the previous verdict.
+        let capped = match facts.vms.as_ref() {
+            Some(l) => {
+                let children: Vec<pb::Resource> = self
+                    .inventory
+                    .devices_with_parent(device)?
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .collect();
+                let cap = self.settings.max_discovered_vms;
+                vm_discovery::reason(&vm_discovery::plan(&children, &l.items, cap), cap)
+            }
+            None if !full => prior.as_ref().and_then(|m| {
+                m.reasons()
+                    .into_iter()
+                    .find(|r| r.code == vm_discovery::CAPPED_CODE)
+            }),
+            None => None,
+        };
+        if let Some(r) = capped {
+            assessment.reasons.push(r);
+            assessment.health = health::worst(&assessment.reasons);
+        }
         let changed = meta
             .as_ref()
             .is_none_or(|m| !assessment.same_as(m.health, &m.reasons()));
@@ -1096,6 +1165,8 @@ impl Agents {
                 next_interval: Some(duration_pb(interval)),
                 health: assessment.health as i32,
                 applied: true,
+                resync: false,
+                max_report_bytes: self.max_report_bytes(),
             },
         })))
     }
@@ -1168,6 +1239,7 @@ impl Agents {
                 .filter(|m| Some(m.identity.as_str()) == fingerprint)
                 .map(|m| m.facts_hash)
                 .unwrap_or_default(),
+            max_report_bytes: self.max_report_bytes(),
         })
     }
 
@@ -1266,6 +1338,14 @@ impl Agents {
             })
             .collect();
         let now = now_unix_nanos();
+        // Room left under the cap; VMs past it are not created (prepare_report put the
+        // health reason on the hypervisor).
+        let mut room = self.settings.max_discovered_vms.saturating_sub(
+            by_uuid
+                .values()
+                .filter(|(_, r)| vm_discovery::is_discovered(r))
+                .count(),
+        );
         for vm in vms {
             let uuid = vm.uuid.to_lowercase();
             if let Some((obj, r)) = by_uuid.remove(&uuid) {
@@ -1286,6 +1366,9 @@ impl Agents {
                     );
                     self.commit_mutation(m, &vm.name).await?;
                 }
+                continue;
+            }
+            if room == 0 {
                 continue;
             }
             let name = vm_device_name(&vm.name, &uuid);
@@ -1312,8 +1395,11 @@ impl Agents {
             let m = self
                 .inventory
                 .server_create(r, &principal, "vm-discovered", &ctx, now)?;
-            if let Err(e) = self.commit_mutation(m, &name).await {
-                tracing::warn!(vm = %name, error = %e, "could not create a discovered VM");
+            match self.commit_mutation(m, &name).await {
+                Ok(()) => room -= 1,
+                Err(e) => {
+                    tracing::warn!(vm = %name, error = %e, "could not create a discovered VM")
+                }
             }
         }
         for (_, (obj, r)) in by_uuid {

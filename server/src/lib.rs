@@ -24,6 +24,7 @@ pub mod observed;
 pub mod pki;
 pub mod planning;
 pub mod store;
+pub mod vm_discovery;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,6 +145,8 @@ impl Server {
         let settings = AgentSettings {
             report_interval: Duration::from_millis(config.agent_report_interval_ms.max(1)),
             jitter: config.agent_jitter,
+            max_report_bytes: config.max_message_bytes,
+            max_discovered_vms: config.max_discovered_vms_per_hypervisor,
             ..AgentSettings::default()
         };
         let agents = Arc::new(

@@ -120,7 +120,7 @@ impl AgentHost {
     }
 
     /// An AgentService client presenting this agent's certificate.
-    async fn client(&self) -> AgentServiceClient<tonic::transport::Channel> {
+    pub(crate) async fn client(&self) -> AgentServiceClient<tonic::transport::Channel> {
         let ch =
             identity::channel(&self.server, Some(&self.ca), &Paths::new(self.dir()), true).unwrap();
         AgentServiceClient::new(ch)
@@ -134,7 +134,7 @@ impl Drop for AgentHost {
 }
 
 /// A minimal agent config: no SMART scan, no packages unless asked.
-fn config(extra: &str) -> String {
+pub(crate) fn config(extra: &str) -> String {
     format!("interval = \"{INTERVAL}\"\nsmart = false\npackages = false\n{extra}")
 }
 
@@ -161,7 +161,7 @@ fn health(d: &pb::Device) -> pb::Health {
         .unwrap_or_default()
 }
 
-fn reason_codes(d: &pb::Device) -> Vec<String> {
+pub(crate) fn reason_codes(d: &pb::Device) -> Vec<String> {
     d.status
         .as_ref()
         .map(|s| s.health_reasons.iter().map(|r| r.code.clone()).collect())
@@ -169,7 +169,7 @@ fn reason_codes(d: &pb::Device) -> Vec<String> {
 }
 
 /// Polls the device until `pred` holds or `within` passes; returns the last state seen.
-async fn wait_for(
+pub(crate) async fn wait_for(
     s: &TestServer,
     name: &str,
     within: Duration,
@@ -201,7 +201,7 @@ fn smartctl() -> &'static str {
     }
 }
 
-fn fixture(rel: &str) -> String {
+pub(crate) fn fixture(rel: &str) -> String {
     format!("{}/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))
 }
 
