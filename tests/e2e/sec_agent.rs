@@ -144,19 +144,19 @@ async fn an_agent_whose_state_went_back_resyncs_and_a_replay_is_not_applied() {
     .await;
     let state = a.dir().join("state.json");
     let old = std::fs::read(&state).unwrap();
-    let held = wait_for(
-        &s,
-        "restore-01",
-        Duration::from_secs(10),
-        "5 reports",
-        seq_at_least(5),
-    )
-    .await
-    .status
-    .unwrap()
-    .report_seq;
     a.stop();
-    let held = held.max(device(&s, "restore-01").await.status.unwrap().report_seq);
+    // Many reports later (here: one with a far higher sequence, from the same identity)...
+    let held = device(&s, "restore-01").await.status.unwrap().report_seq + 500;
+    let mut c = a.client().await;
+    let later = pb::ReportRequest {
+        device: "restore-01".into(),
+        boot_id: "later-boot".into(),
+        seq: held,
+        facts_hash: "later".into(),
+        facts: Some(pb::Facts::default()),
+        ..Default::default()
+    };
+    assert!(c.report(later).await.unwrap().into_inner().applied);
     // The host comes back from an image taken earlier: old state, empty spool.
     std::fs::write(&state, &old).unwrap();
     for f in std::fs::read_dir(a.dir().join("spool")).unwrap() {
@@ -185,7 +185,6 @@ async fn an_agent_whose_state_went_back_resyncs_and_a_replay_is_not_applied() {
     // Directly: an old sequence (replay, or a new boot with a lower one) applies nothing and
     // is told where the sequence stands; the next one after it is applied.
     let now = device(&s, "restore-01").await.status.unwrap();
-    let mut c = a.client().await;
     let replay = pb::ReportRequest {
         device: "restore-01".into(),
         boot_id: "another-boot".into(),
