@@ -64,7 +64,7 @@ pub fn plan(report: &pb::ReportRequest, limit: usize, all: bool) -> Vec<Dropped>
             bytes: bytes.len(),
         })
         .collect();
-    present.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    present.sort_by_key(|d| std::cmp::Reverse(d.bytes));
     if all {
         return present;
     }

@@ -524,7 +524,7 @@ impl Agent {
     pub async fn collect_and_spool(&mut self) -> Result<Collected, AgentError> {
         let c = self.collectors.collect().await;
         let full = self.need_full;
-        self.state.seq += 1;
+        self.state.seq = self.state.seq.saturating_add(1);
         let template = pb::ReportRequest {
             device: self.device.clone(),
             boot_id: c.boot_id.clone(),
@@ -644,7 +644,7 @@ impl Agent {
             sel.extend(r.sel.iter().cloned());
             last = r;
         }
-        self.state.seq += 1;
+        self.state.seq = self.state.seq.saturating_add(1);
         if !self.last_collectors.is_empty() {
             last.collectors = self.last_collectors.clone();
         }

@@ -117,7 +117,6 @@ async fn oversized_external_facts_cost_neither_sel_events_nor_reports() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = a.log();
-    assert!(!log.contains("dropping it"), "{log}");
     assert!(
         log.contains("rebuilding it without its largest sections"),
         "{log}"
