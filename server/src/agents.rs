@@ -1088,27 +1088,16 @@ impl Agents {
             },
             &mut memory,
         );
-        // The VM cap: decided from the VMs this report lists; a delta that leaves them out
-        // keeps the previous verdict.
-        let capped = match facts.vms.as_ref() {
-            Some(l) => {
-                let children: Vec<pb::Resource> = self
-                    .inventory
-                    .devices_with_parent(device)?
-                    .into_iter()
-                    .map(|(_, r)| r)
-                    .collect();
-                let cap = self.settings.max_discovered_vms;
-                vm_discovery::reason(&vm_discovery::plan(&children, &l.items, cap), cap)
-            }
-            None if !full => prior.as_ref().and_then(|m| {
-                m.reasons()
-                    .into_iter()
-                    .find(|r| r.code == vm_discovery::CAPPED_CODE)
-            }),
-            None => None,
-        };
-        if let Some(r) = capped {
+        let previous = prior.as_ref().map(ReportMeta::reasons).unwrap_or_default();
+        let vms = facts.vms.as_ref().map(|l| l.items.as_slice());
+        if let Some(r) = vm_discovery::verdict(
+            &self.inventory,
+            device,
+            vms,
+            full,
+            &previous,
+            self.settings.max_discovered_vms,
+        )? {
             assessment.reasons.push(r);
             assessment.health = health::worst(&assessment.reasons);
         }

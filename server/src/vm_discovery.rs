@@ -1,12 +1,14 @@
 //! The per-hypervisor cap on discovered VM devices: one agent certificate must not be able to
-//! create devices (and event-log entries) without bound. Pure: the caller passes the
-//! hypervisor's current children and the VMs it reported.
+//! create devices (and event-log entries) without bound. `plan` and `reason` are pure (the
+//! caller passes the hypervisor's current children and the VMs it reported).
 
 use std::collections::HashSet;
 
 use muster::pb::{self, Health, resource::Resource as R};
 
 use crate::agents::DISCOVERED_LABEL;
+use crate::inventory::Inventory;
+use crate::model::ApiError;
 
 /// Health reason code on a hypervisor some of whose VMs were not created.
 pub const CAPPED_CODE: &str = "vm.discovery_capped";
@@ -64,6 +66,30 @@ pub fn reason(plan: &Plan, cap: usize) -> Option<pb::HealthReason> {
              adopt or delete discovered VMs, or raise the limit",
             plan.refused, plan.new, plan.discovered
         ),
+    })
+}
+
+/// The cap's verdict for a report from hypervisor `host`: decided from the VMs it lists; a
+/// delta that leaves them out (unchanged) keeps the previous verdict, from `previous` reasons.
+pub fn verdict(
+    inventory: &Inventory,
+    host: &str,
+    vms: Option<&[pb::VirtualMachine]>,
+    full: bool,
+    previous: &[pb::HealthReason],
+    cap: usize,
+) -> Result<Option<pb::HealthReason>, ApiError> {
+    Ok(match vms {
+        Some(vms) => {
+            let children: Vec<pb::Resource> = inventory
+                .devices_with_parent(host)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            reason(&plan(&children, vms, cap), cap)
+        }
+        None if !full => previous.iter().find(|r| r.code == CAPPED_CODE).cloned(),
+        None => None,
     })
 }
 
