@@ -7,6 +7,7 @@
 
 pub mod collect;
 pub mod config;
+pub mod fit;
 pub mod identity;
 pub mod report;
 pub mod run;

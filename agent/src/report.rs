@@ -24,6 +24,19 @@ impl Chain {
     /// returns (base hash, the sections to send, the facts hash after it). A full report sends
     /// every section and builds on nothing.
     pub fn advance(&mut self, current: &pb::Facts, full: bool) -> (String, pb::Facts, String) {
+        self.advance_except(current, full, &[])
+    }
+
+    /// `advance`, leaving the sections in `skip` out of the report (too large to send). The
+    /// chain stays what the server will hold: a skipped section keeps its old hash after a
+    /// delta (the server keeps its old value) and has none after a full report (the server
+    /// drops what a full report lacks).
+    pub fn advance_except(
+        &mut self,
+        current: &pb::Facts,
+        full: bool,
+        skip: &[u8],
+    ) -> (String, pb::Facts, String) {
         let base = if full {
             String::new()
         } else {
@@ -34,6 +47,9 @@ impl Chain {
         }
         let mut delta = pb::Facts::default();
         for (n, bytes) in facts::split(current) {
+            if skip.contains(&n) {
+                continue;
+            }
             let h = facts::section_hash(&bytes);
             if full || self.sections.get(&n) != Some(&h) {
                 // Each part is a Facts holding one field; merging them rebuilds the delta.
@@ -135,6 +151,23 @@ mod tests {
         // The same facts hash the same from a fresh chain: hashes are content, not history.
         let mut fresh = Chain::default();
         assert_eq!(fresh.advance(&facts("b", &["bash", "vim"]), true).2, h2);
+    }
+
+    #[test]
+    fn a_skipped_section_keeps_the_chain_equal_to_what_the_server_holds() {
+        let mut c = Chain::default();
+        let (_, _, h1) = c.advance(&facts("a", &["bash"]), true);
+        // Delta without the changed packages: the server keeps the old list, so does the chain.
+        let (_, d, h2) = c.advance_except(&facts("b", &["bash", "vim"]), false, &[6]);
+        assert!(d.packages.is_none() && d.os.is_some());
+        assert_ne!(h1, h2);
+        assert_eq!(Chain::default().advance(&facts("b", &["bash"]), true).2, h2);
+        // Full without packages: the server holds none, nor does the chain.
+        let (_, d, h3) = c.advance_except(&facts("b", &["bash", "vim"]), true, &[6]);
+        assert!(d.packages.is_none());
+        let mut no_pkgs = facts("b", &[]);
+        no_pkgs.packages = None;
+        assert_eq!(Chain::default().advance(&no_pkgs, true).2, h3);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::collect;
 use crate::config::AgentConfig;
+use crate::fit;
 use crate::identity::{self, IdentityError, Paths, write_atomic};
 use crate::report::Chain;
 use crate::spool::{Spool, SpoolError};
@@ -398,6 +399,13 @@ pub struct Agent {
     renew_hint: bool,
     /// After a failed renewal, not before this.
     renew_retry_at: Option<Instant>,
+    /// The largest report the server accepts (it says so in every answer).
+    limit: usize,
+    /// Refusals in a row: each rebuilds the report at the head of the spool from the current
+    /// facts (full); the first to fit the limit, later ones without any bulky section.
+    refusals: u32,
+    /// Collector statuses of the latest collection, for rebuilt reports.
+    last_collectors: Vec<pb::CollectorStatus>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -436,17 +444,8 @@ fn save_state(cfg: &AgentConfig, s: &State) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Whether a failed send means "try again later" (keep the report) rather than "this report
-/// can never be accepted" (drop it, log why).
-fn retryable(code: tonic::Code) -> bool {
-    !matches!(
-        code,
-        tonic::Code::InvalidArgument
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::OutOfRange
-    )
-}
+/// The limit assumed until the server tells its own (musterd's default max_message_bytes).
+const DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
 
 impl Agent {
     /// Loads identity, state and spool.
@@ -477,6 +476,9 @@ impl Agent {
             need_full: true,
             renew_hint: false,
             renew_retry_at: None,
+            limit: DEFAULT_LIMIT,
+            refusals: 0,
+            last_collectors: Vec::new(),
         })
     }
 
@@ -491,6 +493,51 @@ impl Agent {
             .max_encoding_message_size(16 * 1024 * 1024))
     }
 
+    fn learn_limit(&mut self, max_report_bytes: u64) {
+        if let Ok(n) = usize::try_from(max_report_bytes)
+            && n > 0
+        {
+            self.limit = n;
+        }
+    }
+
+    /// Builds the report for `facts` on `template` (sequence, SEL, collectors), advancing the
+    /// chain. Sections that would take it past the server's limit are left out (see `fit`)
+    /// and their collectors marked failed; after a refusal (`refusals > 1`) all bulky ones are.
+    fn build(
+        &mut self,
+        facts: &pb::Facts,
+        full: bool,
+        template: pb::ReportRequest,
+    ) -> pb::ReportRequest {
+        let mut trial_chain = self.state.chain.clone();
+        let (base, delta, hash) = trial_chain.advance(facts, full);
+        let mut report = pb::ReportRequest {
+            base_hash: base,
+            facts_hash: hash,
+            facts: Some(delta),
+            ..template
+        };
+        let dropped = fit::plan(&report, self.limit, self.refusals > 1);
+        if dropped.is_empty() {
+            self.state.chain = trial_chain;
+            return report;
+        }
+        let skip: Vec<u8> = dropped.iter().map(|d| d.section).collect();
+        let (base, delta, hash) = self.state.chain.advance_except(facts, full, &skip);
+        report.base_hash = base;
+        report.facts_hash = hash;
+        report.facts = Some(delta);
+        fit::mark(&mut report.collectors, &dropped, self.limit);
+        tracing::warn!(
+            seq = report.seq,
+            sections = ?skip,
+            limit = self.limit,
+            "report would exceed the server's limit; left out its largest sections"
+        );
+        report
+    }
+
     /// The device this agent reports for.
     pub fn device(&self) -> &str {
         &self.device
@@ -500,21 +547,20 @@ impl Agent {
     pub async fn collect_and_spool(&mut self) -> Result<Collected, AgentError> {
         let c = self.collectors.collect().await;
         let full = self.need_full;
-        let (base, delta, hash) = self.state.chain.advance(&c.facts, full);
-        self.state.seq += 1;
-        let report = pb::ReportRequest {
+        self.state.seq = self.state.seq.saturating_add(1);
+        let template = pb::ReportRequest {
             device: self.device.clone(),
             boot_id: c.boot_id.clone(),
             seq: self.state.seq,
             agent_version: AGENT_VERSION.into(),
             collected_at: Some(now_ts()),
-            base_hash: base,
-            facts_hash: hash,
-            facts: Some(delta),
             sel: c.sel.clone(),
             sel_reset: c.sel_reset,
             collectors: c.collectors.clone(),
+            ..Default::default()
         };
+        self.last_collectors = c.collectors.clone();
+        let report = self.build(&c.facts, full, template);
         self.spool.push(&report)?;
         self.need_full = false;
         self.state.sel_cursor = self.collectors.sel_spooled();
@@ -553,12 +599,27 @@ impl Agent {
                         "reported"
                     );
                     self.renew_hint |= resp.renew_certificate;
+                    self.learn_limit(resp.max_report_bytes);
                     if let Some(d) = resp.next_interval.filter(|d| d.seconds > 0 || d.nanos > 0) {
                         self.interval = Duration::new(
                             u64::try_from(d.seconds).unwrap_or(60),
                             u32::try_from(d.nanos).unwrap_or(0),
                         );
                     }
+                    if resp.resync {
+                        // The server holds a newer sequence than ours (state restored from an
+                        // older copy): continue after it, with everything spooled as one full
+                        // report.
+                        tracing::warn!(
+                            seq,
+                            server_seq = resp.acked_seq,
+                            "the server already holds a newer report sequence; continuing after it with a full report"
+                        );
+                        self.state.seq = self.state.seq.max(resp.acked_seq);
+                        self.resend_full(report)?;
+                        return Ok(false);
+                    }
+                    self.refusals = 0;
                     if resp.resend_full {
                         tracing::info!(seq, "the server holds other facts; sending a full report");
                         self.resend_full(report)?;
@@ -566,14 +627,21 @@ impl Agent {
                     }
                     self.spool.remove(seq)?;
                 }
-                Err(status) if retryable(status.code()) => {
-                    tracing::warn!(seq, code = ?status.code(), error = %status.message(), "report not delivered; kept in the spool");
+                Err(status) if fit::size_refusal(status.code()) => {
+                    // Never dropped: its SEL events go out again in a report rebuilt (full)
+                    // to fit the limit, without the offending sections.
+                    self.refusals = self.refusals.saturating_add(1);
+                    tracing::warn!(seq, bytes, code = ?status.code(), error = %status.message(), "report refused; rebuilding it without its largest sections");
+                    match fit::limit_in_message(status.message()) {
+                        Some(n) => self.limit = n,
+                        None => self.ask_limit().await,
+                    }
+                    self.resend_full(report)?;
                     return Ok(false);
                 }
                 Err(status) => {
-                    tracing::error!(seq, code = ?status.code(), error = %status.message(), "report refused; dropping it");
-                    self.spool.remove(seq)?;
-                    self.need_full = true;
+                    tracing::warn!(seq, code = ?status.code(), error = %status.message(), "report not delivered; kept in the spool");
+                    return Ok(false);
                 }
             }
         }
@@ -600,18 +668,19 @@ impl Agent {
             sel.extend(r.sel.iter().cloned());
             last = r;
         }
-        let (_, facts, hash) = self.state.chain.advance(&self.collectors.current, true);
-        self.state.seq += 1;
-        let full = pb::ReportRequest {
+        self.state.seq = self.state.seq.saturating_add(1);
+        if !self.last_collectors.is_empty() {
+            last.collectors = self.last_collectors.clone();
+        }
+        let template = pb::ReportRequest {
             seq: self.state.seq,
-            base_hash: String::new(),
-            facts_hash: hash,
-            facts: Some(facts),
             sel,
             sel_reset,
             collected_at: Some(now_ts()),
             ..last
         };
+        let current = self.collectors.current.clone();
+        let full = self.build(&current, true, template);
         // The replacement is durable before what it replaces goes: a crash in between sends
         // some SEL events twice (the server skips the ones it has), never loses one.
         self.spool.push(&full)?;
@@ -620,6 +689,20 @@ impl Agent {
             self.spool.remove(seq)?;
         }
         Ok(())
+    }
+
+    /// Asks the server for its report limit (a refusal did not name it).
+    async fn ask_limit(&mut self) {
+        let req = pb::HeartbeatRequest {
+            device: self.device.clone(),
+            boot_id: String::new(),
+        };
+        match self.client.heartbeat(req).await {
+            Ok(r) => self.learn_limit(r.get_ref().max_report_bytes),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "heartbeat failed; keeping the report limit assumed so far");
+            }
+        }
     }
 
     /// Runs until `shutdown` resolves: collect, spool, send; retry with jittered backoff.
@@ -674,20 +757,24 @@ impl Agent {
 
     /// After a restart with nothing spooled: when the server still holds the facts this agent
     /// last sent (same hash), continue with deltas instead of resending everything.
+    /// Also learns the server's report limit.
     async fn resume_chain(&mut self) -> Result<(), AgentError> {
-        if self.state.chain.facts_hash.is_empty() || !self.spool.is_empty()? {
-            return Ok(());
-        }
+        let resumable = !self.state.chain.facts_hash.is_empty() && self.spool.is_empty()?;
         let req = pb::HeartbeatRequest {
             device: self.device.clone(),
             boot_id: String::new(),
         };
         match self.client.heartbeat(req).await {
-            Ok(r) if r.get_ref().acked_hash == self.state.chain.facts_hash => {
-                tracing::info!("the server holds this agent's last facts; continuing with deltas");
-                self.need_full = false;
+            Ok(r) => {
+                let r = r.into_inner();
+                self.learn_limit(r.max_report_bytes);
+                if resumable && r.acked_hash == self.state.chain.facts_hash {
+                    tracing::info!(
+                        "the server holds this agent's last facts; continuing with deltas"
+                    );
+                    self.need_full = false;
+                }
             }
-            Ok(_) => {}
             Err(status) => {
                 tracing::warn!(code = ?status.code(), error = %status.message(), "heartbeat failed; the first report will be full");
             }

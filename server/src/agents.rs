@@ -28,6 +28,7 @@ use crate::model::{ApiError, Principal, kind_id, now_unix_nanos, timestamp};
 use crate::observed::{self, ReportMeta};
 use crate::pki::AgentCa;
 use crate::store::{self, AuxWrite, Mutation, RefusalKind, Store, StoreError};
+use crate::vm_discovery;
 
 mod renew;
 use renew::{Ident, identity_record};
@@ -51,6 +52,11 @@ pub struct AgentSettings {
     pub max_token_ttl: Duration,
     /// Reports missed before a device's health becomes UNKNOWN.
     pub silent_intervals: u32,
+    /// The largest report accepted (the server's max_message_bytes), told to agents so they
+    /// leave out what does not fit instead of being refused.
+    pub max_report_bytes: usize,
+    /// Most VM devices discovery creates under one hypervisor.
+    pub max_discovered_vms: usize,
 }
 
 impl Default for AgentSettings {
@@ -63,6 +69,8 @@ impl Default for AgentSettings {
             cert_warn: Duration::from_secs(14 * 24 * 3600),
             max_token_ttl: Duration::from_secs(7 * 24 * 3600),
             silent_intervals: 3,
+            max_report_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_discovered_vms: crate::config::DEFAULT_MAX_DISCOVERED_VMS,
         }
     }
 }
@@ -841,6 +849,10 @@ impl Agents {
         Ok(out)
     }
 
+    fn max_report_bytes(&self) -> u64 {
+        u64::try_from(self.settings.max_report_bytes).unwrap_or(u64::MAX)
+    }
+
     fn next_interval(&self) -> Duration {
         let base = self.settings.report_interval.as_secs_f64();
         let j = self.settings.jitter.clamp(0.0, 0.5);
@@ -987,13 +999,45 @@ impl Agents {
                     health: m.health,
                     applied: false,
                     renew_certificate: false,
+                    resync: false,
+                    max_report_bytes: self.max_report_bytes(),
                 }));
             }
             if req.seq <= m.seq {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "report sequence {} is not newer than the last applied {} (boot {}); replayed or out of order",
-                    req.seq, m.seq, m.boot_id
-                )));
+                // Agent state restored from an old image (or a replay): apply nothing, but tell
+                // the agent where the sequence stands so it continues after it (full), instead
+                // of being refused forever. Audited as a refused report.
+                let msg = format!(
+                    "report sequence {} (boot {}) is not newer than the last applied {} (boot {}); nothing applied, the agent was told to continue after {}",
+                    req.seq,
+                    crate::inventory::printable_text(&req.boot_id, 64),
+                    m.seq,
+                    m.boot_id,
+                    m.seq
+                );
+                let ctx = ChangeContext {
+                    origin: "agent".into(),
+                    ..Default::default()
+                };
+                self.inventory.record_refusal(
+                    principal,
+                    "agent-report-resync",
+                    (ResourceKind::Device, device),
+                    &ctx,
+                    RefusalKind::Rejected,
+                    &msg,
+                );
+                return Ok(PreparedReport::Answer(pb::ReportResponse {
+                    acked_seq: m.seq,
+                    acked_hash: m.facts_hash.clone(),
+                    resend_full: true,
+                    next_interval: Some(duration_pb(Duration::ZERO)),
+                    health: m.health,
+                    applied: false,
+                    renew_certificate: false,
+                    resync: true,
+                    max_report_bytes: self.max_report_bytes(),
+                }));
             }
         }
         let base_ok = req.base_hash.is_empty()
@@ -1009,6 +1053,8 @@ impl Agents {
                 health: meta.as_ref().map_or(0, |m| m.health),
                 applied: false,
                 renew_certificate: false,
+                resync: false,
+                max_report_bytes: self.max_report_bytes(),
             }));
         }
         let full = req.base_hash.is_empty();
@@ -1121,6 +1167,19 @@ impl Agents {
             puts.push(w);
             old
         });
+        let previous = prior.as_ref().map(ReportMeta::reasons).unwrap_or_default();
+        let vms = facts.vms.as_ref().map(|l| l.items.as_slice());
+        if let Some(r) = vm_discovery::verdict(
+            &self.inventory,
+            device,
+            vms,
+            full,
+            &previous,
+            self.settings.max_discovered_vms,
+        )? {
+            assessment.reasons.push(r);
+            assessment.health = health::worst(&assessment.reasons);
+        }
         let changed = meta
             .as_ref()
             .is_none_or(|m| !assessment.same_as(m.health, &m.reasons()));
@@ -1175,6 +1234,8 @@ impl Agents {
                 health: assessment.health as i32,
                 applied: true,
                 renew_certificate: cert.in_last(self.settings.renew_fraction, now),
+                resync: false,
+                max_report_bytes: self.max_report_bytes(),
             },
             retired,
         })))
@@ -1248,6 +1309,7 @@ impl Agents {
                 .filter(|m| Some(m.identity.as_str()) == fingerprint)
                 .map(|m| m.facts_hash)
                 .unwrap_or_default(),
+            max_report_bytes: self.max_report_bytes(),
         })
     }
 
@@ -1363,6 +1425,14 @@ impl Agents {
             })
             .collect();
         let now = now_unix_nanos();
+        // Room left under the cap; VMs past it are not created (prepare_report put the
+        // health reason on the hypervisor).
+        let mut room = self.settings.max_discovered_vms.saturating_sub(
+            by_uuid
+                .values()
+                .filter(|(_, r)| vm_discovery::is_discovered(r))
+                .count(),
+        );
         for vm in vms {
             let uuid = vm.uuid.to_lowercase();
             if let Some((obj, r)) = by_uuid.remove(&uuid) {
@@ -1383,6 +1453,9 @@ impl Agents {
                     );
                     self.commit_mutation(m, &vm.name).await?;
                 }
+                continue;
+            }
+            if room == 0 {
                 continue;
             }
             let name = vm_device_name(&vm.name, &uuid);
@@ -1409,8 +1482,11 @@ impl Agents {
             let m = self
                 .inventory
                 .server_create(r, &principal, "vm-discovered", &ctx, now)?;
-            if let Err(e) = self.commit_mutation(m, &name).await {
-                tracing::warn!(vm = %name, error = %e, "could not create a discovered VM");
+            match self.commit_mutation(m, &name).await {
+                Ok(()) => room -= 1,
+                Err(e) => {
+                    tracing::warn!(vm = %name, error = %e, "could not create a discovered VM")
+                }
             }
         }
         for (_, (obj, r)) in by_uuid {

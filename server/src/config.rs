@@ -12,6 +12,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "muster-data";
 /// Default largest request message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Default most VM devices discovery creates under one hypervisor.
+pub const DEFAULT_MAX_DISCOVERED_VMS: usize = 256;
 
 /// Default agent certificate validity: a year.
 pub const DEFAULT_AGENT_CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
@@ -74,6 +76,9 @@ pub struct Config {
     pub insecure: bool,
     /// Requests larger than this are refused with RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
+    /// Most VM devices created from one hypervisor's reports (labelled discovered); VMs past
+    /// it are not created and the hypervisor gets a WARNING (`vm.discovery_capped`).
+    pub max_discovered_vms_per_hypervisor: usize,
     /// sled page cache, MiB.
     pub cache_capacity_mb: u64,
     /// fdatasync after each group flush (leave on outside benchmarks).
@@ -102,6 +107,7 @@ impl Default for Config {
             agent_cert_warn_secs: 14 * 24 * 3600,
             insecure: false,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_discovered_vms_per_hypervisor: DEFAULT_MAX_DISCOVERED_VMS,
             cache_capacity_mb: 64,
             fdatasync: true,
             secrets_key_file: None,

@@ -26,6 +26,7 @@ pub mod pki;
 pub mod planning;
 pub mod store;
 pub mod store_map;
+pub mod vm_discovery;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,6 +139,8 @@ impl Server {
             cert_validity: Duration::from_secs(config.agent_cert_validity_secs),
             renew_fraction: config.agent_cert_renew_fraction,
             cert_warn: Duration::from_secs(config.agent_cert_warn_secs),
+            max_report_bytes: config.max_message_bytes,
+            max_discovered_vms: config.max_discovered_vms_per_hypervisor,
             ..AgentSettings::default()
         };
         let agents = Arc::new(

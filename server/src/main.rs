@@ -71,6 +71,9 @@ struct ServeArgs {
     /// Largest accepted request message, bytes [default: 4194304].
     #[arg(long, env = "MUSTER_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
+    /// Most VM devices discovery creates under one hypervisor [default: 256].
+    #[arg(long, env = "MUSTER_MAX_DISCOVERED_VMS")]
+    max_discovered_vms: Option<usize>,
     /// sled cache size in MiB [default: 64].
     #[arg(long, env = "MUSTER_CACHE_MB")]
     cache_mb: Option<u64>,
@@ -150,6 +153,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.max_message_bytes {
         c.max_message_bytes = v;
+    }
+    if let Some(v) = args.max_discovered_vms {
+        c.max_discovered_vms_per_hypervisor = v;
     }
     if let Some(v) = args.cache_mb {
         c.cache_capacity_mb = v;

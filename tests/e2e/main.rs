@@ -17,5 +17,6 @@ mod ipmi;
 mod peers;
 mod sec_backup;
 mod sec_renew;
+mod sec_agent;
 mod smart;
 mod watch;

@@ -309,7 +309,7 @@ impl Agents {
             mutation: Some(mutation),
         })
         .await
-        .map_err(|e| ApiError::from_store("device", device, e))?;
+        .map_err(|e| crate::store_map::api_error("device", device, e))?;
         let mut ids = self.identities.write().unwrap_or_else(|p| p.into_inner());
         for k in &others {
             ids.remove(k);
@@ -383,7 +383,7 @@ impl Agents {
             mutation: Some(m),
         })
         .await
-        .map_err(|e| ApiError::from_store("device", name, e))?;
+        .map_err(|e| crate::store_map::api_error("device", name, e))?;
         self.forget_expired(id, not_after_nanos);
         Ok(true)
     }
