@@ -13,6 +13,11 @@ pub const DEFAULT_DATA_DIR: &str = "muster-data";
 /// Default largest request message.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Default cap on open gRPC connections (lowered at start to fit the descriptor limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on concurrent HTTP/2 streams (RPCs in flight) per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// A token accepted by the server, by its SHA-256 (the token itself never sits in a file).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +67,17 @@ pub struct Config {
     pub insecure: bool,
     /// Requests larger than this are refused with RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
+    /// Open gRPC connections at most; more are closed at accept. Lowered at start so that
+    /// connections cannot take the descriptors the store needs (see `listen`).
+    pub max_connections: usize,
+    /// Concurrent streams (RPCs) one HTTP/2 connection may have open.
+    pub max_concurrent_streams: u32,
+    /// Time a new connection has to send its HTTP/2 preface or finish its TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// HTTP/2 keepalive: ping an idle connection this often...
+    pub keepalive_interval_ms: u64,
+    /// ...and close it when the ping is not answered within this.
+    pub keepalive_timeout_ms: u64,
     /// sled page cache, MiB.
     pub cache_capacity_mb: u64,
     /// fdatasync after each group flush (leave on outside benchmarks).
@@ -87,6 +103,11 @@ impl Default for Config {
             agent_jitter: 0.1,
             insecure: false,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            handshake_timeout_ms: 10_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 20_000,
             cache_capacity_mb: 64,
             fdatasync: true,
             secrets_key_file: None,

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Largest accepted request message, bytes [default: 4194304].
     #[arg(long, env = "MUSTER_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
+    /// Open gRPC connections at most [default: 4096, lowered to fit RLIMIT_NOFILE].
+    #[arg(long, env = "MUSTER_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// sled cache size in MiB [default: 64].
     #[arg(long, env = "MUSTER_CACHE_MB")]
     cache_mb: Option<u64>,
@@ -128,6 +131,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.max_message_bytes {
         c.max_message_bytes = v;
+    }
+    if let Some(v) = args.max_connections {
+        c.max_connections = v;
     }
     if let Some(v) = args.cache_mb {
         c.cache_capacity_mb = v;
