@@ -143,6 +143,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.tokens.len(), 1);
+        let c = Config::from_toml("max_connections = 10\nhandshake_timeout_ms = 500\n").unwrap();
+        assert_eq!((c.max_connections, c.handshake_timeout_ms), (10, 500));
+        assert_eq!(Config::default().max_connections, DEFAULT_MAX_CONNECTIONS);
         assert!(
             Config::from_toml("lisen = 1").is_err(),
             "unknown keys are errors"
