@@ -68,6 +68,10 @@ async fn unknown_paths_share_one_metrics_label() {
         .unwrap();
 
     let text = scrape(s.metrics_addr);
+    eprintln!(
+        "/metrics: {baseline} bytes before, {} after {n} unknown paths",
+        text.len()
+    );
     assert!(
         text.len() < baseline + 4096,
         "metrics grew from {baseline} to {} bytes after {n} requests to unknown paths",
@@ -200,47 +204,69 @@ async fn idle_connections_cannot_exhaust_descriptors() {
     existing.create(create("after")).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_connections_are_closed_after_the_handshake_timeout() {
-    let s = TestServer::start_with(Options {
-        config: "handshake_timeout_ms = 300\n".into(),
-        ..Default::default()
-    })
-    .unwrap();
-    // One sends nothing, one stalls inside the HTTP/2 preface.
-    let silent = std::net::TcpStream::connect(s.addr).unwrap();
-    let mut partial = std::net::TcpStream::connect(s.addr).unwrap();
-    partial.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
-    let started = Instant::now();
-    for mut c in [silent, partial] {
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // The server's SETTINGS may come first; then it must close the connection: end of
-        // stream (or a reset), not our read timeout.
-        let mut buf = [0u8; 256];
-        for _ in 0..64 {
-            match c.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(e) => {
-                    assert!(
-                        !matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ),
-                        "the server kept a silent connection open: {e}"
-                    );
-                    break;
-                }
+/// Reads until the server closes `c`; fails on our own read timeout (the server kept it).
+fn assert_closed_by_server(mut c: std::net::TcpStream) {
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server's SETTINGS may come first; then end of stream (or a reset).
+    let mut buf = [0u8; 256];
+    for _ in 0..64 {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) => {
+                assert!(
+                    !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "the server kept a silent connection open: {e}"
+                );
+                return;
             }
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(3));
-    let text = scrape(s.metrics_addr);
-    assert_eq!(
-        sample(&text, "muster_connection_handshake_timeouts_total"),
-        Some(2.0),
-        "{text}"
-    );
-    // A real client is unaffected.
-    fresh_client(&s).create(create("ok")).await.unwrap();
+    panic!("the server kept sending on a connection that never sent its preface");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_handshake_timeout() {
+    for tls_auto in [false, true] {
+        let s = TestServer::start_with(Options {
+            config: "handshake_timeout_ms = 300\n".into(),
+            tls_auto,
+            ..Default::default()
+        })
+        .unwrap();
+        // One sends nothing, one stalls inside the HTTP/2 preface or the TLS ClientHello
+        // (a handshake record header announcing 80 bytes, then nothing).
+        let silent = std::net::TcpStream::connect(s.addr).unwrap();
+        let mut partial = std::net::TcpStream::connect(s.addr).unwrap();
+        let stall: &[u8] = if tls_auto {
+            b"\x16\x03\x01\x00\x50\x01"
+        } else {
+            b"PRI * HTTP/2.0\r\n"
+        };
+        partial.write_all(stall).unwrap();
+        let started = Instant::now();
+        assert_closed_by_server(silent);
+        assert_closed_by_server(partial);
+        assert!(started.elapsed() < Duration::from_secs(3), "tls {tls_auto}");
+        if !tls_auto {
+            // (With TLS, rustls's own timeout of the same length may close them first.)
+            let text = scrape(s.metrics_addr);
+            assert_eq!(
+                sample(&text, "muster_connection_handshake_timeouts_total"),
+                Some(2.0),
+                "{text}"
+            );
+        }
+        // A real client is unaffected.
+        let mut client = if tls_auto {
+            s.inventory().await.unwrap()
+        } else {
+            // Lazy, so a refused connection would show as the RPC's status.
+            fresh_client(&s)
+        };
+        client.create(create("ok")).await.unwrap();
+    }
 }
