@@ -36,8 +36,7 @@ pub const SHED_SLOTS: usize = 32;
 pub const SHED_LINGER: Duration = Duration::from_secs(2);
 
 /// A connection over the limit must send its first bytes this fast, so silent ones free
-/// their shedding slot quickly; when all slots are taken, the accept loop waits this long
-/// for one before closing the connection unanswered.
+/// their shedding slot quickly (with every slot taken, a new one is closed unanswered).
 pub const SHED_HANDSHAKE: Duration = Duration::from_millis(250);
 
 /// Length of the HTTP/2 client connection preface (RFC 9113 §3.4), what a plaintext client
@@ -231,10 +230,8 @@ async fn accept_loop(
                         "connection limit reached; refusing new connections"
                     );
                 }
-                let slot =
-                    tokio::time::timeout(SHED_HANDSHAKE, Arc::clone(&shed_permits).acquire_owned())
-                        .await;
-                let Ok(Ok(permit)) = slot else {
+                // Never wait here: under a flood that would stall accepting for everyone.
+                let Ok(permit) = Arc::clone(&shed_permits).try_acquire_owned() else {
                     // Closed unanswered: the client sees the connection drop.
                     drop(stream);
                     continue;
