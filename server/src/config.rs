@@ -20,6 +20,11 @@ pub const DEFAULT_AGENT_CERT_VALIDITY_SECS: u64 = 365 * 24 * 3600;
 /// Longest agent certificate validity: the agent CA's own (ten years).
 pub const MAX_AGENT_CERT_VALIDITY_SECS: u64 = 3650 * 24 * 3600;
 
+/// Default cap on open gRPC connections (lowered at start to fit the descriptor limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on concurrent HTTP/2 streams (RPCs in flight) per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// A token accepted by the server, by its SHA-256 (the token itself never sits in a file).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +84,17 @@ pub struct Config {
     /// Most VM devices created from one hypervisor's reports (labelled discovered); VMs past
     /// it are not created and the hypervisor gets a WARNING (`vm.discovery_capped`).
     pub max_discovered_vms_per_hypervisor: usize,
+    /// Open gRPC connections at most; more are closed at accept. Lowered at start so that
+    /// connections cannot take the descriptors the store needs (see `listen`).
+    pub max_connections: usize,
+    /// Concurrent streams (RPCs) one HTTP/2 connection may have open.
+    pub max_concurrent_streams: u32,
+    /// Time a new connection has to send its HTTP/2 preface or finish its TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// HTTP/2 keepalive: ping an idle connection this often...
+    pub keepalive_interval_ms: u64,
+    /// ...and close it when the ping is not answered within this.
+    pub keepalive_timeout_ms: u64,
     /// sled page cache, MiB.
     pub cache_capacity_mb: u64,
     /// fdatasync after each group flush (leave on outside benchmarks).
@@ -108,6 +124,11 @@ impl Default for Config {
             insecure: false,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_discovered_vms_per_hypervisor: DEFAULT_MAX_DISCOVERED_VMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            handshake_timeout_ms: 10_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 20_000,
             cache_capacity_mb: 64,
             fdatasync: true,
             secrets_key_file: None,
@@ -160,6 +181,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.tokens.len(), 1);
+        let c = Config::from_toml("max_connections = 10\nhandshake_timeout_ms = 500\n").unwrap();
+        assert_eq!((c.max_connections, c.handshake_timeout_ms), (10, 500));
+        assert_eq!(Config::default().max_connections, DEFAULT_MAX_CONNECTIONS);
         assert!(
             Config::from_toml("lisen = 1").is_err(),
             "unknown keys are errors"

@@ -19,6 +19,7 @@ pub mod health;
 pub mod ingest;
 pub mod inventory;
 pub mod keys;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod observed;
@@ -41,7 +42,6 @@ use muster::pb::export_service_server::ExportServiceServer;
 use muster::pb::inventory_service_server::InventoryServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::agents::{AgentSettings, Agents};
@@ -58,6 +58,10 @@ use crate::store::{SledStore, Store, StoreError, StoreOptions};
 /// graceful close waits for each client to acknowledge; a stuck client must not keep the
 /// process alive (acknowledged writes are durable anyway).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// TCP keepalive on accepted connections: finds peers that vanished without a FIN even
+/// before HTTP/2 is up (its keepalive needs a completed handshake).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -226,11 +230,18 @@ impl Server {
         let export = ExportServiceServer::new(grpc::export::ExportApi(self.shared.clone()))
             .max_decoding_message_size(backstop);
 
+        let c = &self.config;
+        let handshake_timeout = Duration::from_millis(c.handshake_timeout_ms.max(1));
+        let streams = c.max_concurrent_streams.max(1);
         let mut builder = tonic::transport::Server::builder()
             // One span per request, so everything logged while serving it names the RPC.
             .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .concurrency_limit_per_connection(1024);
+            // Dead or unresponsive peers are closed; the stream cap is advertised in SETTINGS,
+            // so a client opening more gets REFUSED_STREAM (UNAVAILABLE, retryable).
+            .http2_keepalive_interval(Some(Duration::from_millis(c.keepalive_interval_ms.max(1))))
+            .http2_keepalive_timeout(Some(Duration::from_millis(c.keepalive_timeout_ms.max(1))))
+            .max_concurrent_streams(streams)
+            .concurrency_limit_per_connection(streams as usize);
         if let Some(tls) = &self.config.tls {
             let read = |p: &PathBuf| {
                 std::fs::read(p).map_err(|source| ServeError::TlsFile {
@@ -239,10 +250,11 @@ impl Server {
                 })
             };
             let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-            builder = builder.tls_config(self.tls_config(identity))?;
+            builder = builder.tls_config(self.tls_config(identity, handshake_timeout))?;
         } else if self.config.tls_auto {
             let (cert, key) = self.ca.issue_server(&self.config.tls_names)?;
-            builder = builder.tls_config(self.tls_config(Identity::from_pem(cert, key)))?;
+            builder = builder
+                .tls_config(self.tls_config(Identity::from_pem(cert, key), handshake_timeout))?;
         }
         let sweeper = tokio::spawn(sweep_silent_agents(
             Arc::clone(&self.agents),
@@ -251,7 +263,29 @@ impl Server {
         let metrics_task = listeners
             .metrics
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
-        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+        let shedding = Arc::new(listen::Shedding::default());
+        let max_connections = listen::effective_max_connections(self.config.max_connections);
+        if max_connections < self.config.max_connections {
+            tracing::info!(
+                max_connections,
+                configured = self.config.max_connections,
+                reserve = listen::FD_RESERVE,
+                "max_connections lowered to fit the descriptor limit (RLIMIT_NOFILE)"
+            );
+        }
+        let incoming = listen::incoming(
+            listeners.grpc,
+            listen::ListenLimits {
+                max_connections,
+                handshake_timeout,
+                // Plaintext: the HTTP/2 preface. TLS: any ClientHello is longer, and rustls
+                // runs the whole handshake under the same timeout.
+                first_bytes: listen::HTTP2_PREFACE_LEN,
+                tcp_keepalive: Some(TCP_KEEPALIVE),
+            },
+            self.metrics.connections(),
+            Arc::clone(&shedding),
+        );
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let watches = Arc::clone(&self.shared.inventory);
         let shutdown = async move {
@@ -269,6 +303,8 @@ impl Server {
             .layer(grpc::edge::EdgeLayer {
                 limit,
                 metrics: Arc::clone(&self.metrics),
+                methods: Arc::new(grpc::methods::KnownMethods::served()),
+                shedding: Arc::clone(&shedding),
             })
             .add_service(health_svc)
             .add_service(reflection_v1)
@@ -298,8 +334,9 @@ impl Server {
 impl Server {
     /// TLS with optional client certificates: agents present the one issued at enrollment,
     /// people and automation use bearer tokens without one.
-    fn tls_config(&self, identity: Identity) -> ServerTlsConfig {
+    fn tls_config(&self, identity: Identity, handshake_timeout: Duration) -> ServerTlsConfig {
         ServerTlsConfig::new()
+            .timeout(handshake_timeout)
             .identity(identity)
             .client_ca_root(Certificate::from_pem(self.ca.ca_pem()))
             .client_auth_optional(true)

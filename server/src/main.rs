@@ -74,6 +74,9 @@ struct ServeArgs {
     /// Most VM devices discovery creates under one hypervisor [default: 256].
     #[arg(long, env = "MUSTER_MAX_DISCOVERED_VMS")]
     max_discovered_vms: Option<usize>,
+    /// Open gRPC connections at most [default: 4096, lowered to fit RLIMIT_NOFILE].
+    #[arg(long, env = "MUSTER_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// sled cache size in MiB [default: 64].
     #[arg(long, env = "MUSTER_CACHE_MB")]
     cache_mb: Option<u64>,
@@ -156,6 +159,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.max_discovered_vms {
         c.max_discovered_vms_per_hypervisor = v;
+    }
+    if let Some(v) = args.max_connections {
+        c.max_connections = v;
     }
     if let Some(v) = args.cache_mb {
         c.cache_capacity_mb = v;

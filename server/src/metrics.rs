@@ -32,6 +32,19 @@ struct KindLabel {
     kind: String,
 }
 
+/// What the accept loops count (`listen`): clones share the same counters.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// gRPC connections currently held open.
+    pub open: Gauge,
+    /// Connections closed right after accept because `max_connections` were open.
+    pub shed: Counter,
+    /// Connections closed because their first bytes did not arrive in time.
+    pub handshake_timeouts: Counter,
+    /// Accept failures for want of descriptors (EMFILE/ENFILE), each followed by a back-off.
+    pub descriptor_exhausted: Counter,
+}
+
 /// All metrics of one server.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +55,7 @@ pub struct Metrics {
     flushes: Counter,
     flush_seconds: Gauge<f64, AtomicU64>,
     last_flush_seconds: Gauge<f64, AtomicU64>,
+    connections: ConnectionMetrics,
     store: Arc<dyn Store>,
 }
 
@@ -100,6 +114,27 @@ impl Metrics {
             "Duration of the latest flush",
             last_flush_seconds.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "connections_open",
+            "gRPC connections currently open",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "gRPC connections closed at accept because max_connections were open",
+            connections.shed.clone(),
+        );
+        registry.register(
+            "connection_handshake_timeouts",
+            "Connections closed because their first bytes (TLS or HTTP/2 preface) came too late",
+            connections.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "accept_descriptor_exhausted",
+            "Accepts that failed for want of file descriptors (EMFILE/ENFILE), then backed off",
+            connections.descriptor_exhausted.clone(),
+        );
         Self {
             registry,
             requests,
@@ -109,8 +144,14 @@ impl Metrics {
             flushes,
             flush_seconds,
             last_flush_seconds,
+            connections,
             store,
         }
+    }
+
+    /// The accept loops' counters.
+    pub fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     /// Counts one finished RPC.
@@ -153,17 +194,35 @@ impl Metrics {
     }
 }
 
+/// Concurrent connections to the metrics listener.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     use http_body_util::Full;
     use hyper::body::Bytes;
     use hyper::{Response, StatusCode};
+    // Scrapes are short: a few at a time is plenty, and more must not eat descriptors.
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
+    let mut error_log = crate::listen::LogEvery::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, the backlog stays readable: back off instead of spinning.
+                if error_log.due() {
+                    tracing::warn!(error = %e, "metrics accept failed; backing off");
+                }
+                tokio::time::sleep(crate::listen::ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             continue;
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
+            let _permit = permit;
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
@@ -181,7 +240,10 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
                     }
                 });
             let io = hyper_util::rt::TokioIo::new(stream);
+            // A client that never finishes its request headers gives its slot back.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(io, svc)
                 .await;
         });

@@ -18,5 +18,6 @@ mod peers;
 mod sec_backup;
 mod sec_renew;
 mod sec_agent;
+mod sec_edge;
 mod smart;
 mod watch;

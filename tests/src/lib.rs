@@ -59,6 +59,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// Serve TLS with musterd's own CA (`--tls-auto`): what agents' mTLS needs.
     pub tls_auto: bool,
+    /// Run musterd under `prlimit --nofile=N:N` (a low descriptor limit).
+    pub nofile: Option<u64>,
 }
 
 /// A running `musterd` process and its data directory.
@@ -127,7 +129,18 @@ impl TestServer {
             .create(true)
             .append(true)
             .open(self.dir.path().join("musterd.log"))?;
-        let mut child = Command::new(bin("musterd"))
+        let mut cmd = match self.opts.nofile {
+            // prlimit sets the limit and execs musterd: the child's pid stays musterd's.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("musterd"));
+                c
+            }
+            None => Command::new(bin("musterd")),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(self.config_path())
             .arg("--data-dir")
@@ -172,6 +185,11 @@ impl TestServer {
         };
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The musterd process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The server's log so far.

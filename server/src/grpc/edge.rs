@@ -1,6 +1,7 @@
 //! A tower layer in front of every service: refuses oversized requests with RESOURCE_EXHAUSTED
 //! (tonic's own limit answers OUT_OF_RANGE and only after reading the length prefix into a
-//! buffer reservation), and records per-RPC counts and latencies.
+//! buffer reservation), and records per-RPC counts and latencies under the method's path when
+//! it is a served method, else under one `unknown` label (see `methods`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,13 +12,20 @@ use http_body::{Body, Frame};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::grpc::methods::KnownMethods;
+use crate::listen::Shedding;
 use crate::metrics::Metrics;
+use crate::model::ApiError;
 
 /// The layer; `limit` is the largest accepted message in bytes.
 #[derive(Clone, Debug)]
 pub struct EdgeLayer {
     pub limit: usize,
     pub metrics: Arc<Metrics>,
+    /// The paths metrics may label by name.
+    pub methods: Arc<KnownMethods>,
+    /// Connections over `max_connections`, whose requests are refused.
+    pub shedding: Arc<Shedding>,
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -27,6 +35,8 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             limit: self.limit,
             metrics: Arc::clone(&self.metrics),
+            methods: Arc::clone(&self.methods),
+            shedding: Arc::clone(&self.shedding),
         }
     }
 }
@@ -37,6 +47,8 @@ pub struct Edge<S> {
     inner: S,
     limit: usize,
     metrics: Arc<Metrics>,
+    methods: Arc<KnownMethods>,
+    shedding: Arc<Shedding>,
 }
 
 impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Edge<S>
@@ -45,6 +57,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -55,7 +68,18 @@ where
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        if self.shedding.sheds(peer(&req)) {
+            // The connection came in over the limit: say so rather than leave it hanging.
+            let e = ApiError::ResourceExhausted(format!(
+                "musterd has its max_connections ({}) connections open; retry later, or raise \
+                 max_connections if this is normal load",
+                self.shedding.max_connections()
+            ));
+            let resp = crate::grpc::status::to_status(e).into_http();
+            return Box::pin(async move { Ok(resp) });
+        }
+        // Never the raw path: each distinct label set is kept forever (issue 12, item 1).
+        let method = self.methods.label(req.uri().path()).to_string();
         let limit = self.limit;
         let req = req.map(|b| tonic::body::Body::new(LimitedBody::new(b, limit)));
         let fut = self.inner.call(req);
@@ -76,6 +100,18 @@ where
             resp
         })
     }
+}
+
+/// The client's address, plain or under TLS.
+fn peer<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
 }
 
 fn code_name(c: tonic::Code) -> &'static str {

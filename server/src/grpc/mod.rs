@@ -8,6 +8,7 @@ pub mod config;
 pub mod edge;
 pub mod export;
 pub mod inventory;
+pub mod methods;
 pub mod status;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //! durable once `durable()` has reached it.
 
 mod backup;
+mod flush_error;
 mod index;
 mod keys;
 mod record;

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use sled::{Batch, IVec, Tree};
 use tokio::sync::{oneshot, watch};
 
+use super::flush_error::{FlushFailure, RETRIES_WHEN_STOPPING, RETRY_BACKOFF};
 use super::index::Index;
 use super::keys;
 use super::record;
@@ -175,6 +176,8 @@ struct Inner {
     /// Set when a flush or a batch failed: sled may hold a partial batch, and pages the kernel
     /// failed to write may be gone, so nothing is acknowledged again until a restart.
     poisoned: AtomicBool,
+    #[cfg(test)]
+    inject_emfile: super::flush_error::InjectEmfile,
 }
 
 /// The sled-backed store. Dropping it flushes and stops the flusher thread.
@@ -221,6 +224,12 @@ fn be(v: &IVec) -> Result<u64, StoreError> {
 }
 
 impl SledStore {
+    /// Test hook: the next `n` blob-directory listings fail with EMFILE.
+    #[cfg(test)]
+    pub(super) fn inject_emfile(&self, n: u32) {
+        self.inner.inject_emfile.set(n);
+    }
+
     /// Opens (or creates) the store in `dir`, rebuilding the in-memory indexes.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
@@ -312,6 +321,8 @@ impl SledStore {
             synced_blobs: Mutex::new(BlobSync::default()),
             shutdown: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            #[cfg(test)]
+            inject_emfile: Default::default(),
         });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -388,13 +399,28 @@ impl Inner {
         let _ = self.durable_batches.send_replace(Err(msg));
     }
 
+    /// A flush failed for want of descriptors: nothing is poisoned and the flusher retries.
+    /// A short shortage only delays the waiting writers; once it lasts `REPORT_AFTER`
+    /// attempts they (and writes arriving meanwhile) get UNAVAILABLE. Their data is applied
+    /// and becomes durable with the next flush that succeeds, which publishes again.
+    fn flush_deferred(&self, why: &str, attempt: u32) {
+        if attempt == 1 || attempt.is_multiple_of(10) {
+            tracing::warn!(error = %why, attempt, "flush deferred: out of file descriptors; retrying");
+        }
+        if attempt >= super::flush_error::REPORT_AFTER {
+            let msg = format!("cannot sync to disk right now ({why}); retry later");
+            let _ = self.durable.send_replace(Err(msg.clone()));
+            let _ = self.durable_batches.send_replace(Err(msg));
+        }
+    }
+
     fn request_flush(&self) {
         let mut g = lock(&self.flush_generation);
         *g += 1;
         self.flush_wanted.notify_one();
     }
 
-    fn flush_once(&self) -> Result<(), String> {
+    fn flush_once(&self) -> Result<(), FlushFailure> {
         // Blobs before the log, so that a log entry made durable points at a durable blob.
         // sled creates a blob file before writing it, and a writer's `apply_batch` returns
         // only once its blobs are written: a file listed before the flush may still be partial
@@ -405,11 +431,13 @@ impl Inner {
         // and again by the next flush. (Before, a file synced while partial was recorded and
         // never synced again: harmless after kill -9, not after a power loss.)
         let seen_before = self.sync_blobs(None)?;
-        self.db.flush().map_err(|e| format!("flush failed: {e}"))?;
+        self.db
+            .flush()
+            .map_err(|e| FlushFailure::fatal(format!("flush failed: {e}")))?;
         if let Some(f) = &self.data_file {
             self.sync_blobs(Some(&seen_before))?;
             f.sync_data()
-                .map_err(|e| format!("fdatasync failed: {e}"))?;
+                .map_err(|e| FlushFailure::fatal(format!("fdatasync failed: {e}")))?;
         }
         Ok(())
     }
@@ -429,7 +457,7 @@ impl Inner {
     fn sync_blobs(
         &self,
         complete: Option<&HashSet<OsString>>,
-    ) -> Result<HashSet<OsString>, String> {
+    ) -> Result<HashSet<OsString>, FlushFailure> {
         if self.data_file.is_none() {
             return Ok(HashSet::new());
         }
@@ -439,30 +467,38 @@ impl Inner {
         let mtime = match std::fs::metadata(&self.blobs_dir).and_then(|m| m.modified()) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(format!("reading the blob directory: {e}")),
+            Err(e) => return Err(FlushFailure::opening("reading the blob directory", &e)),
         };
         if state.quiet_since == Some(mtime) {
             // Nothing changed since a listing after which every file was recorded.
             return Ok(HashSet::new());
         }
+        #[cfg(test)]
+        if let Some(e) = self.inject_emfile.take() {
+            return Err(FlushFailure::opening("listing blobs", &e));
+        }
         let entries = match std::fs::read_dir(&self.blobs_dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(format!("listing blobs: {e}")),
+            Err(e) => return Err(FlushFailure::opening("listing blobs", &e)),
         };
         let mut present = HashSet::new();
         let mut unrecorded = HashSet::new();
         for entry in entries {
-            let entry = entry.map_err(|e| format!("listing blobs: {e}"))?;
+            let entry = entry.map_err(|e| FlushFailure::opening("listing blobs", &e))?;
             let name = entry.file_name();
             if !state.synced.contains(&name) {
                 // Before the flush a file may still be partial: only note it.
-                // A blob removed by sled in the meantime needs no syncing.
-                if complete.is_some()
-                    && let Ok(f) = File::open(entry.path())
-                {
-                    f.sync_data()
-                        .map_err(|e| format!("fdatasync of a blob failed: {e}"))?;
+                // A blob removed by sled in the meantime needs no syncing; one that cannot be
+                // opened for another reason (no descriptor left) must not count as synced.
+                if complete.is_some() {
+                    match File::open(entry.path()) {
+                        Ok(f) => f.sync_data().map_err(|e| {
+                            FlushFailure::fatal(format!("fdatasync of a blob failed: {e}"))
+                        })?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(FlushFailure::opening("opening a blob", &e)),
+                    }
                 }
                 unrecorded.insert(name.clone());
             }
@@ -472,9 +508,11 @@ impl Inner {
             return Ok(unrecorded);
         };
         if !unrecorded.is_empty() {
-            File::open(&self.blobs_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| format!("fsync of the blob directory failed: {e}"))?;
+            let d = File::open(&self.blobs_dir)
+                .map_err(|e| FlushFailure::opening("opening the blob directory", &e))?;
+            d.sync_all().map_err(|e| {
+                FlushFailure::fatal(format!("fsync of the blob directory failed: {e}"))
+            })?;
         }
         // Forget removed files; record the ones known complete.
         state.synced.retain(|n| present.contains(n));
@@ -492,6 +530,7 @@ impl Inner {
 
     fn run_flusher(&self) {
         let mut flushed_generation = 0u64;
+        let mut transient_failures = 0u32;
         loop {
             let generation = {
                 let mut g = lock(&self.flush_generation);
@@ -519,8 +558,19 @@ impl Inner {
                     let _ = self.durable_batches.send_replace(Ok(target_batch));
                 }
                 Ok(()) => {}
-                Err(e) => self.poison(&e),
+                Err(f)
+                    if f.transient
+                        && !(stopping && transient_failures >= RETRIES_WHEN_STOPPING) =>
+                {
+                    transient_failures += 1;
+                    self.flush_deferred(&f.why, transient_failures);
+                    // Retry without waiting for a new request: `generation` stays unflushed.
+                    std::thread::sleep(RETRY_BACKOFF);
+                    continue;
+                }
+                Err(f) => self.poison(&f.why),
             }
+            transient_failures = 0;
             flushed_generation = generation;
             if stopping && *lock(&self.flush_generation) == flushed_generation {
                 return;
@@ -1256,7 +1306,7 @@ impl Store for SledStore {
             .insert(keys::token(&t.hash), record::encode_token(&t)?)?;
         let revision = w.revision;
         drop(w);
-        inner.flush_once().map_err(StoreError::Io)?;
+        inner.flush_once().map_err(|f| StoreError::Io(f.why))?;
         Ok(revision)
     }
 
