@@ -23,7 +23,9 @@ pub mod model;
 pub mod observed;
 pub mod pki;
 pub mod planning;
+pub mod scope;
 pub mod store;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -246,6 +248,10 @@ impl Server {
             let (cert, key) = self.ca.issue_server(&self.config.tls_names)?;
             builder = builder.tls_config(self.tls_config(Identity::from_pem(cert, key)))?;
         }
+        let token_persister = tokio::spawn(tokens::persist_loop(
+            Arc::clone(&self.shared.tokens),
+            Arc::clone(self.shared.inventory.store()),
+        ));
         let sweeper = tokio::spawn(sweep_silent_agents(
             Arc::clone(&self.agents),
             Duration::from_millis(self.config.agent_report_interval_ms.clamp(100, 30_000) / 2),
@@ -293,6 +299,16 @@ impl Server {
             t.abort();
         }
         sweeper.abort();
+        token_persister.abort();
+        // The last "last used" times, which the minutely task has not written yet.
+        if let Err(e) = self
+            .shared
+            .tokens
+            .persist_last_used(self.shared.inventory.store())
+            .await
+        {
+            tracing::warn!(error = %e, "could not persist token last-used times at shutdown");
+        }
         result.map_err(ServeError::from)
     }
 }

@@ -9,6 +9,7 @@ pub mod edge;
 pub mod export;
 pub mod inventory;
 pub mod status;
+pub mod tokens;
 
 use std::sync::Arc;
 

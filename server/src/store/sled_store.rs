@@ -1260,6 +1260,14 @@ impl Store for SledStore {
         Ok(revision)
     }
 
+    fn delete_token(&self, hash: &str) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let w = lock(&inner.writer);
+        inner.tree.remove(keys::token(hash))?;
+        drop(w);
+        inner.flush_once().map_err(StoreError::Io)
+    }
+
     fn backup(&self, out: &mut dyn std::io::Write) -> Result<u64, StoreError> {
         let inner = &*self.inner;
         // Holding both locks stops every writer, so the scan is a consistent snapshot.
