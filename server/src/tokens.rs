@@ -5,7 +5,7 @@
 //! and takes effect on the very next request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use muster::selector::Selector;
@@ -76,8 +76,8 @@ impl TokenRegistry {
             return Err(ApiError::invalid(
                 "ttl",
                 format!(
-                    "must be more than 0 and at most {} (omit it for a token that does not expire)",
-                    humantime::format_duration(MAX_TTL)
+                    "must be more than 0 and at most {} days (omit it for a token that does not expire)",
+                    MAX_TTL.as_secs() / 86_400
                 ),
             ));
         }
@@ -216,7 +216,8 @@ impl TokenRegistry {
         for (rec, e) in dirty {
             let used = rec.last_used_nanos;
             blocking(store, move |s| s.put_token(rec)).await?;
-            store_max(&e.persisted_last_used_nanos, used);
+            e.persisted_last_used_nanos
+                .fetch_max(used, Ordering::Relaxed);
         }
         Ok(n)
     }
@@ -228,10 +229,6 @@ impl TokenRegistry {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn store_max(a: &AtomicI64, v: i64) {
-    a.fetch_max(v, Ordering::Relaxed);
 }
 
 /// A short description of a token for the audit trail (never the token or its hash).
