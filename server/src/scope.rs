@@ -68,7 +68,10 @@ pub fn check(who: &Principal, r: &pb::Resource) -> Result<(), ApiError> {
 /// Checks a write of `kind`/`name` that has no resource at hand (e.g. refused before loading).
 pub fn check_kind(who: &Principal, kind: ResourceKind) -> Result<(), ApiError> {
     match (&who.scope, kind) {
-        (None, _) | (Some(_), ResourceKind::Device | ResourceKind::Credential | ResourceKind::Profile) => Ok(()),
+        (None, _)
+        | (Some(_), ResourceKind::Device | ResourceKind::Credential | ResourceKind::Profile) => {
+            Ok(())
+        }
         (Some(scope), k) => Err(ApiError::PermissionDenied(format!(
             "token {} is scoped to {scope}; scoped tokens may write only devices, credentials and profiles, not {}s",
             who.name,

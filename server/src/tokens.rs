@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use muster::selector::Selector;
 
-use crate::auth::{
-    TokenEntry, TokenRegistry, TokenSource, generate_token, hash_token, rfc3339,
-};
+use crate::auth::{TokenEntry, TokenRegistry, TokenSource, generate_token, hash_token, rfc3339};
 use crate::model::{ApiError, Principal, Role, now_unix_nanos};
 use crate::store::{Store, StoreError, StoredToken};
 
@@ -90,8 +88,8 @@ impl TokenRegistry {
         let scope = if req.selector.trim().is_empty() {
             None
         } else {
-            let s =
-                Selector::parse(&req.selector).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+            let s = Selector::parse(&req.selector)
+                .map_err(|e| ApiError::invalid("selector", e.to_string()))?;
             if role != Role::Operator {
                 return Err(ApiError::invalid(
                     "selector",
@@ -149,9 +147,8 @@ impl TokenRegistry {
         };
         let put = rec.clone();
         blocking(store, move |s| s.put_token(put)).await?;
-        let entry = Arc::new(
-            TokenEntry::from_stored(rec).map_err(|e| ApiError::Internal(e.to_string()))?,
-        );
+        let entry =
+            Arc::new(TokenEntry::from_stored(rec).map_err(|e| ApiError::Internal(e.to_string()))?);
         self.write_map()
             .insert(entry.hash.clone(), Arc::clone(&entry));
         Ok((token, entry))

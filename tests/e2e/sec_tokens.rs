@@ -101,7 +101,11 @@ async fn create_list_use_revoke_through_the_cli() {
     // Last use is kept in memory and written at shutdown at the latest.
     s.stop().unwrap();
     s.spawn().unwrap();
-    assert_eq!(list_row(&s, "ops-1")[6], used[6], "last used survives a restart");
+    assert_eq!(
+        list_row(&s, "ops-1")[6],
+        used[6],
+        "last used survives a restart"
+    );
 
     let o = s.muster(&["token", "revoke", "ops-1", "--reason", "left the team"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -116,9 +120,11 @@ async fn create_list_use_revoke_through_the_cli() {
     let created = trail(&s, "admin", "token-create").await;
     let revoked = trail(&s, "admin", "token-revoke").await;
     assert!(
-        created.iter().any(|c| c.outcome == pb::ChangeOutcome::Accepted as i32
-            && c.resource_name == "ops-1"
-            && c.reason == "on-call rota"),
+        created
+            .iter()
+            .any(|c| c.outcome == pb::ChangeOutcome::Accepted as i32
+                && c.resource_name == "ops-1"
+                && c.reason == "on-call rota"),
         "{created:#?}"
     );
     assert!(
@@ -147,8 +153,10 @@ async fn expired_token_is_refused_and_audited() {
     assert_eq!(list_row(&s, "short")[6], "(expired)");
     let refused = trail(&s, "short", "list").await;
     assert!(
-        refused.iter().any(|c| c.outcome == pb::ChangeOutcome::Denied as i32
-            && c.message.contains("expired at")),
+        refused
+            .iter()
+            .any(|c| c.outcome == pb::ChangeOutcome::Denied as i32
+                && c.message.contains("expired at")),
         "{refused:#?}"
     );
 }
@@ -277,9 +285,13 @@ async fn scoped_token_writes_only_inside_its_scope() {
     let outside = "token pay-ops is scoped to team=pay; device db-01 (team=core) is outside it";
     let core = || device("db-01", &[("team", "core")]);
     if let Some(R::Device(d)) = mine.resource.as_mut() {
-        d.meta.as_mut().unwrap().labels.insert("team".into(), "core".into());
+        d.meta
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert("team".into(), "core".into());
     }
-    let cases: Vec<(&str, tonic::Status, &str)> = vec![
+    let cases: Vec<(&str, Result<(), tonic::Status>, &str)> = vec![
         (
             "update",
             pay.update(pb::UpdateRequest {
@@ -288,7 +300,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                 context: None,
             })
             .await
-            .unwrap_err(),
+            .map(drop),
             outside,
         ),
         (
@@ -298,7 +310,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                 context: None,
             })
             .await
-            .unwrap_err(),
+            .map(drop),
             "device core-9 (team=core) is outside it",
         ),
         (
@@ -309,7 +321,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                 context: None,
             })
             .await
-            .unwrap_err(),
+            .map(drop),
             "device pay-01 (team=core) is outside it",
         ),
         (
@@ -321,7 +333,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                 context: None,
             })
             .await
-            .unwrap_err(),
+            .map(drop),
             outside,
         ),
         (
@@ -332,7 +344,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                 dry_run: false,
             })
             .await
-            .unwrap_err(),
+            .map(drop),
             outside,
         ),
         (
@@ -342,7 +354,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                 context: None,
             })
             .await
-            .unwrap_err(),
+            .map(drop),
             "site pay-site (scoped tokens may write only devices, credentials and profiles)",
         ),
         (
@@ -353,7 +365,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                     context: None,
                 })
                 .await
-                .unwrap_err(),
+                .map(drop),
             outside,
         ),
         (
@@ -364,7 +376,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                     context: None,
                 })
                 .await
-                .unwrap_err(),
+                .map(drop),
             "profile all-web (selector role=web; its selector must include team=pay) is outside it",
         ),
         (
@@ -376,7 +388,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
                     context: None,
                 })
                 .await
-                .unwrap_err(),
+                .map(drop),
             outside,
         ),
         (
@@ -391,21 +403,31 @@ async fn scoped_token_writes_only_inside_its_scope() {
                     ..Default::default()
                 })
                 .await
-                .unwrap_err(),
+                .map(drop),
             outside,
         ),
     ];
-    for (verb, e, message) in &cases {
-        assert_eq!(e.code(), Code::PermissionDenied, "{verb}: {e:?}");
-        assert!(e.message().contains(message), "{verb}: {:?}", e.message());
-    }
+    // Every case is checked before failing, so a missing check shows all paths it opens.
     let o = s.muster_with(&["agent", "token", "create", "db-01"], &token, None);
-    assert!(
-        stderr(&o).contains(&format!("PERMISSION_DENIED: {outside}")),
-        "{}",
-        stderr(&o)
+    let mut wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(verb, r, message)| match r {
+            Ok(()) => Some(format!("{verb}: accepted")),
+            Err(e) if e.code() != Code::PermissionDenied || !e.message().contains(message) => {
+                Some(format!("{verb}: {:?} {:?}", e.code(), e.message()))
+            }
+            Err(_) => None,
+        })
+        .collect();
+    if !stderr(&o).contains(&format!("PERMISSION_DENIED: {outside}")) {
+        wrong.push(format!("agent token create (CLI): {}", stderr(&o)));
+    }
+    assert!(wrong.is_empty(), "not refused as out of scope: {wrong:#?}");
+    assert_eq!(
+        snapshot(&mut admin).await.unwrap(),
+        before,
+        "nothing changed"
     );
-    assert_eq!(snapshot(&mut admin).await.unwrap(), before, "nothing changed");
     let denied: Vec<pb::Change> = s
         .audit()
         .await
@@ -423,14 +445,26 @@ async fn scoped_token_writes_only_inside_its_scope() {
         .into_iter()
         .filter(|c| c.outcome == pb::ChangeOutcome::Denied as i32)
         .collect();
-    for verb in ["create", "update", "delete", "apply", "drift accept", "ingest-facts", "agent-token"] {
-        assert!(
-            denied
-                .iter()
-                .any(|c| c.verb == verb && c.message.contains("is scoped to team=pay")),
-            "{verb} refusal not audited as DENIED: {denied:#?}"
-        );
-    }
+    let unaudited: Vec<&str> = [
+        "create",
+        "update",
+        "delete",
+        "apply",
+        "drift accept",
+        "ingest-facts",
+        "agent-token",
+    ]
+    .into_iter()
+    .filter(|verb| {
+        !denied
+            .iter()
+            .any(|c| c.verb == *verb && c.message.contains("is scoped to team=pay"))
+    })
+    .collect();
+    assert!(
+        unaudited.is_empty(),
+        "refusals not audited as DENIED: {unaudited:?}"
+    );
 }
 
 #[tokio::test]
@@ -442,13 +476,14 @@ async fn token_refusals_table() {
     .unwrap();
     let mut admin = admin_as(&s, muster_tests::ADMIN_TOKEN).await;
     let mut operator = admin_as(&s, muster_tests::OPERATOR_TOKEN).await;
-    let create = |name: &str, role: &str, ttl: Option<i64>, selector: &str| pb::CreateTokenRequest {
-        name: name.into(),
-        role: role.into(),
-        ttl: ttl.map(|seconds| pbjson_types::Duration { seconds, nanos: 0 }),
-        selector: selector.into(),
-        ..Default::default()
-    };
+    let create =
+        |name: &str, role: &str, ttl: Option<i64>, selector: &str| pb::CreateTokenRequest {
+            name: name.into(),
+            role: role.into(),
+            ttl: ttl.map(|seconds| pbjson_types::Duration { seconds, nanos: 0 }),
+            selector: selector.into(),
+            ..Default::default()
+        };
     admin
         .create_token(create("taken", "viewer", None, ""))
         .await
@@ -466,7 +501,12 @@ async fn token_refusals_table() {
             .unwrap()
             .into_inner(),
     );
-    assert!(listed_before.contains(&("alice".into(), "admin".into(), String::new(), "config".into())));
+    assert!(listed_before.contains(&(
+        "alice".into(),
+        "admin".into(),
+        String::new(),
+        "config".into()
+    )));
     let mut inv = s.inventory().await.unwrap();
     let inventory_before = snapshot(&mut inv).await.unwrap();
 
@@ -662,7 +702,11 @@ async fn token_refusals_table() {
         .changes;
     for (who, verb, name, e, code, message) in &cases {
         assert_eq!(e.code(), *code, "{verb} {name}: {e:?}");
-        assert!(e.message().contains(message), "{verb} {name}: {:?}", e.message());
+        assert!(
+            e.message().contains(message),
+            "{verb} {name}: {:?}",
+            e.message()
+        );
         let outcome = if *code == Code::PermissionDenied {
             pb::ChangeOutcome::Denied
         } else {

@@ -21,17 +21,19 @@ pub async fn run(clients: &Clients, command: TokenCommand) -> Result<()> {
             let selector = super::check_selector(selector.as_deref())?;
             let ctx = super::change_context(&change);
             let r = clients
-                .unary(admin().create_token(clients.request(pb::CreateTokenRequest {
-                    name: name.clone(),
-                    role,
-                    ttl: ttl.map(|d| pbjson_types::Duration {
-                        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                        nanos: 0,
-                    }),
-                    selector,
-                    reason: ctx.reason,
-                    ticket: ctx.ticket,
-                })))
+                .unary(
+                    admin().create_token(clients.request(pb::CreateTokenRequest {
+                        name: name.clone(),
+                        role,
+                        ttl: ttl.map(|d| pbjson_types::Duration {
+                            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                            nanos: 0,
+                        }),
+                        selector,
+                        reason: ctx.reason,
+                        ticket: ctx.ticket,
+                    })),
+                )
                 .await?;
             let info = r.info.unwrap_or_default();
             let scope = if info.selector.is_empty() {
@@ -91,11 +93,13 @@ pub async fn run(clients: &Clients, command: TokenCommand) -> Result<()> {
         TokenCommand::Revoke { name, change } => {
             let ctx = super::change_context(&change);
             clients
-                .unary(admin().revoke_token(clients.request(pb::RevokeTokenRequest {
-                    name: name.clone(),
-                    reason: ctx.reason,
-                    ticket: ctx.ticket,
-                })))
+                .unary(
+                    admin().revoke_token(clients.request(pb::RevokeTokenRequest {
+                        name: name.clone(),
+                        reason: ctx.reason,
+                        ticket: ctx.ticket,
+                    })),
+                )
                 .await?;
             output::println(&format!("revoked token {name}"))
         }

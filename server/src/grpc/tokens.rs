@@ -29,9 +29,7 @@ fn info(e: &TokenEntry, now: i64) -> pb::TokenInfo {
         created_at: ts(e.created_nanos),
         expires_at: ts(e.expires_nanos),
         created_by: e.created_by.clone(),
-        last_used_at: ts(e
-            .last_used_nanos
-            .load(std::sync::atomic::Ordering::Relaxed)),
+        last_used_at: ts(e.last_used_nanos.load(std::sync::atomic::Ordering::Relaxed)),
         bootstrap: e.bootstrap,
         expired: e.expired(now),
     }
@@ -112,9 +110,15 @@ pub async fn create(
             .await
     }
     .await;
-    let (token, entry) = audited(shared, &who, "token-create", &name, &ctx, result, |(_, e)| {
-        format!("created {}", describe(e))
-    })?;
+    let (token, entry) = audited(
+        shared,
+        &who,
+        "token-create",
+        &name,
+        &ctx,
+        result,
+        |(_, e)| format!("created {}", describe(e)),
+    )?;
     Ok(Response::new(pb::CreateTokenResponse {
         token,
         info: Some(info(&entry, now_unix_nanos())),

@@ -112,7 +112,10 @@ struct RefusalV1 {
 #[derive(Serialize, Deserialize)]
 enum TokenRecord {
     /// Written only for the first-start admin token, before tokens had a lifecycle.
-    V1 { name: String, role: String },
+    V1 {
+        name: String,
+        role: String,
+    },
     V2(TokenV2),
 }
 
