@@ -325,6 +325,39 @@ async fn scoped_token_writes_only_inside_its_scope() {
             "device pay-01 (team=core) is outside it",
         ),
         (
+            "apply",
+            pay.apply(pb::ApplyRequest {
+                resource: Some(mine.clone()),
+                context: None,
+                dry_run: false,
+            })
+            .await
+            .map(drop),
+            "device pay-01 (team=core) is outside it",
+        ),
+        (
+            "apply",
+            config
+                .apply(pb::ApplySetRequest {
+                    resources: vec![mine.clone()],
+                    context: None,
+                })
+                .await
+                .map(drop),
+            "device pay-01 (team=core) is outside it",
+        ),
+        (
+            "apply (dry run)",
+            pay.apply(pb::ApplyRequest {
+                resource: Some(core()),
+                context: None,
+                dry_run: true,
+            })
+            .await
+            .map(drop),
+            outside,
+        ),
+        (
             "delete",
             pay.delete(pb::DeleteRequest {
                 kind: pb::ResourceKind::Device as i32,
