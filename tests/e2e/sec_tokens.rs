@@ -213,6 +213,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
     for d in [
         device("db-01", &[("team", "core")]),
         device("pay-01", &[("team", "pay")]),
+        device("pay-04", &[("team", "pay")]),
     ] {
         admin
             .create(pb::CreateRequest {
@@ -239,7 +240,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
     );
 
     // Inside the scope: allowed on every path.
-    let mut mine = device("pay-01", &[("team", "pay"), ("role", "db")]);
+    let mine = device("pay-01", &[("team", "pay"), ("role", "db")]);
     pay.update(pb::UpdateRequest {
         resource: Some(mine.clone()),
         expected_revision: 0,
@@ -284,13 +285,8 @@ async fn scoped_token_writes_only_inside_its_scope() {
     let before = snapshot(&mut admin).await.unwrap();
     let outside = "token pay-ops is scoped to team=pay; device db-01 (team=core) is outside it";
     let core = || device("db-01", &[("team", "core")]);
-    if let Some(R::Device(d)) = mine.resource.as_mut() {
-        d.meta
-            .as_mut()
-            .unwrap()
-            .labels
-            .insert("team".into(), "core".into());
-    }
+    // Relabelling out of scope, one device per path so that each case stands alone.
+    let moved = |name: &str| device(name, &[("team", "core")]);
     let cases: Vec<(&str, Result<(), tonic::Status>, &str)> = vec![
         (
             "update",
@@ -316,7 +312,7 @@ async fn scoped_token_writes_only_inside_its_scope() {
         (
             "update",
             pay.update(pb::UpdateRequest {
-                resource: Some(mine.clone()),
+                resource: Some(moved("pay-01")),
                 expected_revision: 0,
                 context: None,
             })
@@ -327,24 +323,24 @@ async fn scoped_token_writes_only_inside_its_scope() {
         (
             "apply",
             pay.apply(pb::ApplyRequest {
-                resource: Some(mine.clone()),
+                resource: Some(moved("pay-02")),
                 context: None,
                 dry_run: false,
             })
             .await
             .map(drop),
-            "device pay-01 (team=core) is outside it",
+            "device pay-02 (team=core) is outside it",
         ),
         (
             "apply",
             config
                 .apply(pb::ApplySetRequest {
-                    resources: vec![mine.clone()],
+                    resources: vec![moved("pay-04")],
                     context: None,
                 })
                 .await
                 .map(drop),
-            "device pay-01 (team=core) is outside it",
+            "device pay-04 (team=core) is outside it",
         ),
         (
             "apply (dry run)",
