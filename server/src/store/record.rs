@@ -425,6 +425,51 @@ mod tests {
     }
 
     #[test]
+    fn token_records_round_trip_and_v1_is_the_bootstrap_token() {
+        let t = StoredToken {
+            hash: "ab".into(),
+            name: "pay-ops".into(),
+            role: "operator".into(),
+            selector: "team=pay".into(),
+            created_nanos: 1,
+            expires_nanos: 2,
+            created_by: "alice".into(),
+            last_used_nanos: 3,
+            bootstrap: false,
+        };
+        let back = decode_token("ab".into(), &encode_token(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        // What servers before token lifecycles wrote for the first-start token.
+        let v1 = postcard::to_stdvec(&TokenRecord::V1 {
+            name: "admin".into(),
+            role: "admin".into(),
+        })
+        .unwrap();
+        let old = decode_token("cd".into(), &v1).unwrap();
+        assert!(old.bootstrap && old.expires_nanos == 0 && old.name == "admin");
+    }
+
+    #[test]
+    fn accepted_token_actions_round_trip_and_refusals_stay_v1() {
+        let mut r = Refusal {
+            seq: 7,
+            kind: 0,
+            name: "pay-ops".into(),
+            meta: ChangeMeta::default(),
+            refusal: RefusalKind::Accepted,
+            message: "created token pay-ops".into(),
+        };
+        assert_eq!(decode_refusal(&encode_refusal(&r).unwrap()).unwrap(), r);
+        r.refusal = RefusalKind::Denied;
+        let bytes = encode_refusal(&r).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<RefusalRecord>(&bytes).unwrap(),
+            RefusalRecord::V1(_)
+        ));
+        assert_eq!(decode_refusal(&bytes).unwrap(), r);
+    }
+
+    #[test]
     fn chained_records_round_trip_and_detect_a_changed_byte() {
         let (first, h1) = encode_change(&change(1, "first"), &GENESIS).unwrap();
         let (second, h2) = encode_change(&change(2, "second"), &h1).unwrap();
