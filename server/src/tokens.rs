@@ -209,14 +209,16 @@ impl TokenRegistry {
             })
             .map(|e| (e.record(), e))
             .collect();
-        let n = dirty.len();
-        for (rec, e) in dirty {
-            let used = rec.last_used_nanos;
-            blocking(store, move |s| s.put_token(rec)).await?;
-            e.persisted_last_used_nanos
-                .fetch_max(used, Ordering::Relaxed);
+        if dirty.is_empty() {
+            return Ok(0);
         }
-        Ok(n)
+        let records: Vec<StoredToken> = dirty.iter().map(|(r, _)| r.clone()).collect();
+        blocking(store, move |s| s.put_tokens(records)).await?;
+        for (rec, e) in &dirty {
+            e.persisted_last_used_nanos
+                .fetch_max(rec.last_used_nanos, Ordering::Relaxed);
+        }
+        Ok(dirty.len())
     }
 
     fn write_map(

@@ -345,6 +345,8 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
     /// Adds (or replaces) a token and returns the revision to wait for.
     fn put_token(&self, t: StoredToken) -> Result<u64, StoreError>;
+    /// Replaces several tokens in one batch and one flush (persisting "last used").
+    fn put_tokens(&self, ts: Vec<StoredToken>) -> Result<(), StoreError>;
     /// Removes a token by hash, durably.
     fn delete_token(&self, hash: &str) -> Result<(), StoreError>;
     /// Writes a consistent snapshot of the whole store.

@@ -1260,6 +1260,18 @@ impl Store for SledStore {
         Ok(revision)
     }
 
+    fn put_tokens(&self, ts: Vec<StoredToken>) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut batch = Batch::default();
+        for t in &ts {
+            batch.insert(keys::token(&t.hash), record::encode_token(t)?);
+        }
+        let w = lock(&inner.writer);
+        inner.tree.apply_batch(batch)?;
+        drop(w);
+        inner.flush_once().map_err(StoreError::Io)
+    }
+
     fn delete_token(&self, hash: &str) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let w = lock(&inner.writer);
