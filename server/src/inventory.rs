@@ -233,7 +233,7 @@ impl Inventory {
         let name = r.name().to_string();
         match self.load(kind, &name)? {
             None => {
-                crate::scope::check(who, &r)?;
+                crate::scope::check_write(self, who, &r)?;
                 let r = self.new_object(who, r, now)?;
                 let m = Mutation {
                     kind: kind_id(kind),
@@ -260,7 +260,7 @@ impl Inventory {
                 }
                 let new = self.merged(who, &old, r, now)?;
                 crate::scope::check(who, &old)?;
-                crate::scope::check(who, &new)?;
+                crate::scope::check_write(self, who, &new)?;
                 if resource::comparable(&new) == resource::comparable(&old) {
                     return Ok(PreparedWrite {
                         kind,
@@ -593,7 +593,7 @@ impl Inventory {
         verb: &str,
         ctx: &ChangeContext,
     ) -> Result<(Mutation, Box<pb::Resource>), ApiError> {
-        crate::scope::check(who, &r)?;
+        crate::scope::check_write(self, who, &r)?;
         let now = now_unix_nanos();
         let name = r.name().to_string();
         let r = self.new_object(who, r, now)?;
@@ -716,7 +716,7 @@ impl Inventory {
         let new = self.merged(who, &old, r.clone(), now)?;
         // Before and after: a scoped token can neither reach nor move a host out of scope.
         crate::scope::check(who, &old)?;
-        crate::scope::check(who, &new)?;
+        crate::scope::check_write(self, who, &new)?;
         let obj = self.stored(kind, &new);
         let m = Mutation {
             kind: kind_id(kind),
@@ -788,7 +788,7 @@ impl Inventory {
                 match self.load(kind, &name)? {
                     None => {
                         if dry_run {
-                            crate::scope::check(who, &r)?;
+                            crate::scope::check_write(self, who, &r)?;
                             self.check_references(&r)?;
                             let mut shown = r;
                             if let Some(R::Credential(c)) = shown.resource.as_mut() {
@@ -815,7 +815,7 @@ impl Inventory {
                         let candidate =
                             self.merged(who, &old, incoming.clone(), now_unix_nanos())?;
                         crate::scope::check(who, &old)?;
-                        crate::scope::check(who, &candidate)?;
+                        crate::scope::check_write(self, who, &candidate)?;
                         if resource::comparable(&candidate) == resource::comparable(&old) {
                             // "Unchanged" must not be said of a state a crash could undo.
                             store::wait_durable(&*self.store, old_obj.revision)

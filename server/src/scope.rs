@@ -6,14 +6,15 @@
 //! - profiles whose selector contains every requirement of the scope, word for word: then every
 //!   device the profile can select is inside the scope (the simplest rule that is sound);
 //!
-//! and nothing of any other kind. Reads are never limited.
+//! and nothing of any other kind. A device written by a scoped token may refer only to
+//! credentials and parent devices inside the scope. Reads are never limited.
 
 use muster::pb::{self, ResourceKind, resource::Resource as R};
 use muster::selector::Selector;
 
-use crate::inventory::Inventory;
-use crate::model::resource::kind_of;
-use crate::model::{ApiError, Principal, kind_name};
+use crate::inventory::{Inventory, store_error};
+use crate::model::resource::{self, kind_of};
+use crate::model::{ApiError, Principal, kind_id, kind_name};
 
 /// Checks that `who` may write `r` (a stored version or a new one); Ok for unscoped tokens.
 pub fn check(who: &Principal, r: &pb::Resource) -> Result<(), ApiError> {
@@ -63,6 +64,41 @@ pub fn check(who: &Principal, r: &pb::Resource) -> Result<(), ApiError> {
             "scoped tokens may write only devices, credentials and profiles".into(),
         )),
     }
+}
+
+/// `check` for the new version of a write, plus its references: a scoped device may refer
+/// only to credentials and parent devices inside the scope, or a team could point its host
+/// at another team's BMC password (which campaigns and polling would then send to it).
+pub fn check_write(inv: &Inventory, who: &Principal, r: &pb::Resource) -> Result<(), ApiError> {
+    check(who, r)?;
+    let Some(scope) = &who.scope else {
+        return Ok(());
+    };
+    for (kind, target) in resource::references(r) {
+        if !matches!(kind, ResourceKind::Credential | ResourceKind::Device) {
+            continue;
+        }
+        // A missing target is reported by the write itself (its reference check).
+        let Some(obj) = inv
+            .store()
+            .get(kind_id(kind), &target)
+            .map_err(store_error)?
+        else {
+            continue;
+        };
+        let get = |k: &str| obj.labels.get(k).map(String::as_str);
+        if !scope.matches(get) {
+            return Err(ApiError::PermissionDenied(format!(
+                "token {} is scoped to {scope}; {} {} refers to {} {target} ({}), which is outside it",
+                who.name,
+                kind_name(kind_of(r).unwrap_or_default()),
+                r.name(),
+                kind_name(kind),
+                relevant_labels(scope, get)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a write of `kind`/`name` that has no resource at hand (e.g. refused before loading).

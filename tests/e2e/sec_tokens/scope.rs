@@ -13,6 +13,14 @@ use super::{create_token, list_row, stderr};
 type Config = pb::config_service_client::ConfigServiceClient<InterceptedService<Channel, Bearer>>;
 type Export = pb::export_service_client::ExportServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// `r` (a device) changed by `f`.
+fn with(mut r: pb::Resource, f: impl FnOnce(&mut pb::Device)) -> pb::Resource {
+    if let Some(R::Device(d)) = r.resource.as_mut() {
+        f(d);
+    }
+    r
+}
+
 /// A profile selecting `selector`.
 fn profile(name: &str, selector: &str) -> pb::Resource {
     pb::Resource {
@@ -31,7 +39,20 @@ fn profile(name: &str, selector: &str) -> pb::Resource {
 async fn scoped_token_writes_only_inside_its_scope() {
     let s = TestServer::start().unwrap();
     let mut admin = s.inventory().await.unwrap();
+    let core_bmc = pb::Resource {
+        resource: Some(R::Credential(pb::Credential {
+            meta: Some(pb::ObjectMeta {
+                name: "core-bmc".into(),
+                labels: [("team".to_string(), "core".to_string())].into(),
+                ..Default::default()
+            }),
+            kind: pb::CredentialKind::BmcPassword as i32,
+            secret: b"core-team-secret".to_vec(),
+            fingerprint: String::new(),
+        })),
+    };
     for d in [
+        core_bmc,
         device("db-01", &[("team", "core")]),
         device("pay-01", &[("team", "pay")]),
         device("pay-04", &[("team", "pay")]),
@@ -173,6 +194,36 @@ async fn scoped_token_writes_only_inside_its_scope() {
             .await
             .map(drop),
             outside,
+        ),
+        (
+            "update",
+            pay.update(pb::UpdateRequest {
+                resource: Some(with(mine.clone(), |d| {
+                    d.bmc = Some(pb::BmcEndpoint {
+                        address: "10.0.0.9".into(),
+                        username: "admin".into(),
+                        credential_ref: "core-bmc".into(),
+                        ..Default::default()
+                    });
+                })),
+                expected_revision: 0,
+                context: None,
+            })
+            .await
+            .map(drop),
+            "device pay-01 refers to credential core-bmc (team=core), which is outside it",
+        ),
+        (
+            "create",
+            pay.create(pb::CreateRequest {
+                resource: Some(with(device("pay-05", &[("team", "pay")]), |d| {
+                    d.parent = "db-01".into();
+                })),
+                context: None,
+            })
+            .await
+            .map(drop),
+            "device pay-05 refers to device db-01 (team=core), which is outside it",
         ),
         (
             "delete",
