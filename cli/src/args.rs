@@ -72,6 +72,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// API tokens: create (printed once), list, revoke (admin token).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Server administration.
     Admin {
         #[command(subcommand)]
@@ -145,6 +150,42 @@ pub enum AgentTokenCommand {
         /// How long the token is valid (e.g. 1h, 30m; at most 7 days).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+/// `muster token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; it is printed once on stdout and only its hash is kept.
+    Create {
+        /// Token name (unique; recorded as the author of changes made with it).
+        name: String,
+        /// viewer, operator, approver or admin.
+        #[arg(long)]
+        role: String,
+        /// Lifetime, e.g. 90d, 12h, 30s (at most 730d); without it the token does not expire.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Operator tokens only: write only devices/credentials matching this label selector
+        /// and profiles whose selector includes it, e.g. `team=pay`.
+        #[arg(long, value_name = "SELECTOR")]
+        selector: Option<String>,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Every token the server accepts: name, role, scope, created, expires, last used.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Revoke a token (effective on its next request); config-file tokens are removed from
+    /// the config instead.
+    Revoke {
+        /// Token name.
+        name: String,
         #[command(flatten)]
         change: ChangeArgs,
     },

@@ -131,10 +131,7 @@ async fn run() -> Result<(), BoxError> {
         inventory: Arc::clone(&inventory),
         drift: Arc::clone(&engine),
     };
-    let who = Principal {
-        name: "bench".into(),
-        role: Role::Admin,
-    };
+    let who = Principal::new("bench", Role::Admin);
 
     // The fleet, in change sets of 5,000.
     let t = Instant::now();

@@ -404,6 +404,7 @@ impl Agents {
     ) -> Result<(String, i64), ApiError> {
         let result = async {
             muster::names::validate_name("device", device)?;
+            crate::scope::check_device(&self.inventory, who, device)?;
             let ttl = ttl.unwrap_or(DEFAULT_TOKEN_TTL);
             if ttl.is_zero() || ttl > self.settings.max_token_ttl {
                 return Err(ApiError::invalid(
@@ -762,6 +763,7 @@ impl Agents {
     ) -> Result<String, ApiError> {
         let result = async {
             muster::names::validate_name("device", device)?;
+            crate::scope::check_device(&self.inventory, who, device)?;
             let dev_key = device_key(device);
             let Some((dev_raw, Record::Device(dev))) = self.read(&dev_key)? else {
                 return Err(ApiError::FailedPrecondition(format!(

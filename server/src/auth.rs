@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::TokenConfig;
 use crate::keys::files::write_private_file;
-use crate::model::{ApiError, Principal, Role};
+use muster::selector::Selector;
+
+use crate::model::{ApiError, Principal, Role, now_unix_nanos};
 use crate::store::{Store, StoreError, StoredToken};
 
 /// Name of the bootstrap token file in the data directory.
@@ -30,10 +35,92 @@ pub fn generate_token() -> String {
     format!("mst_{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// The tokens the server accepts, by hash.
+/// Where a token was defined: config-file tokens are listed but only the config removes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Config,
+    Store,
+}
+
+/// One accepted token: who it authenticates as, and its lifecycle.
+#[derive(Debug)]
+pub struct TokenEntry {
+    pub hash: String,
+    pub principal: Principal,
+    pub source: TokenSource,
+    pub bootstrap: bool,
+    /// The scope as written (empty: unscoped).
+    pub selector: String,
+    pub created_nanos: i64,
+    /// 0: never expires.
+    pub expires_nanos: i64,
+    pub created_by: String,
+    /// Updated in memory on each use; written to the store at most once a minute.
+    pub last_used_nanos: AtomicI64,
+    /// The value last written to the store.
+    pub persisted_last_used_nanos: AtomicI64,
+}
+
+impl TokenEntry {
+    /// Whether the token has expired at `now`.
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_nanos != 0 && now >= self.expires_nanos
+    }
+
+    /// The store record for this entry, with the current last-used time.
+    pub fn record(&self) -> StoredToken {
+        StoredToken {
+            hash: self.hash.clone(),
+            name: self.principal.name.clone(),
+            role: self.principal.role.to_string(),
+            selector: self.selector.clone(),
+            created_nanos: self.created_nanos,
+            expires_nanos: self.expires_nanos,
+            created_by: self.created_by.clone(),
+            last_used_nanos: self.last_used_nanos.load(Ordering::Relaxed),
+            bootstrap: self.bootstrap,
+        }
+    }
+
+    /// An entry for a stored token, or why its record is unusable.
+    pub fn from_stored(t: StoredToken) -> Result<Self, AuthSetupError> {
+        let bad = |problem: String| AuthSetupError::BadToken {
+            name: t.name.clone(),
+            problem,
+        };
+        let role: Role = t.role.parse().map_err(bad)?;
+        let scope = if t.selector.is_empty() {
+            None
+        } else {
+            Some(Selector::parse(&t.selector).map_err(|e| bad(e.to_string()))?)
+        };
+        Ok(Self {
+            principal: Principal {
+                name: t.name.clone(),
+                role,
+                scope,
+            },
+            source: TokenSource::Store,
+            bootstrap: t.bootstrap,
+            selector: t.selector,
+            created_nanos: t.created_nanos,
+            expires_nanos: t.expires_nanos,
+            created_by: t.created_by,
+            last_used_nanos: AtomicI64::new(t.last_used_nanos),
+            persisted_last_used_nanos: AtomicI64::new(t.last_used_nanos),
+            hash: t.hash,
+        })
+    }
+}
+
+/// The tokens the server accepts, by hash. Live: token management changes it, and a
+/// revocation takes effect on the next request.
 #[derive(Debug, Default)]
 pub struct TokenRegistry {
-    by_hash: HashMap<String, Principal>,
+    pub(crate) by_hash: RwLock<HashMap<String, Arc<TokenEntry>>>,
+    /// Serialises token management (create/revoke/persisting last use) so that name
+    /// uniqueness and "another admin remains" hold across the store write.
+    pub(crate) admin: tokio::sync::Mutex<()>,
 }
 
 /// Why the registry could not be built.
@@ -59,7 +146,7 @@ impl TokenRegistry {
         store: &dyn Store,
         data_dir: &Path,
     ) -> Result<(Self, Option<PathBuf>), AuthSetupError> {
-        let mut by_hash = HashMap::new();
+        let mut by_hash: HashMap<String, Arc<TokenEntry>> = HashMap::new();
         for t in config {
             let role: Role = t.role.parse().map_err(|problem| AuthSetupError::BadToken {
                 name: t.name.clone(),
@@ -73,19 +160,24 @@ impl TokenRegistry {
                 });
             }
             by_hash.insert(
-                hash,
-                Principal {
-                    name: t.name.clone(),
-                    role,
-                },
+                hash.clone(),
+                Arc::new(TokenEntry {
+                    hash,
+                    principal: Principal::new(t.name.clone(), role),
+                    source: TokenSource::Config,
+                    bootstrap: false,
+                    selector: String::new(),
+                    created_nanos: 0,
+                    expires_nanos: 0,
+                    created_by: String::new(),
+                    last_used_nanos: AtomicI64::new(0),
+                    persisted_last_used_nanos: AtomicI64::new(0),
+                }),
             );
         }
         for t in store.tokens()? {
-            let role = t.role.parse().map_err(|problem| AuthSetupError::BadToken {
-                name: t.name.clone(),
-                problem,
-            })?;
-            by_hash.insert(t.hash, Principal { name: t.name, role });
+            let e = TokenEntry::from_stored(t)?;
+            by_hash.insert(e.hash.clone(), Arc::new(e));
         }
         let mut created = None;
         if by_hash.is_empty() {
@@ -99,22 +191,27 @@ impl TokenRegistry {
                     source,
                 }
             })?;
-            let hash = hash_token(&token);
-            store.put_token(StoredToken {
-                hash: hash.clone(),
+            let rec = StoredToken {
+                hash: hash_token(&token),
                 name: "admin".into(),
                 role: "admin".into(),
-            })?;
-            by_hash.insert(
-                hash,
-                Principal {
-                    name: "admin".into(),
-                    role: Role::Admin,
-                },
-            );
+                created_nanos: now_unix_nanos(),
+                created_by: "musterd (first start)".into(),
+                bootstrap: true,
+                ..StoredToken::default()
+            };
+            store.put_token(rec.clone())?;
+            let e = TokenEntry::from_stored(rec)?;
+            by_hash.insert(e.hash.clone(), Arc::new(e));
             created = Some(path);
         }
-        Ok((Self { by_hash }, created))
+        Ok((
+            Self {
+                by_hash: RwLock::new(by_hash),
+                admin: tokio::sync::Mutex::new(()),
+            },
+            created,
+        ))
     }
 
     /// The principal for an `authorization` header value, or why there is none. The error
@@ -138,12 +235,53 @@ impl TokenRegistry {
             ));
         };
         let hash = hash_token(token.trim());
-        match self.by_hash.get(&hash) {
-            Some(p) => Ok(p.clone()),
-            None => Err((
+        let Some(entry) = self.entry(&hash) else {
+            return Err((
                 format!("unknown-token:{}", &hash[..8]),
                 ApiError::Unauthenticated("invalid or revoked token".into()),
-            )),
+            ));
+        };
+        let now = now_unix_nanos();
+        if entry.expired(now) {
+            return Err((
+                entry.principal.name.clone(),
+                ApiError::Unauthenticated(format!(
+                    "token {} expired at {}; ask an admin for a new one (muster token create)",
+                    entry.principal.name,
+                    rfc3339(entry.expires_nanos)
+                )),
+            ));
         }
+        entry.last_used_nanos.store(now, Ordering::Relaxed);
+        Ok(entry.principal.clone())
     }
+
+    /// The entry for a token hash.
+    fn entry(&self, hash: &str) -> Option<Arc<TokenEntry>> {
+        self.by_hash
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(hash)
+            .cloned()
+    }
+
+    /// Every entry, by name.
+    pub fn entries(&self) -> Vec<Arc<TokenEntry>> {
+        let mut v: Vec<_> = self
+            .by_hash
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.principal.name.cmp(&b.principal.name));
+        v
+    }
+}
+
+/// RFC 3339 (seconds) of a Unix-nanosecond time.
+pub fn rfc3339(nanos: i64) -> String {
+    let secs = u64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or(0);
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .to_string()
 }

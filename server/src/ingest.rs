@@ -16,7 +16,7 @@ use crate::inventory::{ChangeContext, Inventory, printable_text};
 use crate::model::resource::SERVER_ANNOTATION_PREFIX;
 use crate::model::{ApiError, Principal, now_unix_nanos, timestamp, timestamp_nanos};
 use crate::observed::{self, ReportMeta};
-use crate::store::{self, AuxWrite, RefusalKind};
+use crate::store::{self, AuxWrite};
 
 /// Most hosts one call may carry (an Ansible run over a large batch fits; more is split).
 pub const MAX_HOSTS: usize = 5000;
@@ -128,7 +128,7 @@ pub async fn ingest(
     who: &Principal,
     req: Ingest,
 ) -> Result<Vec<pb::IngestedHost>, ApiError> {
-    let checked = check_devices(inv, &req);
+    let checked = check_devices(inv, who, &req);
     if let Err(e) = &checked {
         let name = req.hosts.first().map(|h| h.device.as_str()).unwrap_or("");
         inv.record_refusal(
@@ -136,7 +136,7 @@ pub async fn ingest(
             "ingest-facts",
             (ResourceKind::Device, name),
             &req.ctx,
-            RefusalKind::Rejected,
+            crate::inventory::refusal_kind(e),
             &e.to_string(),
         );
     }
@@ -159,14 +159,15 @@ pub async fn ingest(
     Ok(out)
 }
 
-fn check_devices(inv: &Inventory, req: &Ingest) -> Result<(), ApiError> {
+fn check_devices(inv: &Inventory, who: &Principal, req: &Ingest) -> Result<(), ApiError> {
     for h in &req.hosts {
-        let (obj, _) = inv
+        let (obj, device) = inv
             .load_device(&h.device)?
             .ok_or_else(|| ApiError::NotFound {
                 kind: "device",
                 name: h.device.clone(),
             })?;
+        crate::scope::check(who, &device)?;
         if let (_, Some(m)) = observed::load_meta(&**inv.store(), &obj.id)?
             && m.origin.is_empty()
         {

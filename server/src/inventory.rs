@@ -233,6 +233,7 @@ impl Inventory {
         let name = r.name().to_string();
         match self.load(kind, &name)? {
             None => {
+                crate::scope::check_write(self, who, &r)?;
                 let r = self.new_object(who, r, now)?;
                 let m = Mutation {
                     kind: kind_id(kind),
@@ -258,6 +259,8 @@ impl Inventory {
                     c.secret.clear();
                 }
                 let new = self.merged(who, &old, r, now)?;
+                crate::scope::check(who, &old)?;
+                crate::scope::check_write(self, who, &new)?;
                 if resource::comparable(&new) == resource::comparable(&old) {
                     return Ok(PreparedWrite {
                         kind,
@@ -324,10 +327,7 @@ impl Inventory {
         ctx: &ChangeContext,
         e: &ApiError,
     ) {
-        let refusal = match e {
-            ApiError::PermissionDenied(_) | ApiError::Unauthenticated(_) => RefusalKind::Denied,
-            _ => RefusalKind::Rejected,
-        };
+        let refusal = refusal_kind(e);
         for (kind, name) in names.iter().take(100) {
             self.record_refusal(&who.name, verb, (*kind, name), ctx, refusal, &e.to_string());
         }
@@ -440,7 +440,7 @@ impl Inventory {
                 verb,
                 (kind, name),
                 ctx,
-                RefusalKind::Rejected,
+                refusal_kind(e),
                 &e.to_string(),
             ),
             Ok(_) => {}
@@ -593,6 +593,7 @@ impl Inventory {
         verb: &str,
         ctx: &ChangeContext,
     ) -> Result<(Mutation, Box<pb::Resource>), ApiError> {
+        crate::scope::check_write(self, who, &r)?;
         let now = now_unix_nanos();
         let name = r.name().to_string();
         let r = self.new_object(who, r, now)?;
@@ -713,6 +714,9 @@ impl Inventory {
         }
         let now = now_unix_nanos();
         let new = self.merged(who, &old, r.clone(), now)?;
+        // Before and after: a scoped token can neither reach nor move a host out of scope.
+        crate::scope::check(who, &old)?;
+        crate::scope::check_write(self, who, &new)?;
         let obj = self.stored(kind, &new);
         let m = Mutation {
             kind: kind_id(kind),
@@ -784,6 +788,7 @@ impl Inventory {
                 match self.load(kind, &name)? {
                     None => {
                         if dry_run {
+                            crate::scope::check_write(self, who, &r)?;
                             self.check_references(&r)?;
                             let mut shown = r;
                             if let Some(R::Credential(c)) = shown.resource.as_mut() {
@@ -809,6 +814,8 @@ impl Inventory {
                         }
                         let candidate =
                             self.merged(who, &old, incoming.clone(), now_unix_nanos())?;
+                        crate::scope::check(who, &old)?;
+                        crate::scope::check_write(self, who, &candidate)?;
                         if resource::comparable(&candidate) == resource::comparable(&old) {
                             // "Unchanged" must not be said of a state a crash could undo.
                             store::wait_durable(&*self.store, old_obj.revision)
@@ -881,14 +888,16 @@ impl Inventory {
             ctx.validate()?;
             let kind = parse_kind("kind", kind)?;
             muster::names::validate_name("name", name)?;
+            crate::scope::check_kind(who, kind)?;
             let mut attempt = 0;
             loop {
-                let Some((old_obj, _)) = self.load(kind, name)? else {
+                let Some((old_obj, old)) = self.load(kind, name)? else {
                     return Err(ApiError::NotFound {
                         kind: kind_name(kind),
                         name: name.to_string(),
                     });
                 };
+                crate::scope::check(who, &old)?;
                 if expected != 0 && old_obj.revision != expected {
                     return Err(ApiError::Conflict {
                         kind: kind_name(kind),
@@ -1393,10 +1402,19 @@ fn refusal_to_audit(r: &Refusal) -> pb::Change {
         outcome: match r.refusal {
             RefusalKind::Rejected => pb::ChangeOutcome::Rejected as i32,
             RefusalKind::Denied => pb::ChangeOutcome::Denied as i32,
+            RefusalKind::Accepted => pb::ChangeOutcome::Accepted as i32,
         },
         message: r.message.clone(),
         seq: r.seq,
         ..Default::default()
+    }
+}
+
+/// How a refusal is audited: DENIED for authentication and permission (scope) refusals.
+pub fn refusal_kind(e: &ApiError) -> RefusalKind {
+    match e {
+        ApiError::PermissionDenied(_) | ApiError::Unauthenticated(_) => RefusalKind::Denied,
+        _ => RefusalKind::Rejected,
     }
 }
 

@@ -25,9 +25,11 @@ pub mod model;
 pub mod observed;
 pub mod pki;
 pub mod planning;
+pub mod scope;
 pub mod store;
 pub mod store_map;
 pub mod vm_discovery;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -256,6 +258,10 @@ impl Server {
             builder = builder
                 .tls_config(self.tls_config(Identity::from_pem(cert, key), handshake_timeout))?;
         }
+        let token_persister = tokio::spawn(tokens::persist_loop(
+            Arc::clone(&self.shared.tokens),
+            Arc::clone(self.shared.inventory.store()),
+        ));
         let sweeper = tokio::spawn(sweep_silent_agents(
             Arc::clone(&self.agents),
             Duration::from_millis(self.config.agent_report_interval_ms.clamp(100, 30_000) / 2),
@@ -327,6 +333,16 @@ impl Server {
             t.abort();
         }
         sweeper.abort();
+        token_persister.abort();
+        // The last "last used" times, which the minutely task has not written yet.
+        if let Err(e) = self
+            .shared
+            .tokens
+            .persist_last_used(self.shared.inventory.store())
+            .await
+        {
+            tracing::warn!(error = %e, "could not persist token last-used times at shutdown");
+        }
         result.map_err(ServeError::from)
     }
 }

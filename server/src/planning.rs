@@ -276,6 +276,13 @@ impl Planner {
         ctx: &ChangeContext,
     ) -> Result<pb::AcceptDriftResponse, ApiError> {
         muster::names::validate_name("device", device)?;
+        // Before anything else, so a scoped token learns nothing by trying (and is audited).
+        if let Err(e) = crate::scope::check_device(&self.inventory, who, device) {
+            let names = [(pb::ResourceKind::Device, device.to_string())];
+            self.inventory
+                .refuse_set(who, "drift accept", &names, ctx, &e);
+            return Err(e);
+        }
         self.drift.caught_up(CATCH_UP).await;
         let item = self.drift.item(device, field).ok_or_else(|| {
             ApiError::FailedPrecondition(format!(

@@ -19,5 +19,6 @@ mod sec_backup;
 mod sec_renew;
 mod sec_agent;
 mod sec_edge;
+mod sec_tokens;
 mod smart;
 mod watch;

@@ -17,6 +17,7 @@ mod describe;
 mod drift;
 mod get;
 mod plan;
+mod token;
 mod watch;
 mod whoami;
 
@@ -72,6 +73,7 @@ pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
         } => admin::backup(&clients, &to, passphrase_file.as_deref()).await,
         Command::Whoami => whoami::run(&clients).await,
         Command::Agent { command } => agent::run(&clients, command).await,
+        Command::Token { command } => token::run(&clients, command).await,
         Command::Completion { .. } | Command::Version => Ok(()),
     }
 }

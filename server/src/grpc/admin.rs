@@ -1,4 +1,5 @@
-//! AdminService handlers: online backup (optionally carrying the keys, encrypted) and WhoAmI.
+//! AdminService handlers: online backup (optionally carrying the keys, encrypted), WhoAmI, and
+//! token management (in `tokens.rs`).
 
 use std::io::Write;
 use std::pin::Pin;
@@ -155,5 +156,26 @@ impl AdminService for AdminApi {
             revision: crate::store::durable_revision(&**self.0.inventory.store())
                 .map_err(|e| to_status(store_error(e)))?,
         }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        super::tokens::create(&self.0, req).await
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        super::tokens::list(&self.0, req).await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        super::tokens::revoke(&self.0, req).await
     }
 }

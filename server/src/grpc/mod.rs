@@ -10,6 +10,7 @@ pub mod export;
 pub mod inventory;
 pub mod methods;
 pub mod status;
+pub mod tokens;
 
 use std::sync::Arc;
 

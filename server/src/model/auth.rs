@@ -78,6 +78,30 @@ pub struct Principal {
     /// Token name, recorded as the author of changes.
     pub name: String,
     pub role: Role,
+    /// Label selector limiting what the token may write (see `scope.rs`); None: unscoped.
+    pub scope: Option<muster::selector::Selector>,
+}
+
+impl Principal {
+    /// An unscoped principal.
+    pub fn new(name: impl Into<String>, role: Role) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            scope: None,
+        }
+    }
+}
+
+impl Role {
+    /// Whether this role grants every permission `other` grants (a token may only be given
+    /// a role that its creator's role covers).
+    pub fn covers(self, other: Role) -> bool {
+        use Permission as P;
+        [P::Read, P::Write, P::WriteSecrets, P::Approve, P::Admin]
+            .iter()
+            .all(|p| !other.allows(*p) || self.allows(*p))
+    }
 }
 
 #[cfg(test)]

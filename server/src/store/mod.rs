@@ -167,6 +167,9 @@ pub enum RefusalKind {
     Rejected,
     /// Unauthenticated or not permitted.
     Denied,
+    /// Not a refusal: an accepted action that changes no inventory object (token management),
+    /// so it has no revision and is kept in this log, listed with the refused attempts.
+    Accepted,
 }
 
 /// A refused attempt, kept in the audit trail beside accepted changes.
@@ -181,12 +184,23 @@ pub struct Refusal {
 }
 
 /// A bearer token known to the store (created at first start, or later by an admin).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredToken {
     /// Hex SHA-256 of the token.
     pub hash: String,
     pub name: String,
     pub role: String,
+    /// Label selector limiting what the token may write; empty: unscoped.
+    pub selector: String,
+    /// Unix nanoseconds; 0 for records written before tokens had a lifecycle.
+    pub created_nanos: i64,
+    /// Unix nanoseconds; 0: never expires.
+    pub expires_nanos: i64,
+    pub created_by: String,
+    /// Last successful authentication, persisted lazily (at most once a minute); 0: never.
+    pub last_used_nanos: i64,
+    /// The first-start admin token (revocable only once another admin token exists).
+    pub bootstrap: bool,
 }
 
 /// Which objects to list.
@@ -330,8 +344,12 @@ pub trait Store: Send + Sync + 'static {
     fn record_refusal(&self, r: Refusal) -> Result<(), StoreError>;
     /// Tokens kept in the store.
     fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
-    /// Adds a token and returns the revision to wait for.
+    /// Adds (or replaces) a token and returns the revision to wait for.
     fn put_token(&self, t: StoredToken) -> Result<u64, StoreError>;
+    /// Replaces several tokens in one batch and one flush (persisting "last used").
+    fn put_tokens(&self, ts: Vec<StoredToken>) -> Result<(), StoreError>;
+    /// Removes a token by hash, durably.
+    fn delete_token(&self, hash: &str) -> Result<(), StoreError>;
     /// Writes a consistent snapshot of the whole store, carrying `attachment` (opaque bytes of
     /// the layer above, e.g. the encrypted keys bundle; empty for none).
     fn backup(&self, attachment: &[u8], out: &mut dyn std::io::Write) -> Result<u64, StoreError>;

@@ -95,6 +95,8 @@ struct ChangeV1 {
 #[derive(Serialize, Deserialize)]
 enum RefusalRecord {
     V1(RefusalV1),
+    /// V1 plus an outcome byte, for accepted token actions (see `RefusalKind::Accepted`).
+    V2(RefusalV1, u8),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,7 +111,24 @@ struct RefusalV1 {
 
 #[derive(Serialize, Deserialize)]
 enum TokenRecord {
-    V1 { name: String, role: String },
+    /// Written only for the first-start admin token, before tokens had a lifecycle.
+    V1 {
+        name: String,
+        role: String,
+    },
+    V2(TokenV2),
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenV2 {
+    name: String,
+    role: String,
+    selector: String,
+    created_nanos: i64,
+    expires_nanos: i64,
+    created_by: String,
+    last_used_nanos: i64,
+    bootstrap: bool,
 }
 
 fn corrupt(what: &str, e: postcard::Error) -> StoreError {
@@ -298,28 +317,39 @@ pub fn check_link(bytes: &[u8]) -> Result<LinkCheck, StoreError> {
     }
 }
 
+/// Outcome byte of a V2 refusal record.
+const OUTCOME_ACCEPTED: u8 = 1;
+
 pub fn encode_refusal(r: &Refusal) -> Result<Vec<u8>, StoreError> {
-    encode(
-        "refusal",
-        &RefusalRecord::V1(RefusalV1 {
-            seq: r.seq,
-            kind: r.kind,
-            name: r.name.clone(),
-            meta: meta_v1(&r.meta),
-            denied: r.refusal == RefusalKind::Denied,
-            message: r.message.clone(),
-        }),
-    )
+    let v1 = RefusalV1 {
+        seq: r.seq,
+        kind: r.kind,
+        name: r.name.clone(),
+        meta: meta_v1(&r.meta),
+        denied: r.refusal == RefusalKind::Denied,
+        message: r.message.clone(),
+    };
+    // Refusals keep the V1 form so that older binaries still read them.
+    let rec = match r.refusal {
+        RefusalKind::Accepted => RefusalRecord::V2(v1, OUTCOME_ACCEPTED),
+        _ => RefusalRecord::V1(v1),
+    };
+    encode("refusal", &rec)
 }
 
 pub fn decode_refusal(bytes: &[u8]) -> Result<Refusal, StoreError> {
-    let RefusalRecord::V1(r) = postcard::from_bytes(bytes).map_err(|e| corrupt("refusal", e))?;
+    let (r, outcome) = match postcard::from_bytes(bytes).map_err(|e| corrupt("refusal", e))? {
+        RefusalRecord::V1(r) => (r, 0),
+        RefusalRecord::V2(r, o) => (r, o),
+    };
     Ok(Refusal {
         seq: r.seq,
         kind: r.kind,
         name: r.name,
         meta: meta_from(r.meta),
-        refusal: if r.denied {
+        refusal: if outcome == OUTCOME_ACCEPTED {
+            RefusalKind::Accepted
+        } else if r.denied {
             RefusalKind::Denied
         } else {
             RefusalKind::Rejected
@@ -331,17 +361,43 @@ pub fn decode_refusal(bytes: &[u8]) -> Result<Refusal, StoreError> {
 pub fn encode_token(t: &StoredToken) -> Result<Vec<u8>, StoreError> {
     encode(
         "token",
-        &TokenRecord::V1 {
+        &TokenRecord::V2(TokenV2 {
             name: t.name.clone(),
             role: t.role.clone(),
-        },
+            selector: t.selector.clone(),
+            created_nanos: t.created_nanos,
+            expires_nanos: t.expires_nanos,
+            created_by: t.created_by.clone(),
+            last_used_nanos: t.last_used_nanos,
+            bootstrap: t.bootstrap,
+        }),
     )
 }
 
 pub fn decode_token(hash: String, bytes: &[u8]) -> Result<StoredToken, StoreError> {
-    let TokenRecord::V1 { name, role } =
-        postcard::from_bytes(bytes).map_err(|e| corrupt("token", e))?;
-    Ok(StoredToken { hash, name, role })
+    Ok(
+        match postcard::from_bytes(bytes).map_err(|e| corrupt("token", e))? {
+            // Only the first-start admin token was ever written as V1.
+            TokenRecord::V1 { name, role } => StoredToken {
+                hash,
+                name,
+                role,
+                bootstrap: true,
+                ..StoredToken::default()
+            },
+            TokenRecord::V2(t) => StoredToken {
+                hash,
+                name: t.name,
+                role: t.role,
+                selector: t.selector,
+                created_nanos: t.created_nanos,
+                expires_nanos: t.expires_nanos,
+                created_by: t.created_by,
+                last_used_nanos: t.last_used_nanos,
+                bootstrap: t.bootstrap,
+            },
+        },
+    )
 }
 
 #[cfg(test)]
@@ -366,6 +422,51 @@ mod tests {
             after: Some(b"body".to_vec()),
             chain: None,
         }
+    }
+
+    #[test]
+    fn token_records_round_trip_and_v1_is_the_bootstrap_token() {
+        let t = StoredToken {
+            hash: "ab".into(),
+            name: "pay-ops".into(),
+            role: "operator".into(),
+            selector: "team=pay".into(),
+            created_nanos: 1,
+            expires_nanos: 2,
+            created_by: "alice".into(),
+            last_used_nanos: 3,
+            bootstrap: false,
+        };
+        let back = decode_token("ab".into(), &encode_token(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        // What servers before token lifecycles wrote for the first-start token.
+        let v1 = postcard::to_stdvec(&TokenRecord::V1 {
+            name: "admin".into(),
+            role: "admin".into(),
+        })
+        .unwrap();
+        let old = decode_token("cd".into(), &v1).unwrap();
+        assert!(old.bootstrap && old.expires_nanos == 0 && old.name == "admin");
+    }
+
+    #[test]
+    fn accepted_token_actions_round_trip_and_refusals_stay_v1() {
+        let mut r = Refusal {
+            seq: 7,
+            kind: 0,
+            name: "pay-ops".into(),
+            meta: ChangeMeta::default(),
+            refusal: RefusalKind::Accepted,
+            message: "created token pay-ops".into(),
+        };
+        assert_eq!(decode_refusal(&encode_refusal(&r).unwrap()).unwrap(), r);
+        r.refusal = RefusalKind::Denied;
+        let bytes = encode_refusal(&r).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<RefusalRecord>(&bytes).unwrap(),
+            RefusalRecord::V1(_)
+        ));
+        assert_eq!(decode_refusal(&bytes).unwrap(), r);
     }
 
     #[test]

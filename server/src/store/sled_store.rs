@@ -1310,6 +1310,26 @@ impl Store for SledStore {
         Ok(revision)
     }
 
+    fn put_tokens(&self, ts: Vec<StoredToken>) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut batch = Batch::default();
+        for t in &ts {
+            batch.insert(keys::token(&t.hash), record::encode_token(t)?);
+        }
+        let w = lock(&inner.writer);
+        inner.tree.apply_batch(batch)?;
+        drop(w);
+        inner.flush_once().map_err(|f| StoreError::Io(f.why))
+    }
+
+    fn delete_token(&self, hash: &str) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let w = lock(&inner.writer);
+        inner.tree.remove(keys::token(hash))?;
+        drop(w);
+        inner.flush_once().map_err(|f| StoreError::Io(f.why))
+    }
+
     fn backup(&self, attachment: &[u8], out: &mut dyn std::io::Write) -> Result<u64, StoreError> {
         let inner = &*self.inner;
         // Holding both locks stops every writer, so the scan is a consistent snapshot.
