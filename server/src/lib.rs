@@ -18,11 +18,13 @@ pub mod grpc;
 pub mod health;
 pub mod ingest;
 pub mod inventory;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod observed;
 pub mod pki;
 pub mod planning;
+pub mod refusal_limit;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -139,7 +141,14 @@ impl Server {
             })?;
         let (tokens, created_admin_token) =
             TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
-        let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
+        let limits = limits::Limits {
+            watches_per_principal: config.max_watches_per_principal.max(1),
+            refusals: refusal_limit::RefusalPolicy {
+                per_window: config.refusals_per_window,
+                window: Duration::from_millis(config.refusal_window_ms.max(1)),
+            },
+        };
+        let inventory = Arc::new(Inventory::with_limits(Arc::clone(&store), secrets, limits));
         let ca = Arc::new(AgentCa::load_or_create(&config.data_dir)?);
         let settings = AgentSettings {
             report_interval: Duration::from_millis(config.agent_report_interval_ms.max(1)),
@@ -250,6 +259,7 @@ impl Server {
             Arc::clone(&self.agents),
             Duration::from_millis(self.config.agent_report_interval_ms.clamp(100, 30_000) / 2),
         ));
+        let refusals = tokio::spawn(sweep_refusals(Arc::clone(&self.shared.inventory)));
         let metrics_task = listeners
             .metrics
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
@@ -293,6 +303,9 @@ impl Server {
             t.abort();
         }
         sweeper.abort();
+        refusals.abort();
+        // Floods of windows still open are summarised now rather than lost.
+        self.shared.inventory.flush_refusal_summaries();
         result.map_err(ServeError::from)
     }
 }
@@ -318,6 +331,18 @@ async fn sweep_silent_agents(agents: Arc<Agents>, every: Duration) {
         if n > 0 {
             tracing::info!(devices = n, "agents went silent; health set to UNKNOWN");
         }
+    }
+}
+
+/// Writes the summaries of refusal floods whose window ended, a few times per window.
+async fn sweep_refusals(inventory: Arc<Inventory>) {
+    let window = inventory.refusal_policy().window;
+    let every = (window / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        inventory.sweep_refusals();
     }
 }
 

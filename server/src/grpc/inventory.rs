@@ -186,7 +186,7 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.0.authorize(
+        let who = self.0.authorize(
             &req,
             Permission::Read,
             "watch",
@@ -197,7 +197,7 @@ impl InventoryService for InventoryApi {
         let rx = self
             .0
             .inventory
-            .watch(r.kind, &r.selector, r.since_revision)
+            .watch(&who, r.kind, &r.selector, r.since_revision)
             .map_err(to_status)?;
         let stream = ReceiverStream::new(rx).map(|e| e.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))

@@ -1,7 +1,8 @@
 //! Backup file format and restore.
 //!
-//! A backup is every key and value of the store, written while all writers are held, so it is
-//! one consistent revision. Layout: the magic line `MUSTER-BACKUP 1\n`, then frames of
+//! A backup is every key and value of the store as they were when it started (a copy-on-write
+//! snapshot, `snapshot.rs`, so writers are not held while it is copied): one consistent
+//! revision. Layout: the magic line `MUSTER-BACKUP 1\n`, then frames of
 //! `u32 key length, key, u32 value length, value` (big-endian), then a trailer frame whose key
 //! length is `u32::MAX`, followed by the `u64` frame count and the SHA-256 of everything before
 //! the trailer. Restore refuses a file whose count or checksum does not match.
