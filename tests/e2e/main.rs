@@ -15,5 +15,6 @@ mod durability;
 mod errors;
 mod ipmi;
 mod peers;
+mod sec_audit;
 mod smart;
 mod watch;

@@ -4,7 +4,7 @@
 //! long as the copy took. Instead, every write to the tree goes through [`Snapshots::apply`]:
 //! while a backup runs, a write first saves the value each of its keys had (or its absence)
 //! unless the backup has already copied that key or saved it before. The backup copies the tree
-//! in key order, in chunks of [`CHUNK_KEYS`], taking the saved value where there is one. The
+//! in key order, in chunks of [`CHUNK_KEYS`] or [`CHUNK_BYTES`], taking the saved value where there is one. The
 //! result is exactly the state at the moment the backup started (a batch boundary), while
 //! writers wait at most for one chunk to be read (not written out or hashed). Memory: one saved
 //! value per distinct key written ahead of the copy during the backup; each is dropped once the
@@ -18,8 +18,10 @@ use sled::{IVec, Tree};
 
 use super::StoreError;
 
-/// Keys read from the tree per lock hold during a backup.
+/// Keys read from the tree per lock hold during a backup...
 pub(super) const CHUNK_KEYS: usize = 1024;
+/// ...or fewer, once their values reach this many bytes (a writer waits for one chunk read).
+pub(super) const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// A write batch that remembers its keys (sled's `Batch` does not expose them), so that a
 /// running backup can save their old values first.
@@ -117,17 +119,18 @@ impl Snapshots {
         };
         let mut merged: BTreeMap<IVec, Option<IVec>> = BTreeMap::new();
         let mut last = None;
-        let mut n = 0;
+        let (mut n, mut bytes, mut done) = (0, 0, true);
         for item in tree.range::<IVec, _>((from.clone(), Bound::Unbounded)) {
             let (k, v) = item?;
+            bytes += k.len() + v.len();
             last = Some(k.clone());
             merged.insert(k, Some(v));
             n += 1;
-            if n == CHUNK_KEYS {
+            if n == CHUNK_KEYS || bytes >= CHUNK_BYTES {
+                done = false;
                 break;
             }
         }
-        let done = n < CHUNK_KEYS;
         let upto = match (&last, done) {
             (Some(l), false) => Bound::Included(l.clone()),
             _ => Bound::Unbounded,
