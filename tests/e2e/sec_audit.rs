@@ -423,7 +423,9 @@ async fn writes_keep_flowing_while_a_backup_runs() {
     );
     assert!(n >= 3, "only {n} writes completed during a {took:?} backup");
     assert!(
-        worst < Duration::from_millis(500) && worst < took / 2,
+        // Relative, so a loaded machine's slow fsyncs do not fail it: the old copy held the
+        // writer for most of the backup (0.8 s of a 1.1 s one here).
+        worst < took / 2 && worst < Duration::from_secs(1),
         "a write waited {worst:?} during a {took:?} backup"
     );
 }

@@ -101,9 +101,7 @@ impl Snapshots {
             buffer: Vec::new().into_iter(),
             done: false,
         };
-        let out = write(&mut chunks);
-        *lock(&self.active) = None;
-        out
+        write(&mut chunks)
     }
 
     /// Reads the next chunk of the snapshot: live values where unchanged, saved ones where a
@@ -162,6 +160,13 @@ struct Chunks<'a> {
     tree: &'a Tree,
     buffer: std::vec::IntoIter<(IVec, IVec)>,
     done: bool,
+}
+
+impl Drop for Chunks<'_> {
+    /// However the copy ends (done, failed, or the writer panicked), writers stop saving.
+    fn drop(&mut self) {
+        *lock(&self.owner.active) = None;
+    }
 }
 
 impl Iterator for Chunks<'_> {
