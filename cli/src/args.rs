@@ -299,8 +299,13 @@ pub enum DriftCommand {
 /// `muster audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the audit trail's hash chain and report the first broken link.
-    Verify,
+    /// Recompute the audit trail's hash chain and report the first broken link. Checks only
+    /// what was appended since the server last found it intact, unless --full.
+    Verify {
+        /// Re-verify the whole chain (admin only; reads the whole log).
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 /// `muster delete`.
@@ -512,7 +517,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Audit(AuditArgs {
-                command: Some(AuditCommand::Verify),
+                command: Some(AuditCommand::Verify { full: false }),
                 ..
             })
         ));

@@ -103,6 +103,13 @@ pub struct Config {
     pub secrets_key_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub tokens: Vec<TokenConfig>,
+    /// Concurrent Watch streams one principal may hold open.
+    pub max_watches_per_principal: u32,
+    /// Refused attempts recorded one by one per source (peer or principal) and window; the
+    /// rest are counted into one summary record per window.
+    pub refusals_per_window: u32,
+    /// That window, milliseconds.
+    pub refusal_window_ms: u64,
 }
 
 impl Default for Config {
@@ -134,6 +141,9 @@ impl Default for Config {
             secrets_key_file: None,
             log_format: LogFormat::Text,
             tokens: Vec::new(),
+            max_watches_per_principal: crate::limits::DEFAULT_WATCHES_PER_PRINCIPAL,
+            refusals_per_window: 32,
+            refusal_window_ms: 10_000,
         }
     }
 }

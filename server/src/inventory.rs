@@ -12,6 +12,9 @@ use muster::selector::Selector;
 use prost::Message;
 use tokio::sync::mpsc;
 
+mod guards;
+
+use crate::limits::Limits;
 use crate::model::resource::{self, MAX_SECRET_BYTES};
 use crate::model::secrets::SecretBox;
 use crate::model::{
@@ -110,6 +113,8 @@ pub struct Inventory {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Devices whose observed facts changed since the drift engine last looked.
     observed: ObservedSignal,
+    /// Caps on refusal records, watch streams and verifies (`inventory/guards.rs`).
+    guards: guards::Guards,
 }
 
 /// Devices whose observed facts changed (agent reports, ingested facts), coalesced: a device
@@ -205,13 +210,19 @@ fn page_size(requested: u32) -> usize {
 }
 
 impl Inventory {
-    /// An inventory over `store`, sealing credentials with `secrets`.
+    /// An inventory over `store`, sealing credentials with `secrets`, with default limits.
     pub fn new(store: Arc<dyn Store>, secrets: SecretBox) -> Self {
+        Self::with_limits(store, secrets, Limits::default())
+    }
+
+    /// An inventory with the given limits (from the server config).
+    pub fn with_limits(store: Arc<dyn Store>, secrets: SecretBox, limits: Limits) -> Self {
         Self {
             store,
             secrets,
             stopping: tokio::sync::watch::channel(false).0,
             observed: ObservedSignal::default(),
+            guards: guards::Guards::new(limits),
         }
     }
 
@@ -389,38 +400,6 @@ impl Inventory {
 
     fn view_object(&self, o: &StoredObject) -> Result<pb::Resource, ApiError> {
         self.view(kind_from_id(o.kind), &o.body, o.revision)
-    }
-
-    /// Records a refused mutation in the audit trail. Failing to record is logged, not fatal:
-    /// the caller already has its answer.
-    pub fn record_refusal(
-        &self,
-        who: &str,
-        verb: &str,
-        (kind, name): (ResourceKind, &str),
-        ctx: &ChangeContext,
-        refusal: RefusalKind,
-        message: &str,
-    ) {
-        let r = Refusal {
-            seq: 0,
-            kind: kind_id(kind),
-            name: printable(name, 256),
-            meta: ChangeMeta {
-                principal: who.to_string(),
-                verb: verb.to_string(),
-                reason: printable(&ctx.reason, 1024),
-                ticket: printable(&ctx.ticket, 128),
-                origin: printable(&ctx.origin, 32),
-                time_unix_nanos: now_unix_nanos(),
-                ..ChangeMeta::default()
-            },
-            refusal,
-            message: printable(message, 1024),
-        };
-        if let Err(e) = self.store.record_refusal(r) {
-            tracing::warn!(error = %e, "could not record a refused attempt");
-        }
     }
 
     fn audit_refusal<T>(
@@ -1164,6 +1143,7 @@ impl Inventory {
     /// crash never misses or repeats an event.
     pub fn watch(
         self: &Arc<Self>,
+        who: &Principal,
         kind: i32,
         selector: &str,
         since: u64,
@@ -1191,10 +1171,13 @@ impl Inventory {
             )));
         }
         let mut last = if since == 0 { current } else { since };
+        // Held by the stream's task: the slot frees when the client goes away.
+        let permit = self.watch_permit(who)?;
         let (tx, rx) = mpsc::channel(256);
         let this = Arc::clone(self);
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let upto = durable.borrow_and_update().clone();
                 let upto = match upto {
@@ -1295,47 +1278,22 @@ impl Inventory {
             after_seq,
             limit,
         };
-        let entries = self
+        let page = self
             .store
             .audit(&q)
-            .map_err(|e| crate::store_map::api_error("audit", "", e))?;
-        let (mut last_rev, mut last_seq) = (after_revision, after_seq);
-        let mut out = Vec::with_capacity(entries.len());
-        for e in &entries {
+            .map_err(|e| crate::store_map::api_error("audit", "trail", e))?;
+        let mut out = Vec::with_capacity(page.entries.len());
+        for e in &page.entries {
             out.push(match e {
-                AuditEntry::Accepted(c) => {
-                    last_rev = c.revision;
-                    self.change_to_audit(c)?
-                }
-                AuditEntry::Refused(r) => {
-                    last_seq = r.seq;
-                    refusal_to_audit(r)
-                }
+                AuditEntry::Accepted(c) => self.change_to_audit(c)?,
+                AuditEntry::Refused(r) => refusal_to_audit(r),
             });
         }
-        let next = if entries.len() == limit {
-            URL_SAFE_NO_PAD.encode(format!("a1:{last_rev}:{last_seq}"))
-        } else {
-            String::new()
+        let next = match page.next {
+            Some((rev, seq)) => URL_SAFE_NO_PAD.encode(format!("a1:{rev}:{seq}")),
+            None => String::new(),
         };
         Ok((out, next))
-    }
-
-    /// Recomputes the audit hash chain.
-    pub fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, ApiError> {
-        let r = self.store.verify_chain().map_err(store_error)?;
-        let (first_broken_revision, message) = match r.broken {
-            Some((rev, why)) => (rev, format!("revision {rev}: {why}")),
-            None => (0, String::new()),
-        };
-        Ok(pb::VerifyAuditResponse {
-            ok: first_broken_revision == 0,
-            checked: r.checked,
-            first_broken_revision,
-            message,
-            head_hash: hex::encode(r.head),
-            revision: r.revision,
-        })
     }
 
     fn change_to_audit(&self, c: &ChangeEntry) -> Result<pb::Change, ApiError> {

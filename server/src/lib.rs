@@ -19,17 +19,19 @@ pub mod health;
 pub mod ingest;
 pub mod inventory;
 pub mod keys;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod observed;
 pub mod pki;
 pub mod planning;
+pub mod refusal_limit;
 pub mod scope;
 pub mod store;
 pub mod store_map;
-pub mod vm_discovery;
 pub mod tokens;
+pub mod vm_discovery;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,7 +139,14 @@ impl Server {
         let keys = keys::open(&*store, &paths).await?;
         let (tokens, created_admin_token) =
             TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
-        let inventory = Arc::new(Inventory::new(Arc::clone(&store), keys.secrets));
+        let limits = limits::Limits {
+            watches_per_principal: config.max_watches_per_principal.max(1),
+            refusals: refusal_limit::RefusalPolicy {
+                per_window: config.refusals_per_window,
+                window: Duration::from_millis(config.refusal_window_ms.max(1)),
+            },
+        };
+        let inventory = Arc::new(Inventory::with_limits(Arc::clone(&store), keys.secrets, limits));
         let ca = Arc::new(keys.ca);
         let settings = AgentSettings {
             report_interval: Duration::from_millis(config.agent_report_interval_ms.max(1)),
@@ -266,6 +275,7 @@ impl Server {
             Arc::clone(&self.agents),
             Duration::from_millis(self.config.agent_report_interval_ms.clamp(100, 30_000) / 2),
         ));
+        let refusals = tokio::spawn(sweep_refusals(Arc::clone(&self.shared.inventory)));
         let metrics_task = listeners
             .metrics
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
@@ -343,6 +353,9 @@ impl Server {
         {
             tracing::warn!(error = %e, "could not persist token last-used times at shutdown");
         }
+        refusals.abort();
+        // Floods of windows still open are summarised now rather than lost.
+        self.shared.inventory.flush_refusal_summaries();
         result.map_err(ServeError::from)
     }
 }
@@ -372,6 +385,18 @@ async fn sweep_silent_agents(agents: Arc<Agents>, every: Duration) {
                 "agents went silent (UNKNOWN) or their certificates expired (CRITICAL)"
             );
         }
+    }
+}
+
+/// Writes the summaries of refusal floods whose window ended, a few times per window.
+async fn sweep_refusals(inventory: Arc<Inventory>) {
+    let window = inventory.refusal_policy().window;
+    let every = (window / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        inventory.sweep_refusals();
     }
 }
 

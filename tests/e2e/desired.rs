@@ -569,7 +569,7 @@ async fn audit_verify_finds_an_entry_modified_on_disk() {
     }
     let mut audit = s.audit().await.unwrap();
     let ok = audit
-        .verify(pb::VerifyAuditRequest {})
+        .verify(pb::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -607,7 +607,7 @@ async fn audit_verify_finds_an_entry_modified_on_disk() {
     s.spawn().unwrap();
     let mut audit = s.audit().await.unwrap();
     let broken = audit
-        .verify(pb::VerifyAuditRequest {})
+        .verify(pb::VerifyAuditRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -20,5 +20,6 @@ mod sec_renew;
 mod sec_agent;
 mod sec_edge;
 mod sec_tokens;
+mod sec_audit;
 mod smart;
 mod watch;

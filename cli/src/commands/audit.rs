@@ -17,13 +17,13 @@ const PAGE_SIZE: u32 = 1000;
 
 /// Lists and prints matching entries, oldest first; or verifies the chain.
 pub async fn run(clients: &Clients, args: AuditArgs) -> Result<()> {
-    if let Some(AuditCommand::Verify) = args.command {
+    if let Some(AuditCommand::Verify { full }) = args.command {
         let response = clients
             .unary(
                 clients
                     .audit
                     .clone()
-                    .verify(clients.request(pb::VerifyAuditRequest {})),
+                    .verify(clients.request(pb::VerifyAuditRequest { full })),
             )
             .await?;
         return match verdict(&response) {
@@ -147,11 +147,17 @@ pub fn resource_label(change: &pb::Change) -> String {
     }
 }
 
-/// `audit chain intact: N entries, head HASH`, or (as the error) where it breaks.
+/// `audit chain intact: N entries, head HASH` (with `after verified revision R` when only
+/// the new part was checked), or (as the error) where it breaks.
 pub fn verdict(r: &pb::VerifyAuditResponse) -> Result<String, String> {
     if r.ok {
+        let from = if r.from_revision > 0 {
+            format!(" after verified revision {}", r.from_revision)
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "audit chain intact: {}, head {}",
+            "audit chain intact: {}{from}, head {}",
             output::count(r.checked, "entry", "entries"),
             output::cell(&r.head_hash)
         ))
@@ -383,6 +389,15 @@ mod tests {
         assert_eq!(
             verdict(&ok).unwrap(),
             "audit chain intact: 1234 entries, head ab12"
+        );
+        let incremental = pb::VerifyAuditResponse {
+            from_revision: 1290,
+            checked: 10,
+            ..ok.clone()
+        };
+        assert_eq!(
+            verdict(&incremental).unwrap(),
+            "audit chain intact: 10 entries after verified revision 1290, head ab12"
         );
         let broken = pb::VerifyAuditResponse {
             ok: false,

@@ -53,16 +53,18 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
-        self.0.authorize(
-            &req,
-            Permission::Read,
-            "audit verify",
-            ResourceKind::Unspecified,
-            "",
-        )?;
-        // Reads the whole log: off the async workers.
+        let full = req.get_ref().full;
+        // A full verify reads the whole log: only admins may ask for one.
+        let (perm, verb) = if full {
+            (Permission::Admin, "audit verify --full")
+        } else {
+            (Permission::Read, "audit verify")
+        };
+        self.0
+            .authorize(&req, perm, verb, ResourceKind::Unspecified, "")?;
+        // Off the async workers: even an incremental verify reads from disk.
         let inventory = std::sync::Arc::clone(&self.0.inventory);
-        let resp = tokio::task::spawn_blocking(move || inventory.verify_audit())
+        let resp = tokio::task::spawn_blocking(move || inventory.verify_audit(full))
             .await
             .map_err(|e| to_status(ApiError::Internal(format!("verify task failed: {e}"))))?
             .map_err(to_status)?;

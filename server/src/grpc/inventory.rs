@@ -186,7 +186,7 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.0.authorize(
+        let who = self.0.authorize(
             &req,
             Permission::Read,
             "watch",
@@ -194,11 +194,24 @@ impl InventoryService for InventoryApi {
             "",
         )?;
         let r = req.into_inner();
-        let rx = self
-            .0
-            .inventory
-            .watch(r.kind, &r.selector, r.since_revision)
-            .map_err(to_status)?;
+        let inv = &self.0.inventory;
+        let rx = inv
+            .watch(&who, r.kind, &r.selector, r.since_revision)
+            .map_err(|e| {
+                use crate::model::ApiError as E;
+                if matches!(e, E::Unavailable(_) | E::Internal(_) | E::ShuttingDown) {
+                    return to_status(e);
+                }
+                inv.record_refusal(
+                    &who.name,
+                    "watch",
+                    (kind(r.kind), ""),
+                    &super::context(None),
+                    crate::store::RefusalKind::Rejected,
+                    &e.to_string(),
+                );
+                to_status(e)
+            })?;
         let stream = ReceiverStream::new(rx).map(|e| e.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
     }

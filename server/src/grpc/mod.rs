@@ -55,9 +55,12 @@ impl Shared {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let refuse = |who: &str, e: crate::model::ApiError| {
-            self.inventory.record_refusal(
-                who,
+        let principal = self.tokens.authenticate(header).map_err(|(who, e)| {
+            // Not yet anyone: rate-limited by the peer's address.
+            let peer = req.remote_addr().map(|a| a.ip());
+            self.inventory.record_refusal_from_peer(
+                peer,
+                &who,
                 verb,
                 (kind, name),
                 &ChangeContext::default(),
@@ -65,17 +68,21 @@ impl Shared {
                 &e.to_string(),
             );
             status::to_status(e)
-        };
-        let principal = self
-            .tokens
-            .authenticate(header)
-            .map_err(|(who, e)| refuse(&who, e))?;
+        })?;
         if !principal.role.allows(perm) {
             let e = crate::model::ApiError::PermissionDenied(format!(
                 "{} (role {}) may not {verb}: it needs the {perm:?} permission",
                 principal.name, principal.role
             ));
-            return Err(refuse(&principal.name, e));
+            self.inventory.record_refusal(
+                &principal.name,
+                verb,
+                (kind, name),
+                &ChangeContext::default(),
+                RefusalKind::Denied,
+                &e.to_string(),
+            );
+            return Err(status::to_status(e));
         }
         Ok(principal)
     }

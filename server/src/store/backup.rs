@@ -1,12 +1,13 @@
 //! Backup file format and restore.
 //!
-//! A backup is every key and value of the store, written while all writers are held, so it is
-//! one consistent revision. Layout (version 2): the magic line `MUSTER-BACKUP 2\n`, a `u32`
-//! attachment length and the attachment (opaque to the store: the encrypted keys bundle, or
-//! empty), then frames of `u32 key length, key, u32 value length, value` (big-endian), then a
-//! trailer frame whose key length is `u32::MAX`, followed by the `u64` frame count and the
-//! SHA-256 of everything before the trailer. Restore refuses a file whose count or checksum
-//! does not match. Version 1 files (`MUSTER-BACKUP 1\n`, no attachment) still restore.
+//! A backup is every key and value of the store as they were when it started (a copy-on-write
+//! snapshot, `snapshot.rs`, so writers are not held while it is copied): one consistent
+//! revision. Layout (version 2): the magic line `MUSTER-BACKUP 2\n`, a `u32` attachment length
+//! and the attachment (opaque to the store: the encrypted keys bundle, or empty), then frames of
+//! `u32 key length, key, u32 value length, value` (big-endian), then a trailer frame whose key
+//! length is `u32::MAX`, followed by the `u64` frame count and the SHA-256 of everything before
+//! the trailer. Restore refuses a file whose count or checksum does not match. Version 1 files
+//! (`MUSTER-BACKUP 1\n`, no attachment) still restore.
 
 use std::io::{Read, Write};
 use std::path::Path;

@@ -6,12 +6,15 @@
 //! attempts, and durability: a write is reported committed at a revision, and that revision is
 //! durable once `durable()` has reached it.
 
+mod audit_scan;
 mod backup;
 mod flush_error;
 mod index;
 mod keys;
 mod record;
 mod sled_store;
+mod snapshot;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 
+pub use audit_scan::MAX_AUDIT_SCAN;
 pub use backup::{BackupError, BackupReader, open_backup};
 pub use record::GENESIS;
 pub use sled_store::{SledStore, StoreOptions};
@@ -132,6 +136,17 @@ pub struct ChainReport {
     pub head: [u8; 32],
     /// The revision checked up to.
     pub revision: u64,
+    /// The anchor's revision when only what followed it was checked; 0 for a full check.
+    pub from_revision: u64,
+    /// Revision of the newest record checked (the anchor's when none followed it).
+    pub head_revision: u64,
+}
+
+/// A chain head a previous verify found intact: where the next one may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainAnchor {
+    pub revision: u64,
+    pub hash: [u8; 32],
 }
 
 /// A write of auxiliary records: keys the layer above owns (e.g. a device's observed facts,
@@ -247,6 +262,17 @@ pub enum AuditEntry {
     Refused(Refusal),
 }
 
+/// One page of the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    /// Oldest first.
+    pub entries: Vec<AuditEntry>,
+    /// Where the next page resumes (after this revision, after this refusal sequence); None
+    /// when both logs were read to the end. A page cut short by the scan budget may be empty
+    /// and still have a next one.
+    pub next: Option<(u64, u64)>,
+}
+
 impl AuditEntry {
     /// When it happened.
     pub fn time_unix_nanos(&self) -> i64 {
@@ -332,14 +358,15 @@ pub trait Store: Send + Sync + 'static {
     fn counts(&self) -> Result<BTreeMap<KindId, u64>, StoreError>;
     /// Accepted changes with revision in (after, upto], oldest first, at most `limit`.
     fn changes(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<ChangeEntry>, StoreError>;
-    /// Audit entries matching a query, oldest first.
-    fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Audit entries matching a query, oldest first, reading a bounded part of the logs.
+    fn audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError>;
     /// Queues several mutations as one atomic change set: all are applied, with consecutive
     /// revisions and the set recorded in each change, or none is. The answer is every
     /// revision, or the index of the mutation that failed and why.
     fn commit_set(&self, ms: Vec<Mutation>) -> PendingSet;
-    /// Recomputes the audit hash chain over every accepted change.
-    fn verify_chain(&self) -> Result<ChainReport, StoreError>;
+    /// Recomputes the audit hash chain over every durable accepted change, or (with an
+    /// anchor) re-hashes the anchor's record and checks only the changes after it.
+    fn verify_chain(&self, from: Option<ChainAnchor>) -> Result<ChainReport, StoreError>;
     /// Records a refused attempt; persisted with the next group flush, not waited for.
     fn record_refusal(&self, r: Refusal) -> Result<(), StoreError>;
     /// Tokens kept in the store.

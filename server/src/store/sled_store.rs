@@ -27,17 +27,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sled::{Batch, IVec, Tree};
+use sled::{IVec, Tree};
 use tokio::sync::{oneshot, watch};
 
 use super::flush_error::{FlushFailure, RETRIES_WHEN_STOPPING, RETRY_BACKOFF};
 use super::index::Index;
 use super::keys;
 use super::record;
+use super::snapshot::{Batch, Snapshots};
 use super::{
-    AuditEntry, AuditQuery, AuxApplied, AuxWrite, ChainReport, ChangeEntry, Check, Expect,
-    FlushStats, KindId, ListQuery, Mutation, Page, Pending, PendingAux, PendingSet, Refusal,
-    SetFailure, Store, StoreError, StoredObject, StoredToken,
+    AuditPage, AuditQuery, AuxApplied, AuxWrite, ChainAnchor, ChainReport, ChangeEntry, Check,
+    Expect, FlushStats, KindId, ListQuery, Mutation, Page, Pending, PendingAux, PendingSet,
+    Refusal, SetFailure, Store, StoreError, StoredObject, StoredToken,
 };
 
 /// How many refused attempts the audit trail keeps (oldest dropped first), so that a flood of
@@ -152,8 +153,10 @@ struct WriterState {
 struct Inner {
     db: sled::Db,
     tree: Tree,
-    /// Held by the committer while it applies a group, and by backups.
+    /// Held by the committer while it applies a group.
     writer: Mutex<WriterState>,
+    /// Every write to the tree goes through it, so a running backup copies a snapshot.
+    snapshots: Snapshots,
     indexes: RwLock<Index>,
     /// Serialises refusal records (they have their own sequence).
     refusals: Mutex<u64>,
@@ -307,6 +310,7 @@ impl SledStore {
             db,
             tree,
             writer: Mutex::new(WriterState { revision, head }),
+            snapshots: Snapshots::default(),
             indexes: RwLock::new(indexes),
             refusals: Mutex::new(refusal_seq),
             committed: AtomicU64::new(revision),
@@ -738,7 +742,7 @@ impl Inner {
         if staged.is_empty() {
             return;
         }
-        if let Err(e) = self.tree.apply_batch(batch) {
+        if let Err(e) = self.snapshots.apply(&self.tree, batch) {
             // sled may have applied part of the batch; the revision cannot safely move on.
             self.poison(&e.to_string());
             for s in staged {
@@ -1006,77 +1010,14 @@ impl Store for SledStore {
         PendingSet::new(answer)
     }
 
-    fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+    fn verify_chain(&self, from: Option<ChainAnchor>) -> Result<ChainReport, StoreError> {
         let inner = &*self.inner;
         // Only what is durable: a head hash someone anchors must survive a power loss.
         let upto = match &*inner.durable.borrow() {
             Ok(d) => *d,
             Err(e) => return Err(StoreError::Io(e.clone())),
         };
-        let mut report = ChainReport {
-            revision: upto,
-            head: record::GENESIS,
-            ..ChainReport::default()
-        };
-        let mut expected_prev: Option<[u8; 32]> = None;
-        let mut previous_revision = 0u64;
-        for item in inner.tree.range(keys::event(1)..=keys::event(upto)) {
-            let (k, v) = item?;
-            let revision = be(&k)?;
-            let broken = |why: String| {
-                Ok(ChainReport {
-                    broken: Some((revision, why)),
-                    ..report.clone()
-                })
-            };
-            let link = match record::check_link(&v) {
-                Ok(l) => l,
-                Err(e) => return broken(format!("the record cannot be read: {e}")),
-            };
-            match link {
-                record::LinkCheck::Unchained => {
-                    if expected_prev.is_some() {
-                        return broken("an unchained record follows chained ones".into());
-                    }
-                }
-                record::LinkCheck::Chained {
-                    link,
-                    content_ok,
-                    revision: inside,
-                } => {
-                    let prev = expected_prev.unwrap_or(record::GENESIS);
-                    if link.prev != prev {
-                        let what = if previous_revision + 1 != revision {
-                            format!(
-                                "records {}..{} are missing",
-                                previous_revision + 1,
-                                revision - 1
-                            )
-                        } else {
-                            format!(
-                                "it does not link to revision {previous_revision} (an entry was removed, inserted or rewritten)"
-                            )
-                        };
-                        return broken(what);
-                    }
-                    if !content_ok {
-                        return broken(
-                            "its content does not match its hash (the entry was modified)".into(),
-                        );
-                    }
-                    if inside != Some(revision) {
-                        return broken(
-                            "it is stored under another revision than it records".into(),
-                        );
-                    }
-                    expected_prev = Some(link.hash);
-                    report.head = link.hash;
-                }
-            }
-            report.checked += 1;
-            previous_revision = revision;
-        }
-        Ok(report)
+        super::verify::verify(&inner.tree, upto, from)
     }
 
     fn commit_aux(&self, w: AuxWrite) -> PendingAux {
@@ -1175,99 +1116,12 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+    fn audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         let inner = &*self.inner;
-        let limit = q.limit.max(1);
-        let in_time =
-            |t: i64| q.since_nanos.is_none_or(|s| t >= s) && q.until_nanos.is_none_or(|u| t < u);
-        let who = |p: &str| q.principal.as_deref().is_none_or(|w| w == p);
-        let mut accepted = Vec::new();
         let upto = inner.committed.load(Ordering::SeqCst);
-        match (q.kind, &q.name) {
-            (Some(kind), Some(name)) => {
-                let prefix = keys::history_prefix(kind, name);
-                let start = keys::history(kind, name, q.after_revision.saturating_add(1));
-                for item in inner.tree.range(start..) {
-                    let (k, _) = item?;
-                    if !k.starts_with(&prefix) || accepted.len() >= limit {
-                        break;
-                    }
-                    let Some(rev) = keys::be_u64(&k) else {
-                        continue;
-                    };
-                    if let Some(v) = inner.tree.get(keys::event(rev))? {
-                        let c = record::decode_change(&v)?;
-                        if who(&c.meta.principal) && in_time(c.meta.time_unix_nanos) {
-                            accepted.push(c);
-                        }
-                    }
-                }
-            }
-            _ => {
-                let start = keys::event(q.after_revision.saturating_add(1));
-                let end = keys::event(upto);
-                for item in inner.tree.range(start..=end) {
-                    if accepted.len() >= limit {
-                        break;
-                    }
-                    let (_, v) = item?;
-                    let c = record::decode_change(&v)?;
-                    if q.kind.is_none_or(|k| k == c.kind)
-                        && q.name.as_deref().is_none_or(|n| n == c.name)
-                        && who(&c.meta.principal)
-                        && in_time(c.meta.time_unix_nanos)
-                    {
-                        accepted.push(c);
-                    }
-                }
-            }
-        }
-        // The audit shows before and after; the log keeps each body once.
-        for c in &mut accepted {
-            if c.before_revision > 0 {
-                c.before = inner.body_at(c.before_revision)?;
-            }
-        }
-        let mut refused = Vec::new();
-        if q.include_refused {
-            let start = keys::refusal(q.after_seq.saturating_add(1));
-            for item in inner.tree.range(start..) {
-                let (k, v) = item?;
-                if k.first() != Some(&keys::REFUSAL) || refused.len() >= limit {
-                    break;
-                }
-                let r = record::decode_refusal(&v)?;
-                if q.kind.is_none_or(|k| k == r.kind)
-                    && q.name.as_deref().is_none_or(|n| n == r.name)
-                    && who(&r.meta.principal)
-                    && in_time(r.meta.time_unix_nanos)
-                {
-                    refused.push(r);
-                }
-            }
-        }
-        // Merge the two ordered sources by time; each is consumed as a prefix, so a page token
-        // of (last revision, last sequence) resumes exactly.
-        let mut out = Vec::with_capacity(limit);
-        let (mut a, mut r) = (
-            accepted.into_iter().peekable(),
-            refused.into_iter().peekable(),
-        );
-        while out.len() < limit {
-            let take_accepted = match (a.peek(), r.peek()) {
-                (Some(x), Some(y)) => x.meta.time_unix_nanos <= y.meta.time_unix_nanos,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let next = if take_accepted {
-                a.next().map(AuditEntry::Accepted)
-            } else {
-                r.next().map(AuditEntry::Refused)
-            };
-            out.extend(next);
-        }
-        Ok(out)
+        super::audit_scan::audit(&inner.tree, upto, q, super::MAX_AUDIT_SCAN, |rev| {
+            inner.body_at(rev)
+        })
     }
 
     fn record_refusal(&self, mut r: Refusal) -> Result<(), StoreError> {
@@ -1281,7 +1135,7 @@ impl Store for SledStore {
         if *seq > MAX_REFUSALS {
             batch.remove(&keys::refusal(*seq - MAX_REFUSALS)[..]);
         }
-        inner.tree.apply_batch(batch)?;
+        inner.snapshots.apply(&inner.tree, batch)?;
         drop(seq);
         inner.request_flush();
         Ok(())
@@ -1299,13 +1153,11 @@ impl Store for SledStore {
 
     fn put_token(&self, t: StoredToken) -> Result<u64, StoreError> {
         let inner = &*self.inner;
-        // Under the writer lock so a concurrent backup sees it or not, never half.
-        let w = lock(&inner.writer);
-        inner
-            .tree
-            .insert(keys::token(&t.hash), record::encode_token(&t)?)?;
-        let revision = w.revision;
-        drop(w);
+        // Through the snapshot gate so a concurrent backup sees it or not, never half.
+        let mut batch = Batch::default();
+        batch.insert(keys::token(&t.hash), record::encode_token(&t)?);
+        inner.snapshots.apply(&inner.tree, batch)?;
+        let revision = lock(&inner.writer).revision;
         inner.flush_once().map_err(|f| StoreError::Io(f.why))?;
         Ok(revision)
     }
@@ -1316,27 +1168,34 @@ impl Store for SledStore {
         for t in &ts {
             batch.insert(keys::token(&t.hash), record::encode_token(t)?);
         }
-        let w = lock(&inner.writer);
-        inner.tree.apply_batch(batch)?;
-        drop(w);
+        // Through the snapshot gate, as every tree write, so a concurrent backup stays exact.
+        inner.snapshots.apply(&inner.tree, batch)?;
         inner.flush_once().map_err(|f| StoreError::Io(f.why))
     }
 
     fn delete_token(&self, hash: &str) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        let w = lock(&inner.writer);
-        inner.tree.remove(keys::token(hash))?;
-        drop(w);
+        let mut batch = Batch::default();
+        batch.remove(keys::token(hash));
+        inner.snapshots.apply(&inner.tree, batch)?;
         inner.flush_once().map_err(|f| StoreError::Io(f.why))
     }
 
     fn backup(&self, attachment: &[u8], out: &mut dyn std::io::Write) -> Result<u64, StoreError> {
         let inner = &*self.inner;
-        // Holding both locks stops every writer, so the scan is a consistent snapshot.
-        let w = lock(&inner.writer);
-        let _r = lock(&inner.refusals);
-        let n = super::backup::write_snapshot(inner.tree.iter(), attachment, out)?;
-        drop(w);
+        // A copy-on-write snapshot: writers go on, the copy is the state at its start.
+        let mut revision = 0;
+        let n = inner.snapshots.copy(&inner.tree, |items| {
+            let items = items.inspect(|item| {
+                if let Ok((k, _)) = item
+                    && k.first() == Some(&keys::EVENT)
+                {
+                    revision = keys::be_u64(k).unwrap_or(revision);
+                }
+            });
+            super::backup::write_snapshot(items, attachment, out)
+        })?;
+        tracing::info!(records = n, revision, "backup snapshot written");
         Ok(n)
     }
 
