@@ -22,7 +22,9 @@ pub mod metrics;
 pub mod model;
 pub mod observed;
 pub mod pki;
+pub mod plan_pool;
 pub mod planning;
+pub mod set_order;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -219,10 +221,10 @@ impl Server {
         .max_decoding_message_size(backstop);
         let config_svc = ConfigServiceServer::new(grpc::config::ConfigApi {
             shared: self.shared.clone(),
-            planner: planning::Planner {
-                inventory: Arc::clone(&self.shared.inventory),
-                drift: Arc::clone(&self.drift),
-            },
+            planner: planning::Planner::new(
+                Arc::clone(&self.shared.inventory),
+                Arc::clone(&self.drift),
+            ),
         })
         .max_decoding_message_size(backstop);
         let export = ExportServiceServer::new(grpc::export::ExportApi(self.shared.clone()))
