@@ -165,10 +165,9 @@ impl Planner {
         match &result {
             // Not a refusal of the request: the log says what went wrong.
             Err(ApiError::Internal(_) | ApiError::Unavailable(_) | ApiError::ShuttingDown) => {}
-            Err(e) => {
-                self.inventory
-                    .refuse_set(who, "plan", &names, &ChangeContext::default(), e)
-            }
+            Err(e) => self
+                .inventory
+                .refuse_set(who, "plan", &names, &ChangeContext::default(), e),
             Ok(_) => {}
         }
         result
@@ -301,7 +300,11 @@ impl Planner {
         muster::names::validate_name("device", device)?;
         self.drift.caught_up(CATCH_UP).await;
         // The drift state's lock may be held by a running plan for seconds: wait off-worker.
-        let (drift, d, f) = (Arc::clone(&self.drift), device.to_string(), field.to_string());
+        let (drift, d, f) = (
+            Arc::clone(&self.drift),
+            device.to_string(),
+            field.to_string(),
+        );
         let item = tokio::task::spawn_blocking(move || drift.item(&d, &f))
             .await
             .map_err(|e| ApiError::Internal(format!("drift lookup failed: {e}")))?;

@@ -150,7 +150,10 @@ async fn two_large_viewer_plans_do_not_stall_gets() {
             .unwrap_or_else(|_| panic!("a plan took longer than {PLANS_BOUND:?}"))
             .unwrap()
             .into_inner();
-        assert_eq!(resp.devices_changed as usize, CHAIN, "plan answered {took:?}");
+        assert_eq!(
+            resp.devices_changed as usize, CHAIN,
+            "plan answered {took:?}"
+        );
         assert_eq!(resp.resources.len(), CHAIN);
         // Parents before children: the order Apply would write in.
         let pos: std::collections::HashMap<&str, usize> = resp
@@ -216,8 +219,9 @@ async fn oversized_fields_are_refused_naming_the_limit() {
     let mut operator_inv = s.inventory_as(OPERATOR_TOKEN).await.unwrap();
 
     let too_many_labels = {
-        let labels: Vec<(String, String)> =
-            (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let labels: Vec<(String, String)> = (0..65)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
         let refs: Vec<(&str, &str)> = labels
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
