@@ -17,6 +17,9 @@ use crate::plan_pool::PlanPool;
 
 /// Most resources one change set may hold.
 pub const MAX_SET: usize = 20_000;
+/// Most profiles one change set may hold: planning costs (profiles x devices), so 20,000
+/// profiles against a large fleet would hold the planner for minutes.
+pub const MAX_SET_PROFILES: usize = 1_000;
 /// How long a read waits for the drift engine to take in earlier writes.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
@@ -50,7 +53,8 @@ fn set_names(resources: &[pb::Resource]) -> Vec<(ResourceKind, String)> {
         .collect()
 }
 
-/// Refuses an empty set or one above `MAX_SET`: cheap, so it runs before queueing.
+/// Refuses an empty set or one above `MAX_SET` or `MAX_SET_PROFILES`: cheap, so it runs
+/// before queueing.
 fn check_size(resources: &[pb::Resource]) -> Result<(), ApiError> {
     if resources.is_empty() {
         return Err(ApiError::invalid("resources", "is empty: nothing to do"));
@@ -61,6 +65,18 @@ fn check_size(resources: &[pb::Resource]) -> Result<(), ApiError> {
             format!(
                 "holds {} resources; one change set may hold at most {MAX_SET}",
                 resources.len()
+            ),
+        ));
+    }
+    let profiles = resources
+        .iter()
+        .filter(|r| matches!(r.resource, Some(R::Profile(_))))
+        .count();
+    if profiles > MAX_SET_PROFILES {
+        return Err(ApiError::invalid(
+            "resources",
+            format!(
+                "holds {profiles} profiles; one change set may hold at most {MAX_SET_PROFILES}"
             ),
         ));
     }

@@ -350,6 +350,35 @@ async fn oversized_fields_are_refused_naming_the_limit() {
             );
         }
     }
+    // Planning costs profiles x devices: a set's profiles are bounded too.
+    let many_profiles: Vec<pb::Resource> = (0..1001)
+        .map(|i| pb::Resource {
+            resource: Some(R::Profile(pb::Profile {
+                meta: Some(pb::ObjectMeta {
+                    name: format!("prof-{i}"),
+                    ..Default::default()
+                }),
+                selector: "role=web".into(),
+                ..Default::default()
+            })),
+        })
+        .collect();
+    let st = refused(
+        "1001 profiles",
+        viewer
+            .plan(pb::PlanRequest {
+                resources: many_profiles,
+                include_unchanged: false,
+            })
+            .await,
+    );
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    assert!(
+        st.message()
+            .contains("holds 1001 profiles; one change set may hold at most 1000"),
+        "{st:?}"
+    );
+
     let after = snapshot(&mut admin).await.unwrap();
     assert_eq!(before, after, "refused requests changed the store");
 
@@ -366,6 +395,13 @@ async fn oversized_fields_are_refused_naming_the_limit() {
         .await
         .unwrap()
         .into_inner();
+    assert!(
+        audit.changes.iter().any(|c| c.principal == "vera"
+            && c.verb == "plan"
+            && c.resource_name == "prof-0"
+            && c.message.contains("1001 profiles")),
+        "the refused 1001-profile plan is not audited"
+    );
     for (what, r, needle) in &cases {
         for (who, verb) in [("vera", "plan"), ("oscar", "apply"), ("oscar", "create")] {
             assert!(
