@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_well_known_types(true)
+        // Large messages are coded off the async workers (proto/src/codec.rs).
+        .codec_path("crate::codec::BlockingCodec")
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(fds)?;
 

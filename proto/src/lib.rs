@@ -3,6 +3,7 @@
 //! `pb` is generated from `proto/muster/v1/*.proto` by `build.rs`; `resource` adds `meta()`/`name()` to
 //! `pb::Resource`; `selector`, `names`, `version` (package version order) and `window` (maintenance windows) hold the rules that both the server and its clients must agree on. No I/O here.
 
+pub mod codec;
 pub mod facts;
 pub mod names;
 mod resource;

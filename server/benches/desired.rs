@@ -127,10 +127,7 @@ async fn run() -> Result<(), BoxError> {
     let secrets = SecretBox::from_key(rand::random());
     let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
     let engine = DriftEngine::start(Arc::clone(&inventory));
-    let planner = Planner {
-        inventory: Arc::clone(&inventory),
-        drift: Arc::clone(&engine),
-    };
+    let planner = Planner::new(Arc::clone(&inventory), Arc::clone(&engine));
     let who = Principal::new("bench", Role::Admin);
 
     // The fleet, in change sets of 5,000.

@@ -267,11 +267,18 @@ impl DriftEngine {
             };
             let (observed, observed_upto) = self.inventory.observed_signal().take();
             let this = Arc::clone(&self);
-            let pass = tokio::task::spawn_blocking(move || this.pass(upto, observed)).await;
+            // `followed` is read on the blocking thread too: a plan holds the state lock for
+            // seconds, and waiting for it here would hold an async worker.
+            let pass = tokio::task::spawn_blocking(move || {
+                let r = this.pass(upto, observed);
+                (r, this.state().followed)
+            })
+            .await;
+            let mut followed = self.progress.borrow().revision;
             match pass {
-                Ok(Ok(writes)) => {
+                Ok((Ok(writes), f)) => {
+                    followed = f;
                     self.write(writes).await;
-                    let followed = self.state().followed;
                     // At most once per PERSIST_EVERY: under a stream of creates every flush
                     // wakes a pass, and a progress write each time was one more store write
                     // per batch. Resuming from an older point only replays more changes.
@@ -292,10 +299,12 @@ impl DriftEngine {
                         }
                     }
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "drift recompute failed"),
+                Ok((Err(e), f)) => {
+                    followed = f;
+                    tracing::error!(error = %e, "drift recompute failed");
+                }
                 Err(e) => tracing::error!(error = %e, "drift recompute panicked"),
             }
-            let followed = self.state().followed;
             self.progress.send_modify(|p| {
                 p.revision = p.revision.max(followed);
                 p.observed = p.observed.max(observed_upto);
@@ -809,10 +818,15 @@ impl DriftEngine {
         }
         let after: Vec<&CompiledProfile> = after_map.values().copied().collect();
         // Devices touched: the changed ones, and those any changed profile chose or will choose.
-        let changed_names: HashSet<&str> = change.devices.iter().map(|d| d.name.as_str()).collect();
+        // By name once: a search per subject was quadratic in the devices of a large set.
+        let planned_by_name: HashMap<&str, &PlannedDevice> = change
+            .devices
+            .iter()
+            .map(|d| (d.name.as_str(), d))
+            .collect();
         let mut subjects: Vec<(String, Option<String>)> = Vec::new();
         for (id, e) in &st.devices {
-            if changed_names.contains(e.name.as_str()) {
+            if planned_by_name.contains_key(e.name.as_str()) {
                 continue;
             }
             let touched = change.profiles.iter().any(|p| {
@@ -849,7 +863,7 @@ impl DriftEngine {
         let mut rows = Vec::with_capacity(subjects.len());
         for (name, id) in subjects {
             let current = id.as_ref().and_then(|i| st.devices.get(i));
-            let planned = change.devices.iter().find(|d| d.name == name);
+            let planned = planned_by_name.get(name.as_str()).copied();
             let before_eff = current.map(|e| desired::effective(&before, &e.labels, &e.own).0);
             let subject = match (planned, current) {
                 (Some(p), _) => Subject {

@@ -25,9 +25,11 @@ pub mod metrics;
 pub mod model;
 pub mod observed;
 pub mod pki;
+pub mod plan_pool;
 pub mod planning;
 pub mod refusal_limit;
 pub mod scope;
+pub mod set_order;
 pub mod store;
 pub mod store_map;
 pub mod tokens;
@@ -232,10 +234,10 @@ impl Server {
         .max_decoding_message_size(backstop);
         let config_svc = ConfigServiceServer::new(grpc::config::ConfigApi {
             shared: self.shared.clone(),
-            planner: planning::Planner {
-                inventory: Arc::clone(&self.shared.inventory),
-                drift: Arc::clone(&self.drift),
-            },
+            planner: planning::Planner::new(
+                Arc::clone(&self.shared.inventory),
+                Arc::clone(&self.drift),
+            ),
         })
         .max_decoding_message_size(backstop);
         let export = ExportServiceServer::new(grpc::export::ExportApi(self.shared.clone()))

@@ -13,9 +13,13 @@ use crate::drift::{self as driftlib, NOT_REPORTED};
 use crate::drift_engine::{DriftEngine, PlannedChange, PlannedDevice};
 use crate::inventory::{ApplyAction, ChangeContext, Inventory, PreparedWrite};
 use crate::model::{ApiError, Principal, kind_name, now_unix_nanos};
+use crate::plan_pool::PlanPool;
 
 /// Most resources one change set may hold.
 pub const MAX_SET: usize = 20_000;
+/// Most profiles one change set may hold: planning costs (profiles x devices), so 20,000
+/// profiles against a large fleet would hold the planner for minutes.
+pub const MAX_SET_PROFILES: usize = 1_000;
 /// How long a read waits for the drift engine to take in earlier writes.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
@@ -24,6 +28,8 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 pub struct Planner {
     pub inventory: Arc<Inventory>,
     pub drift: Arc<DriftEngine>,
+    /// Where the CPU-heavy preparation and planning run, off the async workers.
+    pool: PlanPool,
 }
 
 fn action_pb(a: ApplyAction) -> pb::ApplyAction {
@@ -34,19 +40,47 @@ fn action_pb(a: ApplyAction) -> pb::ApplyAction {
     }
 }
 
-/// Dependency order inside a set: what others refer to goes first (sites, racks, credentials,
-/// profiles and windows, devices with their parents before them, campaigns).
-fn rank(r: &pb::Resource) -> u8 {
-    match r.resource.as_ref() {
-        Some(R::Site(_)) => 0,
-        Some(R::Rack(_)) => 1,
-        Some(R::Credential(_)) => 2,
-        Some(R::Profile(_)) | Some(R::Window(_)) => 3,
-        Some(R::Device(d)) if d.parent.is_empty() => 4,
-        Some(R::Device(_)) => 5,
-        Some(R::Campaign(_)) => 7,
-        None => 8,
+/// The kind and name of every resource of a set, for auditing a refusal.
+fn set_names(resources: &[pb::Resource]) -> Vec<(ResourceKind, String)> {
+    resources
+        .iter()
+        .map(|r| {
+            (
+                crate::model::resource::kind_of(r).unwrap_or_default(),
+                r.name().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Refuses an empty set or one above `MAX_SET` or `MAX_SET_PROFILES`: cheap, so it runs
+/// before queueing.
+fn check_size(resources: &[pb::Resource]) -> Result<(), ApiError> {
+    if resources.is_empty() {
+        return Err(ApiError::invalid("resources", "is empty: nothing to do"));
     }
+    if resources.len() > MAX_SET {
+        return Err(ApiError::invalid(
+            "resources",
+            format!(
+                "holds {} resources; one change set may hold at most {MAX_SET}",
+                resources.len()
+            ),
+        ));
+    }
+    let profiles = resources
+        .iter()
+        .filter(|r| matches!(r.resource, Some(R::Profile(_))))
+        .count();
+    if profiles > MAX_SET_PROFILES {
+        return Err(ApiError::invalid(
+            "resources",
+            format!(
+                "holds {profiles} profiles; one change set may hold at most {MAX_SET_PROFILES}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Names the resource at `index` in an error about it.
@@ -64,62 +98,42 @@ fn locate(index: usize, r: &pb::Resource, e: ApiError) -> ApiError {
 }
 
 impl Planner {
+    /// A planner over `inventory` and `drift`, with its own bounded pool.
+    pub fn new(inventory: Arc<Inventory>, drift: Arc<DriftEngine>) -> Self {
+        Self {
+            inventory,
+            drift,
+            pool: PlanPool::default(),
+        }
+    }
+
     /// Validates every resource and works out its write; any bad one fails the whole set.
+    /// CPU-heavy for a large set: call it on the pool, never on an async worker.
     fn prepare(
         &self,
         who: &Principal,
         resources: Vec<pb::Resource>,
         ctx: &ChangeContext,
     ) -> Result<Vec<PreparedWrite>, ApiError> {
-        if resources.is_empty() {
-            return Err(ApiError::invalid("resources", "is empty: nothing to do"));
-        }
-        if resources.len() > MAX_SET {
-            return Err(ApiError::invalid(
-                "resources",
-                format!(
-                    "holds {} resources; one change set may hold at most {MAX_SET}",
-                    resources.len()
-                ),
-            ));
-        }
-        let mut indexed: Vec<(usize, pb::Resource)> = resources.into_iter().enumerate().collect();
-        let mut seen = std::collections::HashSet::new();
-        for (i, r) in &indexed {
+        check_size(&resources)?;
+        let mut seen = std::collections::HashSet::with_capacity(resources.len());
+        for (i, r) in resources.iter().enumerate() {
             let kind = crate::model::resource::kind_of(r).unwrap_or_default();
-            if !seen.insert((kind, r.name().to_string())) {
+            if !seen.insert((kind, r.name())) {
                 return Err(ApiError::invalid(
                     format!("resources[{i}]"),
                     format!("{} {:?} appears twice", kind_name(kind), r.name()),
                 ));
             }
         }
+        drop(seen);
         // Parents before children, however deep (a VM on a blade in a chassis).
-        let parents: std::collections::HashMap<String, String> = indexed
-            .iter()
-            .filter_map(|(_, r)| match r.resource.as_ref() {
-                Some(R::Device(d)) if !d.parent.is_empty() => {
-                    Some((r.name().to_string(), d.parent.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let depth = |name: &str| {
-            let mut d = 0usize;
-            let mut cur = name;
-            while let Some(p) = parents.get(cur) {
-                d += 1;
-                cur = p;
-                if d > parents.len() {
-                    break; // a cycle: the store's reference check reports it
-                }
-            }
-            d
-        };
-        indexed.sort_by_key(|(i, r)| (rank(r), depth(r.name()), *i));
+        let order = crate::set_order::write_order(&resources);
+        let mut slots: Vec<Option<pb::Resource>> = resources.into_iter().map(Some).collect();
         let now = now_unix_nanos();
-        indexed
+        order
             .into_iter()
+            .filter_map(|i| slots.get_mut(i).and_then(Option::take).map(|r| (i, r)))
             .map(|(i, r)| {
                 let shown = r.clone();
                 self.inventory
@@ -155,22 +169,45 @@ impl Planner {
             .collect()
     }
 
-    /// What applying `resources` would do. Writes nothing.
+    /// What applying `resources` would do. Writes nothing; a refusal is audited.
     pub async fn plan(
         &self,
         who: &Principal,
         resources: Vec<pb::Resource>,
         include_unchanged: bool,
     ) -> Result<pb::PlanResponse, ApiError> {
-        let prepared = self.prepare(who, resources, &ChangeContext::default())?;
+        let names = set_names(&resources);
+        let result = self.plan_inner(who, resources, include_unchanged).await;
+        match &result {
+            // Not a refusal of the request: the log says what went wrong.
+            Err(ApiError::Internal(_) | ApiError::Unavailable(_) | ApiError::ShuttingDown) => {}
+            Err(e) => self
+                .inventory
+                .refuse_set(who, "plan", &names, &ChangeContext::default(), e),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn plan_inner(
+        &self,
+        who: &Principal,
+        resources: Vec<pb::Resource>,
+        include_unchanged: bool,
+    ) -> Result<pb::PlanResponse, ApiError> {
+        check_size(&resources)?;
         self.drift.caught_up(CATCH_UP).await;
-        let change = Self::planned_change(&prepared);
-        let drift = Arc::clone(&self.drift);
-        let mut resp = tokio::task::spawn_blocking(move || drift.plan(&change, include_unchanged))
+        let this = self.clone();
+        let who = who.clone();
+        self.pool
+            .run("plan", move || {
+                let prepared = this.prepare(&who, resources, &ChangeContext::default())?;
+                let change = Self::planned_change(&prepared);
+                let mut resp = this.drift.plan(&change, include_unchanged)?;
+                resp.resources = Self::resources_pb(&prepared);
+                Ok(resp)
+            })
             .await
-            .map_err(|e| ApiError::Internal(format!("plan task failed: {e}")))??;
-        resp.resources = Self::resources_pb(&prepared);
-        Ok(resp)
     }
 
     /// Writes every resource as one atomic change set, or nothing; refused when profiles of
@@ -181,15 +218,7 @@ impl Planner {
         resources: Vec<pb::Resource>,
         ctx: &ChangeContext,
     ) -> Result<pb::ApplySetResponse, ApiError> {
-        let names: Vec<(ResourceKind, String)> = resources
-            .iter()
-            .map(|r| {
-                (
-                    crate::model::resource::kind_of(r).unwrap_or_default(),
-                    r.name().to_string(),
-                )
-            })
-            .collect();
+        let names = set_names(&resources);
         let result = self.apply_inner(who, resources, ctx).await;
         if let Err(e) = &result {
             self.inventory.refuse_set(who, "apply", &names, ctx, e);
@@ -204,8 +233,16 @@ impl Planner {
         ctx: &ChangeContext,
     ) -> Result<pb::ApplySetResponse, ApiError> {
         ctx.check()?;
-        let prepared = self.prepare(who, resources, ctx)?;
-        let change = Self::planned_change(&prepared);
+        check_size(&resources)?;
+        let (this, who_, ctx_) = (self.clone(), who.clone(), ctx.clone());
+        let (prepared, change) = self
+            .pool
+            .run("apply", move || {
+                let prepared = this.prepare(&who_, resources, &ctx_)?;
+                let change = Self::planned_change(&prepared);
+                Ok((prepared, change))
+            })
+            .await?;
         if !change.profiles.is_empty() || !change.devices.is_empty() {
             if !self.drift.caught_up(CATCH_UP).await {
                 return Err(ApiError::Aborted(
@@ -213,9 +250,10 @@ impl Planner {
                 ));
             }
             let drift = Arc::clone(&self.drift);
-            let plan = tokio::task::spawn_blocking(move || drift.plan(&change, false))
-                .await
-                .map_err(|e| ApiError::Internal(format!("conflict check failed: {e}")))??;
+            let plan = self
+                .pool
+                .run("conflict check", move || drift.plan(&change, false))
+                .await?;
             if let Some(c) = plan.conflicts.first() {
                 return Err(ApiError::FailedPrecondition(format!(
                     "profiles {} have equal priority {} and set {} of device {:?} differently{}; \
@@ -284,7 +322,16 @@ impl Planner {
             return Err(e);
         }
         self.drift.caught_up(CATCH_UP).await;
-        let item = self.drift.item(device, field).ok_or_else(|| {
+        // The drift state's lock may be held by a running plan for seconds: wait off-worker.
+        let (drift, d, f) = (
+            Arc::clone(&self.drift),
+            device.to_string(),
+            field.to_string(),
+        );
+        let item = tokio::task::spawn_blocking(move || drift.item(&d, &f))
+            .await
+            .map_err(|e| ApiError::Internal(format!("drift lookup failed: {e}")))?;
+        let item = item.ok_or_else(|| {
             ApiError::FailedPrecondition(format!(
                 "device {device:?} has no drift in field {field:?}; see `muster drift -l` for its fields"
             ))

@@ -21,5 +21,6 @@ mod sec_agent;
 mod sec_edge;
 mod sec_tokens;
 mod sec_audit;
+mod sec_plan;
 mod smart;
 mod watch;

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod resource;
 pub mod secrets;
 

@@ -11,6 +11,7 @@ use muster::pb::{self, ObjectMeta, ResourceKind, resource::Resource as R};
 use muster::selector::Selector;
 
 use super::ApiError;
+use super::limits::{self, entries};
 
 /// Longest free-text field (descriptions, serials, addresses) accepted.
 const MAX_TEXT: usize = 1024;
@@ -154,6 +155,7 @@ fn validate_meta(m: Option<&ObjectMeta>) -> Result<(), InvalidField> {
         return Err(InvalidField::new("meta.name", "is required"));
     };
     validate_name("meta.name", &m.name)?;
+    entries("meta.labels", m.labels.len(), limits::MAX_LABELS)?;
     validate_labels("meta.labels", &m.labels)?;
     let mut size = 0;
     for (k, v) in &m.annotations {
@@ -170,6 +172,16 @@ fn validate_meta(m: Option<&ObjectMeta>) -> Result<(), InvalidField> {
 }
 
 fn validate_selector(field: &str, s: &str) -> Result<(), InvalidField> {
+    if s.len() > limits::MAX_SELECTOR_BYTES {
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "is {} bytes long; the limit is {}",
+                s.len(),
+                limits::MAX_SELECTOR_BYTES
+            ),
+        ));
+    }
     Selector::parse(s)
         .map(|_| ())
         .map_err(|e| InvalidField::new(field, e.to_string()))
@@ -180,6 +192,17 @@ const EXPECT_OPS: [&str; 8] = ["==", "!=", "<", "<=", ">", ">=", "in", "exists"]
 fn validate_spec(field: &str, s: &pb::DesiredState) -> Result<(), InvalidField> {
     text(&format!("{field}.os_release"), &s.os_release)?;
     text(&format!("{field}.kernel"), &s.kernel)?;
+    for (f, n, max) in [
+        ("packages", s.packages.len(), limits::MAX_PACKAGES),
+        ("sysctl", s.sysctl.len(), limits::MAX_SYSCTL),
+        ("expect", s.expect.len(), limits::MAX_EXPECT),
+        ("ntp_servers", s.ntp_servers.len(), limits::MAX_SERVERS),
+        ("dns_servers", s.dns_servers.len(), limits::MAX_SERVERS),
+    ] {
+        entries(&format!("{field}.{f}"), n, max)?;
+    }
+    // One pass with a set: comparing every pair was quadratic in the list a client sends.
+    let mut names = std::collections::HashSet::with_capacity(s.packages.len());
     for (i, p) in s.packages.iter().enumerate() {
         let f = format!("{field}.packages[{i}]");
         if p.name.is_empty() {
@@ -193,7 +216,7 @@ fn validate_spec(field: &str, s: &pb::DesiredState) -> Result<(), InvalidField> 
             true,
             "EXACT, MINIMUM, ABSENT",
         )?;
-        if s.packages[..i].iter().any(|q| q.name == p.name) {
+        if !names.insert(p.name.as_str()) {
             return Err(InvalidField::new(
                 format!("{f}.name"),
                 format!(
@@ -328,6 +351,7 @@ fn validate_device(d: &pb::Device) -> Result<(), InvalidField> {
             ));
         }
     }
+    entries("interfaces", d.interfaces.len(), limits::MAX_INTERFACES)?;
     let mut seen = std::collections::BTreeSet::new();
     for (i, n) in d.interfaces.iter().enumerate() {
         let f = format!("interfaces[{i}]");
@@ -395,6 +419,7 @@ fn validate_window(w: &pb::Window) -> Result<(), InvalidField> {
         }
         text("timezone", &w.timezone)?;
     }
+    entries("ranges", w.ranges.len(), limits::MAX_RANGES)?;
     for (i, r) in w.ranges.iter().enumerate() {
         let (Some(s), Some(e)) = (&r.start, &r.end) else {
             return Err(InvalidField::new(
