@@ -15,5 +15,6 @@ mod durability;
 mod errors;
 mod ipmi;
 mod peers;
+mod sec_ansible;
 mod smart;
 mod watch;
