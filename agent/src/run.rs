@@ -445,7 +445,8 @@ impl Agent {
     pub fn open(cfg: AgentConfig) -> Result<Self, AgentError> {
         let paths = Paths::new(&cfg.state_dir);
         let device = identity::enrolled_device(&paths)?;
-        let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, true)?;
+        let channel =
+            identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, true, cfg.insecure)?;
         let spool = Spool::open(&cfg.spool_dir(), cfg.spool_max_reports)?;
         let mut state = load_state(&cfg)?;
         // A report may have been spooled after the state was last saved.
@@ -703,8 +704,9 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
+    // The channel first: a refused server (plaintext to a remote host) leaves no key behind.
+    let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, false, cfg.insecure)?;
     let (_, csr) = identity::key_and_csr(&paths, &hostname)?;
-    let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, false)?;
     let mut client = AgentServiceClient::new(channel);
     let mut pending = std::fs::read_to_string(&paths.pending)
         .map(|s| s.trim().to_string())

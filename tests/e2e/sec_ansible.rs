@@ -242,3 +242,153 @@ async fn discovered_vms_are_not_hosts_until_an_operator_adopts_them() {
         assert!(doc.to_string().find("vm-db-1").is_none(), "{source}");
     }
 }
+
+/// TEST-NET-1 (RFC 5737): never routed, so nothing could answer even if something were sent.
+const REMOTE: &str = "http://192.0.2.10:7070";
+
+/// Runs a client binary with a token and no ambient settings; returns its output and how long
+/// it took.
+fn timed(tool: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
+    let home = tempfile::tempdir().unwrap();
+    let mut c = Command::new(bin(tool));
+    c.args(args)
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("MUSTER_SERVER")
+        .env_remove("MUSTER_INSECURE")
+        .env_remove("MUSTER_TOKEN_FILE")
+        .env_remove("MUSTER_INVENTORY_CONFIG")
+        .env("MUSTER_TOKEN", "mst_secret_token_value");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let started = Instant::now();
+    let out = c.output().unwrap();
+    (out, started.elapsed())
+}
+
+#[tokio::test]
+async fn no_token_goes_over_plaintext_to_a_remote_host_without_insecure() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().display().to_string();
+    let refused: [(&str, Vec<&str>, Vec<(&str, &str)>); 5] = [
+        ("muster", vec!["--server", REMOTE, "whoami"], vec![]),
+        (
+            "muster",
+            vec!["get", "devices"],
+            vec![("MUSTER_SERVER", REMOTE)],
+        ),
+        (
+            "muster-inventory",
+            vec!["--list"],
+            vec![("MUSTER_SERVER", REMOTE)],
+        ),
+        (
+            "muster-inventory",
+            vec!["--server", "http://muster.example:7070", "--host", "x"],
+            vec![],
+        ),
+        (
+            "muster-agent",
+            vec![
+                "--server",
+                REMOTE,
+                "--state-dir",
+                &state_dir,
+                "enroll",
+                "--token",
+                "mst_enroll_secret",
+            ],
+            vec![],
+        ),
+    ];
+    for (tool, args, env) in &refused {
+        let (o, took) = timed(tool, args, env);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{tool} {args:?}: {err}");
+        assert!(
+            err.contains("refusing to send credentials over plaintext http://")
+                && err.contains("--insecure"),
+            "{tool} {args:?}: {err}"
+        );
+        assert!(
+            err.contains("192.0.2.10") || err.contains("muster.example"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{tool}: {err}");
+        // Refused before any connection: no connect timeout was waited for.
+        assert!(took < Duration::from_secs(2), "{tool} took {took:?}");
+    }
+    // The refused enrollment created no key or CSR either.
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
+
+    // --insecure (or MUSTER_INSECURE) lets the clients try: they fail to connect instead.
+    let (o, _) = timed(
+        "muster",
+        &[
+            "--server",
+            REMOTE,
+            "--insecure",
+            "--timeout",
+            "1s",
+            "whoami",
+        ],
+        &[],
+    );
+    let err = text(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("cannot connect to http://192.0.2.10:7070"),
+        "{err}"
+    );
+    let (o, _) = timed(
+        "muster-inventory",
+        &["--list", "--timeout", "1"],
+        &[("MUSTER_SERVER", REMOTE), ("MUSTER_INSECURE", "true")],
+    );
+    let err = text(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("cannot connect to http://192.0.2.10:7070"),
+        "{err}"
+    );
+
+    // Loopback in clear text works as before: 127.0.0.1 and localhost.
+    let s = TestServer::start_with(Options {
+        role_tokens: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let port = s.addr.port();
+    for url in [s.url(), format!("http://localhost:{port}")] {
+        let (o, _) = timed(
+            "muster",
+            &["--server", &url, "whoami"],
+            &[("MUSTER_TOKEN", VIEWER_TOKEN)],
+        );
+        assert!(o.status.success(), "{url}: {}", text(&o.stderr));
+        let (o, _) = timed(
+            "muster-inventory",
+            &["--list"],
+            &[("MUSTER_SERVER", &url), ("MUSTER_TOKEN", VIEWER_TOKEN)],
+        );
+        assert!(o.status.success(), "{url}: {}", text(&o.stderr));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_enrolls_over_loopback_plaintext() {
+    let s = TestServer::start().unwrap();
+    add_device(&s, "web-01");
+    let token = token_for(&s, "web-01", "1h");
+    let state = tempfile::tempdir().unwrap();
+    let o = Command::new(bin("muster-agent"))
+        .arg("--server")
+        .arg(s.url())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["enroll", "--token", &token])
+        .env_remove("MUSTER_INSECURE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("enrolled as device web-01"));
+}

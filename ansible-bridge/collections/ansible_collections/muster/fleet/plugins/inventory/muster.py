@@ -39,6 +39,12 @@ options:
   ca_cert:
     description: CA certificate for an https server.
     type: path
+  insecure:
+    description:
+      - Allow plaintext http:// to a server that is not on loopback (the token then travels
+        unencrypted); without it muster-inventory refuses before connecting.
+    type: bool
+    default: false
   selector:
     description: Label selector narrowing the hosts.
     type: str
@@ -114,6 +120,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 cmd += [flag, str(value)]
         if self.get_option("in_window"):
             cmd.append("--in-window")
+        if self.get_option("insecure"):
+            cmd.append("--insecure")
         return cmd
 
     def parse(self, inventory, loader, path, cache=True):
