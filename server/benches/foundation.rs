@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use muster::pb::inventory_service_server::{InventoryService, InventoryServiceServer};
 use muster::pb::{self, ResourceKind, resource::Resource as R};
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};

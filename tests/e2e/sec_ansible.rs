@@ -267,11 +267,14 @@ fn timed(tool: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) 
     (out, started.elapsed())
 }
 
+/// A client run: binary, arguments, environment.
+type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
 #[tokio::test]
 async fn no_token_goes_over_plaintext_to_a_remote_host_without_insecure() {
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().display().to_string();
-    let refused: [(&str, Vec<&str>, Vec<(&str, &str)>); 5] = [
+    let refused: [Case<'_>; 5] = [
         ("muster", vec!["--server", REMOTE, "whoami"], vec![]),
         (
             "muster",

@@ -15,9 +15,6 @@ use anyhow::{Context, bail};
 use muster::pb;
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use sha2::{Digest, Sha256};
-use tonic::Request;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 /// Path of a workspace binary, built next to the test executable (`.ci/run` builds them all).
