@@ -46,6 +46,8 @@ impl Default for Deadlines {
 pub struct AgentConfig {
     /// musterd's address, e.g. `https://muster.example:7070`.
     pub server: String,
+    /// Allow plaintext `http://` to a non-loopback server (enrollment's token in clear text).
+    pub insecure: bool,
     /// CA certificate (PEM) that signed musterd's certificate; after enrollment the CA the
     /// server returned is kept in the state dir and used when this is unset.
     pub ca: Option<PathBuf>,
@@ -88,6 +90,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             server: "https://127.0.0.1:7070".into(),
+            insecure: false,
             ca: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             bmc: None,

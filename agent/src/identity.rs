@@ -27,6 +27,9 @@ pub enum IdentityError {
     NoCa,
     #[error("{0}: not a readable certificate: {1}")]
     BadCert(PathBuf, String),
+    /// `http://` to a non-loopback server without `insecure` (enrollment sends a token).
+    #[error("{0}")]
+    Plaintext(muster::client::ClientError),
 }
 
 /// File names inside the state directory.
@@ -131,14 +134,23 @@ pub fn enrolled_device(paths: &Paths) -> Result<String, IdentityError> {
 }
 
 /// A channel to musterd: TLS verified against `ca` (or the CA saved at enrollment), with the
-/// client certificate when enrolled. Plain `http://` is allowed for loopback development only
-/// (no identity can be presented over it).
+/// client certificate when enrolled. Plain `http://` is for loopback development only (no
+/// identity can be presented over it, and enrollment would send its token in clear text): to
+/// any other host it is refused, before connecting, unless `insecure`.
 pub fn channel(
     server: &str,
     ca: Option<&Path>,
     paths: &Paths,
     with_identity: bool,
+    insecure: bool,
 ) -> Result<Channel, IdentityError> {
+    muster::client::check_plaintext(server, insecure).map_err(|e| match e {
+        muster::client::ClientError::Url { .. } => IdentityError::Server(
+            server.into(),
+            "expected http://HOST:PORT or https://HOST:PORT".into(),
+        ),
+        other => IdentityError::Plaintext(other),
+    })?;
     let endpoint = Endpoint::from_shared(server.to_string())
         .map_err(|e| IdentityError::Server(server.into(), e.to_string()))?
         .connect_timeout(std::time::Duration::from_secs(5))

@@ -24,6 +24,10 @@ struct Cli {
     /// CA certificate (PEM) to verify musterd with.
     #[arg(long, env = "MUSTER_CA", global = true)]
     ca: Option<PathBuf>,
+    /// Allow plaintext http:// to a non-loopback server (the enrollment token travels
+    /// unencrypted, and no client certificate can be presented).
+    #[arg(long, env = "MUSTER_INSECURE", global = true)]
+    insecure: bool,
     /// State directory (identity, sequence, spool).
     #[arg(long, env = "MUSTER_AGENT_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
@@ -85,6 +89,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     if let Some(v) = &cli.ca {
         c.ca = Some(v.clone());
     }
+    c.insecure |= cli.insecure;
     if let Some(v) = &cli.state_dir {
         c.state_dir = v.clone();
     }

@@ -487,7 +487,7 @@ impl Agent {
         cfg: &AgentConfig,
         paths: &Paths,
     ) -> Result<AgentServiceClient<Channel>, AgentError> {
-        let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), paths, true)?;
+        let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), paths, true, cfg.insecure)?;
         Ok(AgentServiceClient::new(channel)
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024))
@@ -817,8 +817,9 @@ pub async fn enroll(cfg: &AgentConfig, token: &str, wait: Duration) -> Result<St
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
+    // The channel first: a refused server (plaintext to a remote host) leaves no key behind.
+    let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, false, cfg.insecure)?;
     let (_, csr) = identity::key_and_csr(&paths, &hostname)?;
-    let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), &paths, false)?;
     let mut client = AgentServiceClient::new(channel);
     let mut pending = std::fs::read_to_string(&paths.pending)
         .map(|s| s.trim().to_string())

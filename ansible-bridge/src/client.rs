@@ -1,17 +1,16 @@
 //! The connection to musterd and the bridge's two calls: the one streaming export per run
 //! (answered from the cache when the server says nothing changed) and the agentless ingest.
+//! Connecting (URL, TLS, bearer token, the plaintext refusal) is `muster::client`'s.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
+use muster::client::{Bearer, ClientConfig, root_cause};
 use muster::pb::{self, export_service_client::ExportServiceClient};
 use tokio_stream::StreamExt;
-use tonic::codegen::http::Uri;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
+use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Request, Status};
+use tonic::transport::Channel;
 
 use crate::cache::Cache;
 use crate::config::Settings;
@@ -19,28 +18,7 @@ use crate::config::Settings;
 /// Largest message accepted or sent (chunks of 500 devices, batches of facts).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
-struct Auth(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(h) = &self.0 {
-            request.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Client = ExportServiceClient<InterceptedService<Channel, Auth>>;
-
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = err;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
-}
+type Client = ExportServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A status as one line: `UNAUTHENTICATED: ...`, with the transport cause when there is one.
 pub fn status_line(s: &Status) -> String {
@@ -61,50 +39,18 @@ pub fn status_line(s: &Status) -> String {
     line.replace('\n', " ")
 }
 
-fn endpoint(s: &Settings) -> Result<Endpoint> {
-    let url = s.server.trim();
-    let uri: Uri = url
-        .parse()
-        .with_context(|| format!("invalid server URL {url:?}"))?;
-    let host = match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(h)) if !h.is_empty() => h.to_string(),
-        _ => bail!("invalid server URL {url:?}: expected http://HOST:PORT or https://HOST:PORT"),
-    };
-    let mut ep = Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid server URL {url:?}"))?
-        .connect_timeout(s.timeout)
-        .timeout(s.timeout)
-        .tcp_nodelay(true);
-    if uri.scheme_str() == Some("https") {
-        let domain = host.trim_start_matches('[').trim_end_matches(']');
-        let mut tls = ClientTlsConfig::new().domain_name(domain);
-        tls = match &s.ca_cert {
-            Some(p) => {
-                let pem = std::fs::read(p)
-                    .with_context(|| format!("cannot read CA certificate {}", p.display()))?;
-                tls.ca_certificate(Certificate::from_pem(pem))
-            }
-            None => tls.with_native_roots(),
-        };
-        ep = ep
-            .tls_config(tls)
-            .map_err(|e| anyhow!("invalid TLS configuration: {}", root_cause(&e)))?;
-    }
-    Ok(ep)
-}
-
-/// Connects now, so an unreachable server is one clear error.
+/// Connects now, so an unreachable server is one clear error. The request timeout bounds the
+/// whole export stream too.
 async fn connect(s: &Settings) -> Result<Client> {
-    let auth = Auth(match &s.token {
-        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-            anyhow!("invalid token: it contains characters not allowed in a header")
-        })?),
-        None => None,
-    });
-    let channel = endpoint(s)?
-        .connect()
-        .await
-        .map_err(|e| anyhow!("cannot connect to {}: {}", s.server, root_cause(&e)))?;
+    let auth = Bearer::new(s.token.as_deref())?;
+    let cfg = ClientConfig {
+        server: s.server.clone(),
+        ca_cert: s.ca_cert.clone(),
+        connect_timeout: s.timeout,
+        insecure: s.insecure,
+    };
+    let endpoint = muster::client::endpoint(&cfg)?.timeout(s.timeout);
+    let channel = muster::client::connect(&cfg, endpoint).await?;
     Ok(ExportServiceClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))

@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub cache_dir: Option<PathBuf>,
     /// Seconds to wait for the server.
     pub timeout: Option<u64>,
+    /// Allow plaintext `http://` (and so the token) to a non-loopback server.
+    pub insecure: Option<bool>,
 }
 
 impl FileConfig {
@@ -74,13 +76,8 @@ pub fn parse_ini(text: &str) -> Result<FileConfig> {
             "ca_cert" => c.ca_cert = Some(v.into()),
             "selector" => c.selector = Some(v),
             "cache_dir" => c.cache_dir = Some(v.into()),
-            "in_window" => {
-                c.in_window = Some(match v.to_ascii_lowercase().as_str() {
-                    "true" | "yes" | "1" | "on" => true,
-                    "false" | "no" | "0" | "off" => false,
-                    _ => bail!("line {}: in_window must be true or false", n + 1),
-                })
-            }
+            "in_window" => c.in_window = Some(ini_bool(&v, "in_window", n)?),
+            "insecure" => c.insecure = Some(ini_bool(&v, "insecure", n)?),
             "timeout" => {
                 c.timeout = Some(
                     v.parse()
@@ -91,6 +88,14 @@ pub fn parse_ini(text: &str) -> Result<FileConfig> {
         }
     }
     Ok(c)
+}
+
+fn ini_bool(v: &str, key: &str, n: usize) -> Result<bool> {
+    Ok(match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => true,
+        "false" | "no" | "0" | "off" => false,
+        _ => bail!("line {}: {key} must be true or false", n + 1),
+    })
 }
 
 /// Values given as flags or environment variables (clap fills both).
@@ -105,6 +110,7 @@ pub struct Overrides {
     pub in_window: bool,
     pub cache_dir: Option<PathBuf>,
     pub timeout: Option<u64>,
+    pub insecure: bool,
 }
 
 /// The settings a run uses.
@@ -117,6 +123,8 @@ pub struct Settings {
     pub in_window: bool,
     pub cache_dir: Option<PathBuf>,
     pub timeout: Duration,
+    /// Plaintext to a non-loopback server allowed (`--insecure`, `MUSTER_INSECURE`, `insecure`).
+    pub insecure: bool,
 }
 
 /// Default server, as for the `muster` CLI.
@@ -169,6 +177,7 @@ impl Settings {
             in_window: o.in_window || file.in_window.unwrap_or(false),
             cache_dir: o.cache_dir.or(file.cache_dir),
             timeout: Duration::from_secs(o.timeout.or(file.timeout).unwrap_or(30).max(1)),
+            insecure: o.insecure || file.insecure.unwrap_or(false),
         })
     }
 }

@@ -64,6 +64,9 @@ struct Cli {
     /// Seconds to wait for the server (default 30).
     #[arg(long, global = true)]
     timeout: Option<u64>,
+    /// Allow plaintext http:// to a non-loopback server: the token then travels unencrypted.
+    #[arg(long, env = "MUSTER_INSECURE", global = true)]
+    insecure: bool,
     /// Indent the JSON.
     #[arg(long)]
     pretty: bool,
@@ -101,6 +104,7 @@ fn settings(cli: &Cli) -> Result<Settings> {
         in_window: cli.in_window,
         cache_dir: cli.cache_dir.clone(),
         timeout: cli.timeout,
+        insecure: cli.insecure,
     })
 }
 

@@ -6,7 +6,13 @@
 //! `kind_<kind>`, `site_<site>`, `rack_<rack>`, `role_<role>`, `lifecycle_<lifecycle>`,
 //! `health_<ok|warning|critical|unknown>`, `drift_yes`/`drift_no` (whether `status.drift` lists
 //! anything), `label_<key>_<value>` for every label, and `in_window` (hosts whose maintenance
-//! window is open at the instant). Hostvars: see [`hostvars`].
+//! window is open at the instant). Hostvars: see [`HostVars`].
+//!
+//! Every string hostvar is written as `{"__ansible_unsafe": "..."}` ([`Unsafe`]): the values
+//! come from the store (names, labels, models, facts reported by hosts) and must reach Ansible
+//! as data it never templates. Devices labelled `muster.io/discovered` (VMs an agent reported,
+//! not yet adopted by an operator) are left out entirely ([`is_discovered`]): an agent-chosen
+//! name must not become a host Ansible connects to.
 
 use std::collections::HashMap;
 
@@ -17,6 +23,33 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Value, json};
 
 use crate::client::Export;
+
+/// The label the server puts on VM devices it created from a hypervisor's report
+/// (`server/src/agents.rs`, `DISCOVERED_LABEL`). An operator adopts such a device by removing it.
+pub const DISCOVERED_LABEL: &str = "muster.io/discovered";
+
+/// Whether a device is an unadopted discovered one: never listed as a host, because its name
+/// came from an agent and Ansible would connect to that name.
+pub fn is_discovered(d: &pb::Device) -> bool {
+    d.meta
+        .as_ref()
+        .is_some_and(|m| m.labels.contains_key(DISCOVERED_LABEL))
+}
+
+/// A string Ansible must never template: serialized as `{"__ansible_unsafe": "..."}`, which
+/// ansible-core's inventory JSON decoder (script plugin, `_meta.hostvars`) turns into an
+/// untrusted string (2.19's data tagging: not `TrustedAsTemplate`; before 2.19:
+/// `AnsibleUnsafeText`), and which the `muster.fleet.muster` plugin unwraps with `wrap_var`.
+#[derive(Debug, Clone, Copy)]
+pub struct Unsafe<'a>(pub &'a str);
+
+impl Serialize for Unsafe<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("__ansible_unsafe", self.0)?;
+        m.end()
+    }
+}
 
 /// Ansible's rule for group names (`ansible.inventory.group.to_safe_group_name`): every
 /// character outside `[A-Za-z0-9_]` becomes `_`.
@@ -80,6 +113,8 @@ fn health_name(h: i32) -> &'static str {
 ///   `muster_drift_count`, `muster_os_release`, `muster_kernel`, `muster_facts_origin`
 ///   (`agent`, `ansible`, or empty when no facts were ever stored), `muster_revision`;
 /// - `muster_in_window` (bool) when windows were evaluated.
+///
+/// Every string value is marked [`Unsafe`], label values included.
 #[derive(Debug, Clone, Copy)]
 pub struct HostVars<'a> {
     pub device: &'a pb::Device,
@@ -87,7 +122,7 @@ pub struct HostVars<'a> {
     pub in_window: Option<bool>,
 }
 
-/// A device's labels as a map sorted by key.
+/// A device's labels as a map sorted by key, values marked [`Unsafe`].
 struct Labels<'a>(&'a std::collections::HashMap<String, String>);
 
 impl Serialize for Labels<'_> {
@@ -96,7 +131,7 @@ impl Serialize for Labels<'_> {
         sorted.sort_unstable();
         let mut m = s.serialize_map(Some(sorted.len()))?;
         for (k, v) in sorted {
-            m.serialize_entry(k, v)?;
+            m.serialize_entry(k, &Unsafe(v))?;
         }
         m.end()
     }
@@ -124,30 +159,33 @@ impl Serialize for HostVars<'_> {
             .map_or(("", ""), |o| (o.release.as_str(), o.kernel.as_str()));
         let mut m = s.serialize_map(None)?;
         if !host.is_empty() {
-            m.serialize_entry("ansible_host", host)?;
+            m.serialize_entry("ansible_host", &Unsafe(host))?;
             m.serialize_entry("ansible_port", &if ssh_port == 0 { 22 } else { ssh_port })?;
         }
         if !ssh_user.is_empty() {
-            m.serialize_entry("ansible_user", ssh_user)?;
+            m.serialize_entry("ansible_user", &Unsafe(ssh_user))?;
         }
-        m.serialize_entry("muster_id", &meta.id)?;
-        m.serialize_entry("muster_kind", kind_name(dev.kind))?;
-        m.serialize_entry("muster_site", &dev.site)?;
-        m.serialize_entry("muster_rack", &dev.rack)?;
-        m.serialize_entry("muster_role", &dev.role)?;
-        m.serialize_entry("muster_lifecycle", lifecycle_name(dev.lifecycle))?;
-        m.serialize_entry("muster_health", health_name(health))?;
-        m.serialize_entry("muster_serial", &dev.serial)?;
-        m.serialize_entry("muster_asset_tag", &dev.asset_tag)?;
-        m.serialize_entry("muster_vendor", &dev.vendor)?;
-        m.serialize_entry("muster_model", &dev.model)?;
-        m.serialize_entry("muster_parent", &dev.parent)?;
-        m.serialize_entry("muster_management_address", &dev.management_address)?;
+        m.serialize_entry("muster_id", &Unsafe(&meta.id))?;
+        m.serialize_entry("muster_kind", &Unsafe(kind_name(dev.kind)))?;
+        m.serialize_entry("muster_site", &Unsafe(&dev.site))?;
+        m.serialize_entry("muster_rack", &Unsafe(&dev.rack))?;
+        m.serialize_entry("muster_role", &Unsafe(&dev.role))?;
+        m.serialize_entry("muster_lifecycle", &Unsafe(lifecycle_name(dev.lifecycle)))?;
+        m.serialize_entry("muster_health", &Unsafe(health_name(health)))?;
+        m.serialize_entry("muster_serial", &Unsafe(&dev.serial))?;
+        m.serialize_entry("muster_asset_tag", &Unsafe(&dev.asset_tag))?;
+        m.serialize_entry("muster_vendor", &Unsafe(&dev.vendor))?;
+        m.serialize_entry("muster_model", &Unsafe(&dev.model))?;
+        m.serialize_entry("muster_parent", &Unsafe(&dev.parent))?;
+        m.serialize_entry(
+            "muster_management_address",
+            &Unsafe(&dev.management_address),
+        )?;
         m.serialize_entry("muster_labels", &Labels(&meta.labels))?;
         m.serialize_entry("muster_drift_count", &drift)?;
-        m.serialize_entry("muster_os_release", release)?;
-        m.serialize_entry("muster_kernel", kernel)?;
-        m.serialize_entry("muster_facts_origin", origin)?;
+        m.serialize_entry("muster_os_release", &Unsafe(release))?;
+        m.serialize_entry("muster_kernel", &Unsafe(kernel))?;
+        m.serialize_entry("muster_facts_origin", &Unsafe(origin))?;
         m.serialize_entry("muster_revision", &meta.revision)?;
         if let Some(w) = self.in_window {
             m.serialize_entry("muster_in_window", &w)?;
@@ -269,7 +307,7 @@ pub fn write_list<W: std::io::Write>(
     for d in &e.devices {
         let Some(dev) = &d.device else { continue };
         let name = dev.meta.as_ref().map_or("", |m| m.name.as_str());
-        if name.is_empty() {
+        if name.is_empty() || is_discovered(dev) {
             continue;
         }
         let open = !windows.is_empty() && {
@@ -399,7 +437,7 @@ pub fn list(e: &Export, opts: Options, windows: &[Schedule]) -> Value {
 pub fn host(e: &Export, name: &str, opts: Options, windows: &[Schedule]) -> Value {
     let Some((dev, os)) = e.devices.iter().find_map(|d| {
         let dev = d.device.as_ref()?;
-        (dev.meta.as_ref()?.name == name).then_some((dev, d.os.as_ref()))
+        (dev.meta.as_ref()?.name == name && !is_discovered(dev)).then_some((dev, d.os.as_ref()))
     }) else {
         return json!({});
     };
@@ -509,10 +547,13 @@ mod tests {
         assert_eq!(doc["label_env_prod"]["hosts"], json!(["a"]));
         assert_eq!(doc["in_window"]["hosts"], json!(["a"]));
         let a = &doc["_meta"]["hostvars"]["a"];
-        assert_eq!(a["ansible_host"], "127.0.0.1");
+        assert_eq!(a["ansible_host"], json!({"__ansible_unsafe": "127.0.0.1"}));
         assert_eq!(a["ansible_port"], 2201);
-        assert_eq!(a["ansible_user"], "ops");
-        assert_eq!(a["muster_labels"], json!({"env": "prod"}));
+        assert_eq!(a["ansible_user"], json!({"__ansible_unsafe": "ops"}));
+        assert_eq!(
+            a["muster_labels"],
+            json!({"env": {"__ansible_unsafe": "prod"}})
+        );
         assert_eq!(doc["_meta"]["hostvars"]["b"]["muster_drift_count"], 2);
         let only = list(
             &e,
@@ -578,5 +619,73 @@ mod tests {
         let (ws, problems) = schedules(&e);
         assert_eq!(problems.len(), 1);
         assert!(!muster::window::in_window(&ws, |_| None, Utc::now()));
+    }
+
+    #[test]
+    fn every_string_hostvar_is_marked_unsafe() {
+        let mut d = device("a", &[("env", "{{ x }}")], pb::Health::Ok, 0);
+        if let Some(dev) = d.device.as_mut() {
+            dev.model = "{{ lookup('pipe','id') }}".into();
+        }
+        d.os = Some(pb::OsFacts {
+            release: "{% raw %}".into(),
+            kernel: "6.1".into(),
+            ..Default::default()
+        });
+        let e = Export {
+            devices: vec![d],
+            ..Default::default()
+        };
+        let opts = Options {
+            only_in_window: false,
+            now: Utc::now(),
+        };
+        let doc = list(&e, opts, &[]);
+        let hv = doc["_meta"]["hostvars"]["a"].as_object().unwrap();
+        let mut strings = 0;
+        for (k, v) in hv {
+            match v {
+                Value::String(_) => panic!("{k} is a plain string"),
+                Value::Object(o) if k == "muster_labels" => {
+                    for v in o.values() {
+                        assert!(v.get("__ansible_unsafe").is_some(), "{k}: {v}");
+                    }
+                }
+                Value::Object(o) => {
+                    assert_eq!(o.len(), 1, "{k}");
+                    assert!(o["__ansible_unsafe"].is_string(), "{k}");
+                    strings += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(strings >= 18, "{strings}");
+        assert_eq!(
+            hv["muster_model"],
+            json!({"__ansible_unsafe": "{{ lookup('pipe','id') }}"})
+        );
+        assert_eq!(host(&e, "a", opts, &[])["muster_model"], hv["muster_model"]);
+    }
+
+    #[test]
+    fn discovered_devices_are_not_hosts() {
+        let mut vm = device("vm-x", &[(DISCOVERED_LABEL, "true")], pb::Health::Ok, 0);
+        if let Some(dev) = vm.device.as_mut() {
+            dev.kind = pb::DeviceKind::Vm as i32;
+        }
+        let e = Export {
+            devices: vec![device("a", &[], pb::Health::Ok, 0), vm],
+            ..Default::default()
+        };
+        let opts = Options {
+            only_in_window: false,
+            now: Utc::now(),
+        };
+        let doc = list(&e, opts, &[]);
+        let text = doc.to_string();
+        assert!(!text.contains("vm-x"), "{text}");
+        assert!(doc["kind_vm"].is_null(), "{text}");
+        assert_eq!(doc["_meta"]["hostvars"].as_object().unwrap().len(), 1);
+        assert_eq!(host(&e, "vm-x", opts, &[]), json!({}));
     }
 }

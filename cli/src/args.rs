@@ -42,6 +42,9 @@ pub struct GlobalArgs {
     /// Timeout of each request (e.g. 30s, 2m).
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Allow plaintext http:// to a non-loopback server: the token then travels unencrypted.
+    #[arg(long, env = "MUSTER_INSECURE", global = true)]
+    pub insecure: bool,
 }
 
 /// The subcommands.

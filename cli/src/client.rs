@@ -1,46 +1,28 @@
-//! The connection to the server: TLS, the bearer-token interceptor, and call helpers that turn
-//! statuses into one-line errors and bound unary calls by `--timeout`.
+//! The connection to the server (through `muster::client`: URL, TLS, bearer token, the
+//! plaintext refusal) and call helpers that turn statuses into one-line errors and bound unary
+//! calls by `--timeout`.
 
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::Result;
+use muster::client::{Bearer, ClientConfig};
 use muster::pb::admin_service_client::AdminServiceClient;
 use muster::pb::agent_service_client::AgentServiceClient;
 use muster::pb::audit_service_client::AuditServiceClient;
 use muster::pb::config_service_client::ConfigServiceClient;
 use muster::pb::inventory_service_client::InventoryServiceClient;
-use tonic::codegen::http::Uri;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::config::Settings;
-use crate::errors::{RpcError, root_cause};
+use crate::errors::RpcError;
 
 /// Largest response accepted (a page of 500 devices with full status can be large).
 const MAX_DECODING_BYTES: usize = 256 * 1024 * 1024;
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
-pub struct Auth {
-    header: Option<MetadataValue<Ascii>>,
-}
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Svc = InterceptedService<Channel, Auth>;
+type Svc = InterceptedService<Channel, Bearer>;
 
 /// The service clients over one connection.
 #[derive(Debug, Clone)]
@@ -61,19 +43,9 @@ pub struct Clients {
 impl Clients {
     /// Connects now, so that an unreachable server is reported once and clearly.
     pub async fn connect(settings: &Settings) -> Result<Clients> {
-        let auth = Auth {
-            header: match &settings.token {
-                Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-                    anyhow!("invalid token: it contains characters not allowed in a header")
-                })?),
-                None => None,
-            },
-        };
-        let endpoint = endpoint(settings)?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| anyhow!("cannot connect to {}: {}", settings.server, root_cause(&e)))?;
+        let auth = Bearer::new(settings.token.as_deref())?;
+        let cfg = client_config(settings);
+        let channel = muster::client::connect(&cfg, endpoint(&cfg)?).await?;
         Ok(Clients {
             inventory: InventoryServiceClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_DECODING_BYTES),
@@ -113,42 +85,21 @@ impl Clients {
     }
 }
 
-/// The endpoint for `--server`, with TLS for `https://`.
-fn endpoint(settings: &Settings) -> Result<Endpoint> {
-    let url = settings.server.trim();
-    let uri: Uri = url
-        .parse()
-        .with_context(|| format!("invalid server URL {url:?}"))?;
-    let host = match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(host)) if !host.is_empty() => host.to_string(),
-        _ => bail!("invalid server URL {url:?}: expected http://HOST:PORT or https://HOST:PORT"),
-    };
-    let mut endpoint = Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid server URL {url:?}"))?
-        .connect_timeout(settings.timeout)
-        .tcp_nodelay(true)
+fn client_config(settings: &Settings) -> ClientConfig {
+    ClientConfig {
+        server: settings.server.clone(),
+        ca_cert: settings.ca_cert.clone(),
+        connect_timeout: settings.timeout,
+        insecure: settings.insecure,
+    }
+}
+
+/// The shared endpoint (plaintext rule, TLS) with keep-alive for long watches.
+fn endpoint(cfg: &ClientConfig) -> Result<Endpoint> {
+    Ok(muster::client::endpoint(cfg)?
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    if uri.scheme_str() == Some("https") {
-        let domain = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let mut tls = ClientTlsConfig::new().domain_name(domain);
-        match &settings.ca_cert {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            None => tls = tls.with_native_roots(),
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| anyhow!("invalid TLS configuration: {}", root_cause(&e)))?;
-    }
-    Ok(endpoint)
+        .keep_alive_while_idle(true))
 }
 
 #[cfg(test)]
@@ -161,43 +112,21 @@ mod tests {
             token: None,
             ca_cert: None,
             timeout: Duration::from_secs(1),
+            insecure: false,
         }
     }
 
     #[test]
     fn server_urls() {
-        assert!(endpoint(&settings("http://127.0.0.1:7070")).is_ok());
-        assert!(endpoint(&settings("https://muster.example:7070")).is_ok());
-        let err = endpoint(&settings("127.0.0.1:7070"))
-            .unwrap_err()
-            .to_string();
+        let ep = |s: &str| endpoint(&client_config(&settings(s)));
+        assert!(ep("http://127.0.0.1:7070").is_ok());
+        assert!(ep("https://muster.example:7070").is_ok());
+        let err = ep("127.0.0.1:7070").unwrap_err().to_string();
         assert!(err.contains("invalid server URL"), "{err}");
-        let err = endpoint(&settings("ftp://x")).unwrap_err().to_string();
+        let err = ep("ftp://x").unwrap_err().to_string();
         assert!(err.contains("invalid server URL"), "{err}");
-    }
-
-    #[test]
-    fn interceptor_adds_bearer_token() {
-        let mut auth = Auth {
-            header: Some("Bearer s3cret".parse().unwrap()),
-        };
-        let req = auth.call(Request::new(())).unwrap();
-        assert_eq!(
-            req.metadata()
-                .get("authorization")
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            "Bearer s3cret"
-        );
-        let mut none = Auth { header: None };
-        assert!(
-            none.call(Request::new(()))
-                .unwrap()
-                .metadata()
-                .get("authorization")
-                .is_none()
-        );
+        let err = ep("http://192.0.2.10:7070").unwrap_err().to_string();
+        assert!(err.contains("--insecure"), "{err}");
     }
 
     #[tokio::test]

@@ -33,6 +33,8 @@ pub struct Settings {
     pub ca_cert: Option<PathBuf>,
     /// Bound on each unary call and on connecting.
     pub timeout: Duration,
+    /// `--insecure`: allow plaintext `http://` (and so the token) to a non-loopback host.
+    pub insecure: bool,
 }
 
 /// Where `--token` and `--token-file` came from, to rank a flag above a variable.
@@ -83,6 +85,7 @@ pub fn resolve(global: &GlobalArgs, sources: Sources) -> Result<Settings> {
         token,
         ca_cert,
         timeout: global.timeout,
+        insecure: global.insecure,
     })
 }
 
@@ -136,6 +139,7 @@ mod tests {
             ca_cert: None,
             config: Some(config.to_path_buf()),
             timeout: Duration::from_secs(30),
+            insecure: false,
         }
     }
 

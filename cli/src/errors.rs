@@ -66,13 +66,7 @@ impl std::error::Error for PipeClosed {}
 
 /// The deepest cause of an error chain, the part that is useful on one line
 /// (e.g. `Connection refused (os error 111)` rather than `transport error`).
-pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = err;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
-}
+pub use muster::client::root_cause;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,11 @@
 //! muster's wire contract and the small pure pieces every crate shares.
 //!
 //! `pb` is generated from `proto/muster/v1/*.proto` by `build.rs`; `resource` adds `meta()`/`name()` to
-//! `pb::Resource`; `selector`, `names`, `version` (package version order) and `window` (maintenance windows) hold the rules that both the server and its clients must agree on. No I/O here.
+//! `pb::Resource`; `selector`, `names`, `version` (package version order) and `window` (maintenance windows) hold the rules that both the server and its clients must agree on. No I/O here,
+//! except in `client`: the one connection code (URL, TLS, bearer token, plaintext refusal) the CLI,
+//! the Ansible bridge and the agent share.
 
+pub mod client;
 pub mod codec;
 pub mod facts;
 pub mod names;

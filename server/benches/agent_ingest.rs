@@ -303,6 +303,7 @@ async fn enroll_agents(m: &Musterd, n: usize, root: &Path) -> Result<Vec<SimAgen
             cfg.ca.as_deref(),
             &Paths::new(&cfg.state_dir),
             true,
+            false,
         )?;
         out.push(SimAgent {
             index: i,

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use muster::pb::inventory_service_server::{InventoryService, InventoryServiceServer};
 use muster::pb::{self, ResourceKind, resource::Resource as R};
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -35,15 +34,8 @@ use common::{BoxError, ms, pct, scale, spawn_musterd};
 const CLIENTS: usize = 64;
 const PAYLOAD: usize = 3600;
 
-#[derive(Clone)]
-struct Auth(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
-}
+/// The clients' shared bearer interceptor.
+type Auth = muster::client::Bearer;
 
 /// A ~4 KB device, like a real one with a few annotations.
 fn device(i: usize, role: &str) -> pb::Resource {
@@ -98,7 +90,7 @@ impl Musterd {
         let ch = Channel::from_shared(format!("http://{}", self.addr))?
             .connect()
             .await?;
-        let auth = Auth(format!("Bearer {}", self.token).parse()?);
+        let auth = Auth::new(Some(&self.token))?;
         Ok(InventoryServiceClient::with_interceptor(ch, auth))
     }
 
@@ -455,7 +447,7 @@ async fn run() -> Result<(), BoxError> {
             .await?;
         bare_clients.push(InventoryServiceClient::with_interceptor(
             ch,
-            Auth(format!("Bearer {}", server.token).parse()?),
+            Auth::new(Some(&server.token))?,
         ));
     }
     let (bare_rate, mut bare_lat) = get_load(bare_clients, n_small, get_secs).await?;

@@ -148,7 +148,11 @@ impl Server {
                 window: Duration::from_millis(config.refusal_window_ms.max(1)),
             },
         };
-        let inventory = Arc::new(Inventory::with_limits(Arc::clone(&store), keys.secrets, limits));
+        let inventory = Arc::new(Inventory::with_limits(
+            Arc::clone(&store),
+            keys.secrets,
+            limits,
+        ));
         let ca = Arc::new(keys.ca);
         let settings = AgentSettings {
             report_interval: Duration::from_millis(config.agent_report_interval_ms.max(1)),

@@ -214,7 +214,10 @@ impl TokenRegistry {
             return Ok(0);
         }
         let records: Vec<StoredToken> = dirty.iter().map(|(r, _)| r.clone()).collect();
-        blocking(store, "(last used of several)", move |s| s.put_tokens(records)).await?;
+        blocking(store, "(last used of several)", move |s| {
+            s.put_tokens(records)
+        })
+        .await?;
         for (rec, e) in &dirty {
             e.persisted_last_used_nanos
                 .fetch_max(rec.last_used_nanos, Ordering::Relaxed);

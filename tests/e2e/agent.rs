@@ -121,8 +121,14 @@ impl AgentHost {
 
     /// An AgentService client presenting this agent's certificate.
     pub(crate) async fn client(&self) -> AgentServiceClient<tonic::transport::Channel> {
-        let ch =
-            identity::channel(&self.server, Some(&self.ca), &Paths::new(self.dir()), true).unwrap();
+        let ch = identity::channel(
+            &self.server,
+            Some(&self.ca),
+            &Paths::new(self.dir()),
+            true,
+            false,
+        )
+        .unwrap();
         AgentServiceClient::new(ch)
     }
 }
@@ -343,8 +349,14 @@ async fn hostile_reports_are_refused_and_change_nothing() {
     let e = c.report(big).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     // No client certificate at all.
-    let anon =
-        identity::channel(&s.url(), Some(&s.ca_path()), &Paths::new(a.dir()), false).unwrap();
+    let anon = identity::channel(
+        &s.url(),
+        Some(&s.ca_path()),
+        &Paths::new(a.dir()),
+        false,
+        false,
+    )
+    .unwrap();
     let e = AgentServiceClient::new(anon)
         .report(base.clone())
         .await

@@ -25,7 +25,7 @@ fn repo() -> PathBuf {
 }
 
 /// The venv's bin directory holding ansible-core; fails clearly when it is missing.
-fn ansible_bin() -> PathBuf {
+pub(crate) fn ansible_bin() -> PathBuf {
     let venv = repo().join("target/test-peers/bin");
     if venv.join("ansible-inventory").exists() {
         return venv;
@@ -42,14 +42,14 @@ fn ansible_bin() -> PathBuf {
 
 /// A sandbox for Ansible runs: its own HOME, no ansible.cfg, failures of the inventory fatal,
 /// the collection on the collections path, SSH pinned to the test known_hosts and key.
-struct Ansible {
-    dir: tempfile::TempDir,
+pub(crate) struct Ansible {
+    pub(crate) dir: tempfile::TempDir,
     bin: PathBuf,
     env: Vec<(String, String)>,
 }
 
 impl Ansible {
-    fn new(server: &TestServer, token: &str, ssh: Option<&SshFleet>) -> Self {
+    pub(crate) fn new(server: &TestServer, token: &str, ssh: Option<&SshFleet>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bin_dir = ansible_bin();
         let mut env: Vec<(String, String)> = vec![
@@ -102,7 +102,7 @@ impl Ansible {
         }
     }
 
-    fn run(&self, tool: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    pub(crate) fn run(&self, tool: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let mut c = Command::new(self.bin.join(tool));
         c.args(args)
             .current_dir(self.dir.path())
@@ -116,7 +116,7 @@ impl Ansible {
         c.output().unwrap()
     }
 
-    fn plugin_config(&self, body: &str) -> String {
+    pub(crate) fn plugin_config(&self, body: &str) -> String {
         let p = self.dir.path().join("fleet.muster.yml");
         std::fs::write(&p, body).unwrap();
         p.display().to_string()
@@ -227,14 +227,33 @@ fn as_owned(m: BTreeMap<&str, Vec<&str>>) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-fn json_out(o: &Output) -> Value {
+/// The JSON a tool printed, with Ansible's unsafe marking (`{"__ansible_unsafe": "..."}`, on
+/// every string muster-inventory writes) taken off, so values compare as plain strings. That
+/// the marking is there and works is `sec_ansible`'s subject.
+pub(crate) fn json_out(o: &Output) -> Value {
     assert!(
         o.status.success(),
         "failed: {}\n{}",
         text(&o.stderr),
         text(&o.stdout)
     );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
+    let v =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)));
+    plain(v)
+}
+
+/// `{"__ansible_unsafe": s}` → `s`, everywhere in a document.
+pub(crate) fn plain(v: Value) -> Value {
+    match v {
+        Value::Object(m)
+            if m.len() == 1 && m.get("__ansible_unsafe").is_some_and(Value::is_string) =>
+        {
+            m.into_iter().next().map(|(_, s)| s).unwrap_or(Value::Null)
+        }
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, plain(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(plain).collect()),
+        other => other,
+    }
 }
 
 #[tokio::test]

@@ -61,7 +61,7 @@ async fn online_and_offline_backups_restore_the_same_store() {
     // Online, while the server runs.
     let mut admin = pb::admin_service_client::AdminServiceClient::with_interceptor(
         s.channel().await.unwrap(),
-        muster_tests::Bearer::new(&s.token),
+        muster_tests::bearer(&s.token),
     );
     let mut stream = admin
         .backup(pb::BackupRequest::default())

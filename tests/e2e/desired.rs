@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use muster::pb::{self, resource::Resource as R};
 use muster_tests::fixtures;
-use muster_tests::{Bearer, TestServer};
+use muster_tests::{Bearer, TestServer, bearer};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -21,7 +21,7 @@ type ConfigClient =
 async fn config_client(s: &TestServer) -> ConfigClient {
     pb::config_service_client::ConfigServiceClient::with_interceptor(
         s.channel().await.unwrap(),
-        Bearer::new(&s.token),
+        bearer(&s.token),
     )
 }
 
@@ -629,7 +629,7 @@ async fn a_plan_holding_secrets_needs_the_secrets_permission() {
     let viewer = |ch| {
         pb::config_service_client::ConfigServiceClient::with_interceptor(
             ch,
-            Bearer::new(muster_tests::VIEWER_TOKEN),
+            bearer(muster_tests::VIEWER_TOKEN),
         )
     };
     let mut c = viewer(s.channel().await.unwrap());

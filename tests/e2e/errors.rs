@@ -360,7 +360,7 @@ async fn roles_are_enforced() {
     // Backup needs admin.
     let mut admin_api = muster::pb::admin_service_client::AdminServiceClient::with_interceptor(
         s.channel().await.unwrap(),
-        muster_tests::Bearer::new(OPERATOR_TOKEN),
+        muster_tests::bearer(OPERATOR_TOKEN),
     );
     let e = admin_api
         .backup(pb::BackupRequest::default())

@@ -188,7 +188,7 @@ async fn tls_and_plaintext_refusal() {
         .unwrap();
     let mut c = pb::inventory_service_client::InventoryServiceClient::with_interceptor(
         ch,
-        muster_tests::Bearer::new(&s.token),
+        muster_tests::bearer(&s.token),
     );
     c.create(pb::CreateRequest {
         resource: Some(site("tls-site")),

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use muster::pb;
 use muster_tests::fixtures::site;
-use muster_tests::{Bearer, OPERATOR_TOKEN, Options, TestServer, VIEWER_TOKEN};
+use muster_tests::{OPERATOR_TOKEN, Options, TestServer, VIEWER_TOKEN};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
 fn audit_as(ch: tonic::transport::Channel, token: &str) -> muster_tests::AuditClient {
-    pb::audit_service_client::AuditServiceClient::with_interceptor(ch, Bearer::new(token))
+    pb::audit_service_client::AuditServiceClient::with_interceptor(ch, muster_tests::bearer(token))
 }
 
 /// Every refused entry, following pages.
@@ -384,7 +384,7 @@ async fn writes_keep_flowing_while_a_backup_runs() {
 
     let mut backup = pb::admin_service_client::AdminServiceClient::with_interceptor(
         s.channel().await.unwrap(),
-        Bearer::new(&s.token),
+        muster_tests::bearer(&s.token),
     )
     .max_decoding_message_size(8 * 1024 * 1024);
     let backup_task = tokio::spawn(async move {

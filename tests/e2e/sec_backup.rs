@@ -290,7 +290,7 @@ async fn a_wrong_or_missing_passphrase_restores_nothing_and_a_weak_one_is_refuse
     // The online backup refuses a passphrase outside its limits, audited, writing nothing.
     let mut admin = pb::admin_service_client::AdminServiceClient::with_interceptor(
         s.channel().await.unwrap(),
-        muster_tests::Bearer::new(&s.token),
+        muster_tests::bearer(&s.token),
     );
     let before = admin
         .who_am_i(pb::WhoAmIRequest {})

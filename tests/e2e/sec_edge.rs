@@ -103,7 +103,7 @@ fn fresh_client(
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();
-    InventoryServiceClient::with_interceptor(ch, Bearer::new(&s.token))
+    InventoryServiceClient::with_interceptor(ch, muster_tests::bearer(&s.token))
 }
 
 fn create(name: &str) -> pb::CreateRequest {

@@ -27,7 +27,7 @@ const PLANS_BOUND: Duration = Duration::from_secs(60);
 async fn config_as(s: &TestServer, token: &str) -> ConfigClient {
     pb::config_service_client::ConfigServiceClient::with_interceptor(
         s.channel().await.unwrap(),
-        Bearer::new(token),
+        muster_tests::bearer(token),
     )
     .max_encoding_message_size(64 * 1024 * 1024)
     .max_decoding_message_size(64 * 1024 * 1024)
@@ -126,7 +126,7 @@ async fn two_large_viewer_plans_do_not_stall_gets() {
                     let mut viewer =
                         pb::config_service_client::ConfigServiceClient::with_interceptor(
                             channel,
-                            Bearer::new(VIEWER_TOKEN),
+                            muster_tests::bearer(VIEWER_TOKEN),
                         )
                         .max_encoding_message_size(64 * 1024 * 1024)
                         .max_decoding_message_size(64 * 1024 * 1024);

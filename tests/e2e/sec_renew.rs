@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 
 use muster::pb::{self, agent_service_client::AgentServiceClient};
 use muster_agent::identity::{self, Paths};
-use muster_tests::{Bearer, TestServer};
+use muster_tests::TestServer;
 use tonic::Code;
 
 use crate::agent::{AgentHost, add_device, device, ok, tls_server, token_for, wait_for};
 
 /// Active and retiring identities of `device`, as (state, fingerprint), via the operator API.
 async fn identities(s: &TestServer, device: &str) -> Vec<(String, String)> {
-    let mut c =
-        AgentServiceClient::with_interceptor(s.channel().await.unwrap(), Bearer::new(&s.token));
+    let mut c = AgentServiceClient::with_interceptor(
+        s.channel().await.unwrap(),
+        muster_tests::bearer(&s.token),
+    );
     c.list_enrollments(pb::ListEnrollmentsRequest {})
         .await
         .unwrap()
@@ -54,7 +56,8 @@ fn client_for(
     s: &TestServer,
     dir: &std::path::Path,
 ) -> AgentServiceClient<tonic::transport::Channel> {
-    let ch = identity::channel(&s.url(), Some(&s.ca_path()), &Paths::new(dir), true).unwrap();
+    let ch =
+        identity::channel(&s.url(), Some(&s.ca_path()), &Paths::new(dir), true, false).unwrap();
     AgentServiceClient::new(ch)
 }
 
@@ -153,7 +156,14 @@ async fn renewal_is_refused_to_revoked_or_early_callers_and_changes_nothing() {
     let mut c = a.client().await;
     let renew = |csr_pem: String| pb::RenewRequest { csr_pem };
     let mut anonymous = AgentServiceClient::new(
-        identity::channel(&s.url(), Some(&s.ca_path()), &Paths::new(a.dir()), false).unwrap(),
+        identity::channel(
+            &s.url(),
+            Some(&s.ca_path()),
+            &Paths::new(a.dir()),
+            false,
+            false,
+        )
+        .unwrap(),
     );
     let before = identities(&s, "web-01").await;
 

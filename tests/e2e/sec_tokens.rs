@@ -17,7 +17,7 @@ type Admin = pb::admin_service_client::AdminServiceClient<InterceptedService<Cha
 async fn admin_as(s: &TestServer, token: &str) -> Admin {
     pb::admin_service_client::AdminServiceClient::with_interceptor(
         s.channel().await.unwrap(),
-        Bearer::new(token),
+        muster_tests::bearer(token),
     )
 }
 

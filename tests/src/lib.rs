@@ -15,9 +15,6 @@ use anyhow::{Context, bail};
 use muster::pb;
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use sha2::{Digest, Sha256};
-use tonic::Request;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 /// Path of a workspace binary, built next to the test executable (`.ci/run` builds them all).
@@ -266,7 +263,7 @@ impl TestServer {
     /// An inventory client sending `token`.
     pub async fn inventory_as(&self, token: &str) -> anyhow::Result<InventoryClient> {
         Ok(
-            InventoryServiceClient::with_interceptor(self.channel().await?, Bearer::new(token))
+            InventoryServiceClient::with_interceptor(self.channel().await?, bearer(token))
                 .max_encoding_message_size(64 * 1024 * 1024),
         )
     }
@@ -281,7 +278,7 @@ impl TestServer {
         Ok(
             pb::audit_service_client::AuditServiceClient::with_interceptor(
                 self.channel().await?,
-                Bearer::new(&self.token),
+                bearer(&self.token),
             ),
         )
     }
@@ -338,27 +335,13 @@ pub fn run_cli(server: &str, token: &str, args: &[&str], stdin: Option<&[u8]>) -
     child.wait_with_output().expect("wait muster")
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Clone, Debug)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+/// The clients' shared bearer interceptor (`muster::client`), so the tests authenticate
+/// exactly as the CLI and the bridge do.
+pub use muster::client::Bearer;
 
-impl Bearer {
-    /// Empty token: send no header at all.
-    pub fn new(token: &str) -> Self {
-        if token.is_empty() {
-            return Self(None);
-        }
-        Self(format!("Bearer {token}").parse().ok())
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
+/// The interceptor for `token`; an empty (or unusable) token sends no header at all.
+pub fn bearer(token: &str) -> Bearer {
+    Bearer::new(Some(token)).unwrap_or_default()
 }
 
 /// Inventory client type used by the tests.

@@ -74,11 +74,11 @@ async fn scoped_token_writes_only_inside_its_scope() {
     let ch = || s.channel();
     let mut config: Config = pb::config_service_client::ConfigServiceClient::with_interceptor(
         ch().await.unwrap(),
-        Bearer::new(&token),
+        muster_tests::bearer(&token),
     );
     let mut export: Export = pb::export_service_client::ExportServiceClient::with_interceptor(
         ch().await.unwrap(),
-        Bearer::new(&token),
+        muster_tests::bearer(&token),
     );
 
     // Inside the scope: allowed on every path.

@@ -14,6 +14,9 @@ description:
     C(ansible_host), C(ansible_port), C(ansible_user) from the device's SSH endpoint and
     C(muster_*) facts.
   - The configuration file must end in C(muster.yml) or C(muster.yaml).
+  - Every string hostvar comes from musterd's store (names, labels, facts hosts reported) and
+    is marked unsafe, so Ansible never templates it. Devices labelled C(muster.io/discovered)
+    (VMs an agent reported, not yet adopted) are not hosts.
 extends_documentation_fragment:
   - constructed
 options:
@@ -36,6 +39,12 @@ options:
   ca_cert:
     description: CA certificate for an https server.
     type: path
+  insecure:
+    description:
+      - Allow plaintext http:// to a server that is not on loopback (the token then travels
+        unencrypted); without it muster-inventory refuses before connecting.
+    type: bool
+    default: false
   selector:
     description: Label selector narrowing the hosts.
     type: str
@@ -74,6 +83,19 @@ import subprocess
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
+
+
+def _unsafe_hook(obj):
+    """muster-inventory writes every string hostvar as {"__ansible_unsafe": "..."} (the script
+    protocol's marking). Here it becomes wrap_var's unsafe text: never templated, on 2.19 (no
+    TrustedAsTemplate tag) and on older ansible-core (AnsibleUnsafeText) alike."""
+    if len(obj) == 1 and "__ansible_unsafe" in obj:
+        value = obj["__ansible_unsafe"]
+        if not isinstance(value, str):
+            raise ValueError("__ansible_unsafe holds a %s, not a string" % type(value).__name__)
+        return wrap_var(value)
+    return obj
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -98,6 +120,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 cmd += [flag, str(value)]
         if self.get_option("in_window"):
             cmd.append("--in-window")
+        if self.get_option("insecure"):
+            cmd.append("--insecure")
         return cmd
 
     def parse(self, inventory, loader, path, cache=True):
@@ -112,7 +136,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             err = to_native(proc.stderr).strip() or "exit status %d" % proc.returncode
             raise AnsibleParserError(err)
         try:
-            data = json.loads(proc.stdout)
+            data = json.loads(proc.stdout, object_hook=_unsafe_hook)
         except ValueError as e:
             raise AnsibleParserError("muster-inventory printed invalid JSON: %s" % to_native(e))
 
@@ -129,7 +153,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         for host, variables in hostvars.items():
             self.inventory.add_host(host)
             for key, value in variables.items():
-                self.inventory.set_variable(host, key, value)
+                # wrap_var again: a value that is not marked (a number, a bool) stays as it is,
+                # and nothing from the server can ever be trusted as a template.
+                self.inventory.set_variable(host, key, wrap_var(value))
             # Constructable: compose, groups and keyed_groups over the muster hostvars and the
             # magic variables (inventory_hostname, group_names).
             all_vars = self.inventory.get_host(host).get_vars()
