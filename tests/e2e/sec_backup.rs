@@ -314,19 +314,7 @@ async fn a_wrong_or_missing_passphrase_restores_nothing_and_a_weak_one_is_refuse
             e.message()
         );
     }
-    let refused = s
-        .audit()
-        .await
-        .unwrap()
-        .list(pb::ListChangesRequest {
-            include_refused: true,
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .changes;
+    let refused = s.audit_trail("").await.unwrap();
     let audited = refused
         .iter()
         .filter(|c| {

@@ -58,19 +58,9 @@ pub(super) fn list_row(s: &TestServer, name: &str) -> Vec<String> {
 
 /// Audit entries (accepted token actions and refusals) of `principal` with `verb`.
 async fn trail(s: &TestServer, principal: &str, verb: &str) -> Vec<pb::Change> {
-    s.audit()
+    s.audit_trail(principal)
         .await
         .unwrap()
-        .list(pb::ListChangesRequest {
-            include_refused: true,
-            principal: principal.into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .changes
         .into_iter()
         .filter(|c| c.verb == verb)
         .collect()
@@ -411,19 +401,7 @@ async fn token_refusals_table() {
             "may not token-list",
         ),
     ];
-    let trail = s
-        .audit()
-        .await
-        .unwrap()
-        .list(pb::ListChangesRequest {
-            include_refused: true,
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .changes;
+    let trail = s.audit_trail("").await.unwrap();
     for (who, verb, name, e, code, message) in &cases {
         assert_eq!(e.code(), *code, "{verb} {name}: {e:?}");
         assert!(

@@ -283,6 +283,28 @@ impl TestServer {
         )
     }
 
+    /// Every audit entry, accepted and refused, of `principal` (empty: everyone), oldest first,
+    /// following pages (a page reads a bounded part of each log, so it may be short).
+    pub async fn audit_trail(&self, principal: &str) -> anyhow::Result<Vec<pb::Change>> {
+        let mut audit = self.audit().await?;
+        let mut req = pb::ListChangesRequest {
+            include_refused: true,
+            principal: principal.into(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let page = audit.list(req.clone()).await?.into_inner();
+            out.extend(page.changes);
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            req.page_token = page.next_page_token;
+        }
+        anyhow::bail!("the audit trail did not end after 1000 pages")
+    }
+
     /// Runs the real `muster` CLI against this server with the admin token.
     pub fn muster(&self, args: &[&str]) -> Output {
         self.muster_with(args, &self.token, None)

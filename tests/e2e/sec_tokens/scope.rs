@@ -330,19 +330,9 @@ async fn scoped_token_writes_only_inside_its_scope() {
         "nothing changed"
     );
     let denied: Vec<pb::Change> = s
-        .audit()
+        .audit_trail("pay-ops")
         .await
         .unwrap()
-        .list(pb::ListChangesRequest {
-            include_refused: true,
-            principal: "pay-ops".into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .changes
         .into_iter()
         .filter(|c| c.outcome == pb::ChangeOutcome::Denied as i32)
         .collect();
