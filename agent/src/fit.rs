@@ -23,13 +23,18 @@ pub struct Dropped {
     pub bytes: usize,
 }
 
-/// Whether a refusal with this code may be about the report's size or content, so that a
-/// smaller report could be accepted (the spooled one must then be replaced, never dropped).
-pub fn size_refusal(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::InvalidArgument
-    )
+/// Whether a refusal may be about the report's size or content, so that a smaller report
+/// could be accepted (the spooled one must then be replaced, never dropped).
+/// RESOURCE_EXHAUSTED counts only when it is about this report: the message names a limit,
+/// or the report (`bytes`) is over the one the server advertised. The server also sheds load
+/// with it (connections over its cap), and stripping every host's bulky facts because the
+/// server was busy would make drift and health flap fleet-wide.
+pub fn size_refusal(code: tonic::Code, message: &str, bytes: usize, limit: usize) -> bool {
+    match code {
+        tonic::Code::OutOfRange | tonic::Code::InvalidArgument => true,
+        tonic::Code::ResourceExhausted => limit_in_message(message).is_some() || bytes > limit,
+        _ => false,
+    }
 }
 
 /// The limit named in a refusal's message ("... the limit is N bytes ..."), if any: what an
@@ -123,6 +128,18 @@ pub fn mark(collectors: &mut Vec<pb::CollectorStatus>, dropped: &[Dropped], limi
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn shed_load_is_not_a_size_refusal() {
+        use tonic::Code;
+        let busy = "musterd has its max_connections (4096) connections open; retry later";
+        assert!(!size_refusal(Code::ResourceExhausted, busy, 1_000, 4_096));
+        assert!(size_refusal(Code::ResourceExhausted, busy, 5_000, 4_096));
+        let big = "request message is 5000 bytes; the limit is 4096 bytes (max_message_bytes)";
+        assert!(size_refusal(Code::ResourceExhausted, big, 1_000, 1 << 20));
+        assert!(size_refusal(Code::InvalidArgument, "", 10, 4_096));
+        assert!(!size_refusal(Code::Unavailable, big, 5_000, 4_096));
+    }
 
     fn report(external: usize, packages: usize) -> pb::ReportRequest {
         pb::ReportRequest {

@@ -446,6 +446,8 @@ fn save_state(cfg: &AgentConfig, s: &State) -> Result<(), AgentError> {
 
 /// The limit assumed until the server tells its own (musterd's default max_message_bytes).
 const DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
+/// The largest message the agent's client encodes or decodes.
+const MAX_ENCODED_REPORT: usize = 16 * 1024 * 1024;
 
 impl Agent {
     /// Loads identity, state and spool.
@@ -489,15 +491,16 @@ impl Agent {
     ) -> Result<AgentServiceClient<Channel>, AgentError> {
         let channel = identity::channel(&cfg.server, cfg.ca.as_deref(), paths, true, cfg.insecure)?;
         Ok(AgentServiceClient::new(channel)
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024))
+            .max_decoding_message_size(MAX_ENCODED_REPORT)
+            .max_encoding_message_size(MAX_ENCODED_REPORT))
     }
 
     fn learn_limit(&mut self, max_report_bytes: u64) {
         if let Ok(n) = usize::try_from(max_report_bytes)
             && n > 0
         {
-            self.limit = n;
+            // Never above what this agent's own client encodes.
+            self.limit = n.min(MAX_ENCODED_REPORT);
         }
     }
 
@@ -627,7 +630,9 @@ impl Agent {
                     }
                     self.spool.remove(seq)?;
                 }
-                Err(status) if fit::size_refusal(status.code()) => {
+                Err(status)
+                    if fit::size_refusal(status.code(), status.message(), bytes, self.limit) =>
+                {
                     // Never dropped: its SEL events go out again in a report rebuilt (full)
                     // to fit the limit, without the offending sections.
                     self.refusals = self.refusals.saturating_add(1);

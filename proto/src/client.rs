@@ -76,7 +76,7 @@ pub fn is_loopback_host(host: &str) -> bool {
     if bare.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// A parsed server URL: its scheme is `http` or `https` and it has a host.
@@ -215,6 +215,7 @@ mod tests {
             "127.8.9.1",
             "[::1]",
             "::1",
+            "[::ffff:127.0.0.1]",
         ] {
             assert!(is_loopback_host(h), "{h}");
         }

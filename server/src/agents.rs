@@ -1144,7 +1144,13 @@ impl Agents {
         if sel_changed || sel.len() != sel_before {
             puts.push((observed::sel_key(&id), Some(observed::encode_sel(&sel)?)));
         }
-        let mut memory = prior.as_ref().map(|m| m.memory.clone()).unwrap_or_default();
+        // The same agent across a certificate renewal keeps its health memory (SMART history,
+        // predicted failures): only a re-enrollment, a new host as far as muster knows, starts
+        // afresh. Sequence and delta chain start over with the new identity either way.
+        let lineage = meta.as_ref().filter(|m| {
+            m.identity == fp || self.retire_after_first_use(&m.identity, &id).is_some()
+        });
+        let mut memory = lineage.map(|m| m.memory.clone()).unwrap_or_default();
         let mut assessment = health::evaluate(
             HealthInput {
                 sensors: &sensors,
@@ -1169,7 +1175,7 @@ impl Agents {
             puts.push(w);
             old
         });
-        let previous = prior.as_ref().map(ReportMeta::reasons).unwrap_or_default();
+        let previous = lineage.map(ReportMeta::reasons).unwrap_or_default();
         let vms = facts.vms.as_ref().map(|l| l.items.as_slice());
         if let Some(r) = vm_discovery::verdict(
             &self.inventory,
@@ -1185,7 +1191,7 @@ impl Agents {
         let changed = meta
             .as_ref()
             .is_none_or(|m| !assessment.same_as(m.health, &m.reasons()));
-        let health_since = match (&prior, changed) {
+        let health_since = match (lineage, changed) {
             (Some(m), false) if m.health_since_nanos > 0 => m.health_since_nanos,
             _ => now,
         };

@@ -287,6 +287,21 @@ async fn a_wrong_or_missing_passphrase_restores_nothing_and_a_weak_one_is_refuse
         assert!(!target.exists(), "{what}: something was written");
     }
 
+    // An empty passphrase file would mean "no keys" on the wire: the CLI refuses it.
+    let empty = passphrase_file(&s, "empty", "");
+    let keyless = s.dir.path().join("keyless.backup");
+    let out = s.muster(&[
+        "admin",
+        "backup",
+        "--to",
+        keyless.to_str().unwrap(),
+        "--passphrase-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "an empty passphrase file was taken");
+    assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
+    assert!(!keyless.exists(), "a backup was written");
+
     // The online backup refuses a passphrase outside its limits, audited, writing nothing.
     let mut admin = pb::admin_service_client::AdminServiceClient::with_interceptor(
         s.channel().await.unwrap(),

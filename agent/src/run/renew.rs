@@ -9,8 +9,12 @@ use muster::pb;
 use super::{Agent, AgentError};
 use crate::identity::{self, Paths, write_atomic};
 
-/// Wait before trying again after a failed renewal, as a multiple of the report interval.
+/// Wait before trying again after a failed renewal, as a multiple of the report interval...
 const RETRY_INTERVALS: u32 = 10;
+/// ...but never longer than this: a renewal the server committed but whose answer was lost
+/// must be retried while the old certificate still works (the server's `RENEW_OVERLAP`,
+/// 10 minutes), or the host would need a new enrollment.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
 
 impl Agent {
     /// Whether the certificate should be renewed now.
@@ -46,7 +50,8 @@ impl Agent {
         }
         if let Err(e) = self.renew(&paths).await {
             tracing::warn!(error = %e, "certificate renewal failed; the current certificate stays in use");
-            self.renew_retry_at = Some(Instant::now() + self.interval * RETRY_INTERVALS);
+            self.renew_retry_at =
+                Some(Instant::now() + (self.interval * RETRY_INTERVALS).min(MAX_RETRY_WAIT));
         }
     }
 

@@ -34,6 +34,13 @@ fn read_passphrase(path: &Path) -> Result<Vec<u8>> {
             bytes.pop();
         }
     }
+    // On the wire an empty passphrase means "none": the backup would carry no keys.
+    if bytes.is_empty() {
+        bail!(
+            "{} is empty: put the passphrase (12 to 1024 bytes) in it, or leave out --passphrase-file for a backup without keys",
+            path.display()
+        );
+    }
     Ok(bytes)
 }
 

@@ -53,14 +53,16 @@ fn audited<T>(
         }
         Err(e) => (refusal_kind(e), e.to_string()),
     };
-    shared.inventory.record_refusal(
-        &who.name,
-        verb,
-        (ResourceKind::Unspecified, name),
-        ctx,
-        kind,
-        &message,
-    );
+    let target = (ResourceKind::Unspecified, name);
+    if kind == RefusalKind::Accepted {
+        shared
+            .inventory
+            .record_accepted_action(&who.name, verb, target, ctx, &message);
+    } else {
+        shared
+            .inventory
+            .record_refusal(&who.name, verb, target, ctx, kind, &message);
+    }
     r.map_err(to_status)
 }
 

@@ -59,6 +59,20 @@ impl Inventory {
         self.record_limited(&source, who, verb, target, ctx, refusal, message);
     }
 
+    /// Records an accepted action that changes no object (a token created or revoked) in the
+    /// same log as refusals, never rate-limited: a flood of refusals must not be able to hide
+    /// who was given access.
+    pub fn record_accepted_action(
+        &self,
+        who: &str,
+        verb: &str,
+        target: (ResourceKind, &str),
+        ctx: &ChangeContext,
+        message: &str,
+    ) {
+        self.write_refusal(who, verb, target, ctx, RefusalKind::Accepted, message);
+    }
+
     /// Records a refused attempt by a caller not known as a principal (no or a bad token),
     /// rate-limited per peer address (the port changes with every connection, so it is left
     /// out).
