@@ -76,7 +76,8 @@ pub fn is_loopback_host(host: &str) -> bool {
     if bare.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    bare.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+    bare.parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// A parsed server URL: its scheme is `http` or `https` and it has a host.

@@ -86,6 +86,16 @@ async fn agent_renews_its_certificate_and_reports_past_the_original_expiry() {
     let first_fp = original[0].1.clone();
     let old = keep_identity(&a);
     a.run(&agent_config(""), &[]);
+    let first = wait_for(
+        &s,
+        "web-01",
+        Duration::from_secs(5),
+        "a first report",
+        |d| d.status.as_ref().is_some_and(|st| st.report_seq > 0),
+    )
+    .await
+    .status
+    .unwrap();
 
     // Renewed, and the first report with the new certificate retired the old one.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -126,6 +136,13 @@ async fn agent_renews_its_certificate_and_reports_past_the_original_expiry() {
     .await;
     let st = d.status.unwrap();
     assert_eq!(st.health, pb::Health::Ok as i32, "{:?}", st.health_reasons);
+    // The same host across a renewal: its health history carries over (a renewal must not
+    // clear remembered SMART growth or predicted failures, nor restart "healthy since").
+    assert_eq!(first.health, st.health, "{:?}", first.health_reasons);
+    assert_eq!(
+        first.health_since, st.health_since,
+        "health memory was reset by the renewal"
+    );
     let meta = d.meta.unwrap();
     assert!(
         meta.annotations
