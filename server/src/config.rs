@@ -95,6 +95,9 @@ pub struct Config {
     pub keepalive_interval_ms: u64,
     /// ...and close it when the ping is not answered within this.
     pub keepalive_timeout_ms: u64,
+    /// Close a connection that has had no open RPC for this long (0: never). Keepalive pings
+    /// do not count; a Watch stream does.
+    pub idle_timeout_ms: u64,
     /// sled page cache, MiB.
     pub cache_capacity_mb: u64,
     /// fdatasync after each group flush (leave on outside benchmarks).
@@ -136,6 +139,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 20_000,
+            idle_timeout_ms: 300_000,
             cache_capacity_mb: 64,
             fdatasync: true,
             secrets_key_file: None,

@@ -16,6 +16,7 @@ pub mod drift_engine;
 pub mod export;
 pub mod grpc;
 pub mod health;
+pub mod idle;
 pub mod ingest;
 pub mod inventory;
 pub mod keys;
@@ -286,6 +287,7 @@ impl Server {
             .metrics
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
         let shedding = Arc::new(listen::Shedding::default());
+        let activity = Arc::new(idle::Activity::default());
         let max_connections = listen::effective_max_connections(self.config.max_connections);
         if max_connections < self.config.max_connections {
             tracing::info!(
@@ -304,9 +306,12 @@ impl Server {
                 // runs the whole handshake under the same timeout.
                 first_bytes: listen::HTTP2_PREFACE_LEN,
                 tcp_keepalive: Some(TCP_KEEPALIVE),
+                idle_timeout: (self.config.idle_timeout_ms > 0)
+                    .then(|| Duration::from_millis(self.config.idle_timeout_ms)),
             },
             self.metrics.connections(),
             Arc::clone(&shedding),
+            Arc::clone(&activity),
         );
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let watches = Arc::clone(&self.shared.inventory);
@@ -327,6 +332,7 @@ impl Server {
                 metrics: Arc::clone(&self.metrics),
                 methods: Arc::new(grpc::methods::KnownMethods::served()),
                 shedding: Arc::clone(&shedding),
+                activity,
             })
             .add_service(health_svc)
             .add_service(reflection_v1)

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::idle::{Activity, IdleWatch};
 use crate::metrics::ConnectionMetrics;
 
 /// Descriptors never handed to connections: the store (sled's blob files, the flusher's
@@ -55,6 +56,8 @@ pub struct ListenLimits {
     pub first_bytes: usize,
     /// TCP keepalive probes after this much silence (dead peers behind a vanished NAT).
     pub tcp_keepalive: Option<Duration>,
+    /// Close a connection that has had no open RPC for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// `configured`, lowered so that the open descriptors plus `FD_RESERVE` plus one per
@@ -176,14 +179,18 @@ impl tokio_stream::Stream for Incoming {
 }
 
 /// Starts the accept loop on `listener`; `shedding` is shared with the edge layer.
+/// `activity` too: the edge layer counts each connection's RPCs there, for the idle timeout.
 pub fn incoming(
     listener: TcpListener,
     limits: ListenLimits,
     metrics: ConnectionMetrics,
     shedding: Arc<Shedding>,
+    activity: Arc<Activity>,
 ) -> Incoming {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(accept_loop(listener, limits, metrics, shedding, tx));
+    tokio::spawn(accept_loop(
+        listener, limits, metrics, shedding, activity, tx,
+    ));
     Incoming { rx }
 }
 
@@ -192,6 +199,7 @@ async fn accept_loop(
     limits: ListenLimits,
     metrics: ConnectionMetrics,
     shedding: Arc<Shedding>,
+    activity: Arc<Activity>,
     tx: mpsc::Sender<Conn>,
 ) {
     shedding
@@ -221,7 +229,13 @@ async fn accept_loop(
             }
         };
         let conn = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => Conn::new(stream, peer, permit, &limits, &metrics),
+            Ok(permit) => {
+                let mut conn = Conn::new(stream, peer, permit, &limits, &metrics);
+                conn.idle = limits
+                    .idle_timeout
+                    .map(|t| IdleWatch::new(&activity, peer, t));
+                conn
+            }
             Err(_) => {
                 metrics.shed.inc();
                 if shed_log.due() {
@@ -263,6 +277,9 @@ pub struct Conn {
     first: Option<FirstBytes>,
     /// Set when over the limit: its requests are refused, and it is closed at the deadline.
     shed: Option<(Arc<Shedding>, Pin<Box<Sleep>>)>,
+    /// Set when an idle timeout is configured: closes the connection once it held no RPC
+    /// for that long.
+    idle: Option<IdleWatch>,
     metrics: ConnectionMetrics,
     _permit: OwnedSemaphorePermit,
 }
@@ -300,6 +317,7 @@ impl Conn {
                 deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
             }),
             shed: None,
+            idle: None,
             metrics: metrics.clone(),
             _permit: permit,
         }
@@ -342,6 +360,19 @@ impl AsyncRead for Conn {
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Some(idle) = &mut this.idle {
+            match &polled {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => idle.read(),
+                Poll::Pending if idle.expired(cx) => {
+                    this.metrics.idle_closed.inc();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle (no RPC) past idle_timeout_ms",
+                    )));
+                }
+                _ => {}
+            }
+        }
         let Some(first) = &mut this.first else {
             return polled;
         };

@@ -43,6 +43,8 @@ pub struct ConnectionMetrics {
     pub handshake_timeouts: Counter,
     /// Accept failures for want of descriptors (EMFILE/ENFILE), each followed by a back-off.
     pub descriptor_exhausted: Counter,
+    /// Connections closed because they held no RPC for `idle_timeout_ms`.
+    pub idle_closed: Counter,
 }
 
 /// All metrics of one server.
@@ -124,6 +126,11 @@ impl Metrics {
             "connections_shed",
             "gRPC connections closed at accept because max_connections were open",
             connections.shed.clone(),
+        );
+        registry.register(
+            "connections_idle_closed",
+            "gRPC connections closed because they held no RPC for idle_timeout_ms",
+            connections.idle_closed.clone(),
         );
         registry.register(
             "connection_handshake_timeouts",

@@ -339,6 +339,13 @@ async fn a_wrong_or_missing_passphrase_restores_nothing_and_a_weak_one_is_refuse
         })
         .count();
     assert_eq!(audited, 2, "refused backups not audited: {refused:#?}");
+    // The backup that was taken is in the trail too, saying it carries the keys.
+    assert!(
+        refused.iter().any(|c| c.verb == "backup"
+            && c.outcome == pb::ChangeOutcome::Accepted as i32
+            && c.message.contains("with the keys")),
+        "the accepted backup was not audited: {refused:#?}"
+    );
     let after = admin
         .who_am_i(pb::WhoAmIRequest {})
         .await

@@ -270,3 +270,57 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
         client.create(create("ok")).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_an_rpc_are_closed_after_the_idle_timeout() {
+    // musterd pings every 400 ms: answered pings must not count as use.
+    let s = TestServer::start_with(Options {
+        config: "idle_timeout_ms = 1000\nkeepalive_interval_ms = 400\n".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    // One connection makes a call and then sits idle; another holds a Watch that sees nothing.
+    let mut idle = fresh_client(&s);
+    idle.create(create("before")).await.unwrap();
+    let mut watcher = fresh_client(&s);
+    let mut stream = watcher
+        .watch(pb::WatchRequest {
+            kind: pb::ResourceKind::Site as i32,
+            // 0: from now on.
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let open = |text: &str| sample(text, "muster_connections_open");
+    assert_eq!(open(&scrape(s.metrics_addr)), Some(2.0));
+
+    // The idle timeout (1 s), then a moment without a ping answer in flight, plus a margin.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text = scrape(s.metrics_addr);
+    assert_eq!(
+        sample(&text, "muster_connections_idle_closed_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(open(&text), Some(1.0), "{text}");
+
+    // The watch's connection is still there: a change made now reaches it.
+    fresh_client(&s).create(create("after")).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = stream.message().await.unwrap().expect("the watch ended");
+            if ev.r#type != pb::EventType::Bookmark as i32 {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("no event on the watch");
+    assert_eq!(
+        event.object.as_ref().map(|o| o.name().to_string()),
+        Some("after".to_string())
+    );
+    // And the idle client reconnects by itself on its next call.
+    idle.create(create("again")).await.unwrap();
+}

@@ -128,10 +128,11 @@ async fn create_list_use_revoke_through_the_cli() {
 #[tokio::test]
 async fn expired_token_is_refused_and_audited() {
     let s = TestServer::start().unwrap();
-    let token = create_token(&s, &["short", "--role", "viewer", "--ttl", "2s"]);
+    let created = std::time::Instant::now();
+    let token = create_token(&s, &["short", "--role", "viewer", "--ttl", "4s"]);
     let o = s.muster_with(&["get", "sites"], &token, None);
     assert!(o.status.success(), "valid before expiry: {}", stderr(&o));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100).saturating_sub(created.elapsed())).await;
     let o = s.muster_with(&["get", "sites"], &token, None);
     assert!(!o.status.success());
     assert!(

@@ -98,6 +98,20 @@ impl AdminService for AdminApi {
             );
             return Err(to_status(e));
         }
+        // A backup copies every record, and with a passphrase the keys too: who took one is
+        // part of the trail.
+        let what = if passphrase.is_empty() {
+            "backup without keys"
+        } else {
+            "backup with the keys, sealed with a passphrase"
+        };
+        self.0.inventory.record_accepted_action(
+            &who.name,
+            "backup",
+            (ResourceKind::Unspecified, ""),
+            &ChangeContext::default(),
+            what,
+        );
         if passphrase.is_empty() {
             tracing::warn!(
                 "backup without a passphrase: it carries no keys; a restore needs secrets.key and agent-ca.* copied by hand"

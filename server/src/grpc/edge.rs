@@ -13,6 +13,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::grpc::methods::KnownMethods;
+use crate::idle::{Activity, Tracked};
 use crate::listen::Shedding;
 use crate::metrics::Metrics;
 use crate::model::ApiError;
@@ -26,6 +27,8 @@ pub struct EdgeLayer {
     pub methods: Arc<KnownMethods>,
     /// Connections over `max_connections`, whose requests are refused.
     pub shedding: Arc<Shedding>,
+    /// Open RPCs per connection, for the idle timeout.
+    pub activity: Arc<Activity>,
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -37,6 +40,7 @@ impl<S> Layer<S> for EdgeLayer {
             metrics: Arc::clone(&self.metrics),
             methods: Arc::clone(&self.methods),
             shedding: Arc::clone(&self.shedding),
+            activity: Arc::clone(&self.activity),
         }
     }
 }
@@ -49,6 +53,7 @@ pub struct Edge<S> {
     metrics: Arc<Metrics>,
     methods: Arc<KnownMethods>,
     shedding: Arc<Shedding>,
+    activity: Arc<Activity>,
 }
 
 impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Edge<S>
@@ -59,7 +64,7 @@ where
     S::Future: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<Tracked<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -76,8 +81,10 @@ where
                 self.shedding.max_connections()
             ));
             let resp = crate::grpc::status::to_status(e).into_http();
-            return Box::pin(async move { Ok(resp) });
+            return Box::pin(async move { Ok(resp.map(|b| Tracked::new(b, None))) });
         }
+        // Counted from here until the response body is done (a Watch: until it ends).
+        let rpc = self.activity.begin(peer(&req));
         // Never the raw path: each distinct label set is kept forever (issue 12, item 1).
         let method = self.methods.label(req.uri().path()).to_string();
         let limit = self.limit;
@@ -97,7 +104,7 @@ where
                     .map_or("OK", |c| code_name(tonic::Code::from(c)));
                 metrics.observe(&method, code, started.elapsed());
             }
-            resp
+            resp.map(|r| r.map(|b| Tracked::new(b, rpc)))
         })
     }
 }
