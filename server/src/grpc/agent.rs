@@ -7,10 +7,9 @@ use std::time::Duration;
 use muster::pb::{self, ResourceKind, agent_service_server::AgentService};
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::status::to_status;
+use super::{Shared, flat_context};
 use crate::agents::{Agents, Enrolled};
-use crate::inventory::ChangeContext;
 use crate::model::{ApiError, Permission, timestamp};
 
 /// gRPC face of agent enrollment and reporting.
@@ -24,14 +23,6 @@ pub struct AgentApi {
 fn peer_fingerprint<T>(req: &Request<T>) -> Option<String> {
     let certs = req.peer_certs()?;
     certs.first().map(|c| crate::pki::fingerprint(c.as_ref()))
-}
-
-fn context(origin: &str, reason: String, ticket: String) -> ChangeContext {
-    ChangeContext {
-        reason,
-        ticket,
-        origin: origin.into(),
-    }
 }
 
 #[tonic::async_trait]
@@ -155,7 +146,7 @@ impl AgentService for AgentApi {
             .transpose()?;
         let (token, expires) = self
             .agents
-            .create_token(&who, &device, ttl, &context("cli", r.reason, r.ticket))
+            .create_token(&who, &device, ttl, &flat_context("cli", r.reason, r.ticket))
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreateEnrollmentTokenResponse {
@@ -179,7 +170,7 @@ impl AgentService for AgentApi {
         let r = req.into_inner();
         let fp = self
             .agents
-            .approve(&who, &device, &context("cli", r.reason, r.ticket))
+            .approve(&who, &device, &flat_context("cli", r.reason, r.ticket))
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ApproveEnrollmentResponse {

@@ -32,6 +32,15 @@ pub(crate) fn context(c: Option<muster::pb::ChangeContext>) -> ChangeContext {
     }
 }
 
+/// The change context of a request that carries `reason` and `ticket` as fields of its own.
+pub(crate) fn flat_context(origin: &str, reason: String, ticket: String) -> ChangeContext {
+    ChangeContext {
+        reason,
+        ticket,
+        origin: origin.into(),
+    }
+}
+
 /// What every handler needs: the domain service and the token registry.
 #[derive(Clone, Debug)]
 pub struct Shared {

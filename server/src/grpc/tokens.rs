@@ -6,8 +6,8 @@ use std::time::Duration;
 use muster::pb::{self, ResourceKind};
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::status::to_status;
+use super::{Shared, flat_context};
 use crate::auth::{TokenEntry, TokenSource};
 use crate::inventory::{ChangeContext, refusal_kind};
 use crate::model::{ApiError, Permission, Principal, now_unix_nanos, timestamp};
@@ -93,11 +93,7 @@ pub async fn create(
         &name,
     )?;
     let r = req.into_inner();
-    let ctx = ChangeContext {
-        reason: r.reason,
-        ticket: r.ticket,
-        origin: "cli".into(),
-    };
+    let ctx = flat_context("cli", r.reason, r.ticket);
     let result = async {
         ctx.check()?;
         let new = NewToken {
@@ -161,11 +157,7 @@ pub async fn revoke(
         &name,
     )?;
     let r = req.into_inner();
-    let ctx = ChangeContext {
-        reason: r.reason,
-        ticket: r.ticket,
-        origin: "cli".into(),
-    };
+    let ctx = flat_context("cli", r.reason, r.ticket);
     let result = async {
         ctx.check()?;
         shared.tokens.revoke(shared.inventory.store(), &name).await
