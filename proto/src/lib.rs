@@ -6,6 +6,7 @@
 //! the Ansible bridge and the agent share.
 
 pub mod client;
+pub mod clock;
 pub mod codec;
 pub mod facts;
 pub mod names;
