@@ -9,7 +9,7 @@
 //! Run: `cargo build --release --bins && cargo bench -p muster-ansible --bench inventory`
 //! (ansible-core from tests/run-all.sh's venv, target/test-peers). Budgets: list ≤ 1 s,
 //! RSS ≤ 200 MB, bridge/static ratio ≤ 1.2; a miss makes the bench exit non-zero.
-
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

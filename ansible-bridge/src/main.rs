@@ -113,7 +113,9 @@ fn now(cli: &Cli) -> Result<DateTime<Utc>> {
         Some(t) => Ok(DateTime::parse_from_rfc3339(t.trim())
             .with_context(|| format!("--now {t:?} is not an RFC 3339 time"))?
             .with_timezone(&Utc)),
-        None => Ok(Utc::now()),
+        None => Ok(DateTime::from_timestamp_nanos(
+            muster::clock::system().now_unix_nanos(),
+        )),
     }
 }
 

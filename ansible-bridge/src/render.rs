@@ -460,6 +460,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A fixed instant (2026-06-01 12:00 UTC): tests must not depend on today.
+    fn fixed_now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_780_315_200, 0).unwrap()
+    }
+
     fn device(
         name: &str,
         labels: &[(&str, &str)],
@@ -618,7 +623,7 @@ mod tests {
         };
         let (ws, problems) = schedules(&e);
         assert_eq!(problems.len(), 1);
-        assert!(!muster::window::in_window(&ws, |_| None, Utc::now()));
+        assert!(!muster::window::in_window(&ws, |_| None, fixed_now()));
     }
 
     #[test]
@@ -638,7 +643,7 @@ mod tests {
         };
         let opts = Options {
             only_in_window: false,
-            now: Utc::now(),
+            now: fixed_now(),
         };
         let doc = list(&e, opts, &[]);
         let hv = doc["_meta"]["hostvars"]["a"].as_object().unwrap();
@@ -679,7 +684,7 @@ mod tests {
         };
         let opts = Options {
             only_in_window: false,
-            now: Utc::now(),
+            now: fixed_now(),
         };
         let doc = list(&e, opts, &[]);
         let text = doc.to_string();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use muster::client::{Bearer, ClientConfig};
+use muster::clock::SharedClock;
 use muster::pb::admin_service_client::AdminServiceClient;
 use muster::pb::agent_service_client::AgentServiceClient;
 use muster::pb::audit_service_client::AuditServiceClient;
@@ -38,6 +39,8 @@ pub struct Clients {
     /// Agent enrollment.
     pub agent: AgentServiceClient<Svc>,
     timeout: Duration,
+    /// Ages and "in 3h" in tables are relative to it.
+    clock: SharedClock,
 }
 
 impl Clients {
@@ -58,7 +61,14 @@ impl Clients {
             agent: AgentServiceClient::with_interceptor(channel, auth)
                 .max_decoding_message_size(MAX_DECODING_BYTES),
             timeout: settings.timeout,
+            clock: muster::clock::system(),
         })
+    }
+
+    /// Now, for rendering ages (tables print "5m ago").
+    pub fn now(&self) -> std::time::SystemTime {
+        let nanos = u64::try_from(self.clock.now_unix_nanos()).unwrap_or(0);
+        std::time::UNIX_EPOCH + Duration::from_nanos(nanos)
     }
 
     /// A request carrying the call deadline, so the server can give up too.

@@ -112,6 +112,25 @@ impl Clock for ManualClock {
     }
 }
 
+/// Elapsed real time, for metrics and logs only (how long a flush or a request took).
+///
+/// It never drives behaviour, so it reads the real monotonic clock even under a manual
+/// [`Clock`]: a latency histogram must show real latency.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(Instant);
+
+impl Stopwatch {
+    /// Starts measuring now.
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    /// Real time since [`Stopwatch::start`].
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //!
 //! Run: `cargo bench -p muster-server --bench agent_ingest` (release; about 2 minutes).
 //! `BENCH_SCALE=0.2` shrinks agent counts and durations for a quick look.
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 //! - the drift summary over 100k devices (target <= 200 ms).
 //!
 //! Run: `cargo bench -p muster-server --bench desired` (BENCH_SCALE=0.1 for a quick run).
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 mod common;
 
@@ -125,7 +126,11 @@ async fn run() -> Result<(), BoxError> {
         &StoreOptions::default(),
     )?);
     let secrets = SecretBox::from_key(rand::random());
-    let inventory = Arc::new(Inventory::new(Arc::clone(&store), secrets));
+    let inventory = Arc::new(Inventory::new(
+        Arc::clone(&store),
+        secrets,
+        muster::clock::system(),
+    ));
     let engine = DriftEngine::start(Arc::clone(&inventory));
     let planner = Planner::new(Arc::clone(&inventory), Arc::clone(&engine));
     let who = Principal::new("bench", Role::Admin);

@@ -11,6 +11,7 @@
 //! Run: `cargo bench -p muster-server --bench foundation` (release build; ~3 minutes, ~2 GB of
 //! temporary disk). `BENCH_SCALE=0.1` shrinks every count for a quick look; `BENCH_ONLY=creates`
 //! stops after the create figures (for profiling the write path).
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::health::{self, HealthInput, SelSeen};
 use crate::inventory::{ChangeContext, Inventory};
 use crate::model::resource::SERVER_ANNOTATION_PREFIX;
-use crate::model::{ApiError, Principal, kind_id, now_unix_nanos, timestamp};
+use crate::model::{ApiError, Principal, kind_id, timestamp};
 use crate::observed::{self, ReportMeta};
 use crate::pki::AgentCa;
 use crate::store::{self, AuxWrite, Mutation, RefusalKind, Store, StoreError};
@@ -277,7 +277,7 @@ impl Agents {
 
     fn load_liveness(&self) -> Result<(), ApiError> {
         // Agents get a full silence period after a server start before they count as silent.
-        let now = now_unix_nanos();
+        let now = self.inventory.now_unix_nanos();
         let mut live = self.live_map();
         let prefix = observed::META_PREFIX.as_bytes();
         for (k, v) in self.store.aux_scan(prefix).map_err(store_err)? {
@@ -333,7 +333,7 @@ impl Agents {
                     .into(),
             )
         })?;
-        match ident.refusal(now_unix_nanos()) {
+        match ident.refusal(self.inventory.now_unix_nanos()) {
             Some(e) => Err(e),
             None => Ok(ident),
         }
@@ -385,9 +385,14 @@ impl Agents {
                 }
             }
         }
-        Ok(self
-            .inventory
-            .server_mutation(&obj, r, principal, verb, ctx, now_unix_nanos()))
+        Ok(self.inventory.server_mutation(
+            &obj,
+            r,
+            principal,
+            verb,
+            ctx,
+            self.inventory.now_unix_nanos(),
+        ))
     }
 
     async fn commit(&self, w: AuxWrite) -> Result<store::AuxApplied, StoreError> {
@@ -416,7 +421,7 @@ impl Agents {
                 ));
             }
             let token = random_secret("mst_enroll_");
-            let now = now_unix_nanos();
+            let now = self.inventory.now_unix_nanos();
             let expires = now.saturating_add(i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX));
             let hash = sha256_hex(&token);
             let rec = Record::Token(TokenV1 {
@@ -510,7 +515,7 @@ impl Agents {
                     "this enrollment token was already used; create a new one with `muster agent token create`".into(),
                 ));
             }
-            let now = now_unix_nanos();
+            let now = self.inventory.now_unix_nanos();
             if now >= tok.expires_nanos {
                 return Err(ApiError::PermissionDenied(format!(
                     "this enrollment token expired at {}; create a new one",
@@ -743,7 +748,7 @@ impl Agents {
             vec![(pkey.clone(), Some(raw)), (dev_key, dev_raw)],
             vec![(pkey, None)],
             &ctx,
-            now_unix_nanos(),
+            self.inventory.now_unix_nanos(),
         )
         .await
         .map_err(|e| crate::store_map::api_error("device", &p.device, e))?;
@@ -1060,7 +1065,7 @@ impl Agents {
             }));
         }
         let full = req.base_hash.is_empty();
-        let now = now_unix_nanos();
+        let now = self.inventory.now_unix_nanos();
         let no_facts = pb::Facts::default();
         let facts = req.facts.as_ref().unwrap_or(&no_facts);
         let parts = muster::facts::split(facts);
@@ -1309,7 +1314,7 @@ impl Agents {
         let (_, meta) = observed::load_meta(&*self.store, &obj.id)?;
         // Liveness is kept in memory: after a restart every agent gets a fresh grace period.
         if let Some(l) = self.live_map().get_mut(&obj.id) {
-            l.last_seen_nanos = now_unix_nanos();
+            l.last_seen_nanos = self.inventory.now_unix_nanos();
         }
         Ok(pb::HeartbeatResponse {
             next_interval: Some(duration_pb(self.next_interval())),
@@ -1324,7 +1329,7 @@ impl Agents {
     /// Marks devices whose agent missed `silent_intervals` reports as UNKNOWN. Returns how
     /// many devices changed.
     pub async fn sweep_silent(&self) -> usize {
-        let now = now_unix_nanos();
+        let now = self.inventory.now_unix_nanos();
         // An agent whose certificate expired cannot report again: CRITICAL, not UNKNOWN.
         let expired: Vec<(String, String, i64)> = self
             .live_map()
@@ -1432,7 +1437,7 @@ impl Agents {
                 _ => None,
             })
             .collect();
-        let now = now_unix_nanos();
+        let now = self.inventory.now_unix_nanos();
         // Room left under the cap; VMs past it are not created (prepare_report put the
         // health reason on the hypervisor).
         let mut room = self.settings.max_discovered_vms.saturating_sub(

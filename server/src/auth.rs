@@ -16,7 +16,9 @@ use crate::config::TokenConfig;
 use crate::keys::files::write_private_file;
 use muster::selector::Selector;
 
-use crate::model::{ApiError, Principal, Role, now_unix_nanos};
+use muster::clock::SharedClock;
+
+use crate::model::{ApiError, Principal, Role};
 use crate::store::{Store, StoreError, StoredToken};
 
 /// Name of the bootstrap token file in the data directory.
@@ -115,12 +117,14 @@ impl TokenEntry {
 
 /// The tokens the server accepts, by hash. Live: token management changes it, and a
 /// revocation takes effect on the next request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TokenRegistry {
     pub(crate) by_hash: RwLock<HashMap<String, Arc<TokenEntry>>>,
     /// Serialises token management (create/revoke/persisting last use) so that name
     /// uniqueness and "another admin remains" hold across the store write.
     pub(crate) admin: tokio::sync::Mutex<()>,
+    /// Expiry and last-use times are read from it.
+    pub(crate) clock: SharedClock,
 }
 
 /// Why the registry could not be built.
@@ -145,6 +149,7 @@ impl TokenRegistry {
         config: &[TokenConfig],
         store: &dyn Store,
         data_dir: &Path,
+        clock: SharedClock,
     ) -> Result<(Self, Option<PathBuf>), AuthSetupError> {
         let mut by_hash: HashMap<String, Arc<TokenEntry>> = HashMap::new();
         for t in config {
@@ -195,7 +200,7 @@ impl TokenRegistry {
                 hash: hash_token(&token),
                 name: "admin".into(),
                 role: "admin".into(),
-                created_nanos: now_unix_nanos(),
+                created_nanos: clock.now_unix_nanos(),
                 created_by: "musterd (first start)".into(),
                 bootstrap: true,
                 ..StoredToken::default()
@@ -209,6 +214,7 @@ impl TokenRegistry {
             Self {
                 by_hash: RwLock::new(by_hash),
                 admin: tokio::sync::Mutex::new(()),
+                clock,
             },
             created,
         ))
@@ -241,7 +247,7 @@ impl TokenRegistry {
                 ApiError::Unauthenticated("invalid or revoked token".into()),
             ));
         };
-        let now = now_unix_nanos();
+        let now = self.clock.now_unix_nanos();
         if entry.expired(now) {
             return Err((
                 entry.principal.name.clone(),

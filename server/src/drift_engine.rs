@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::desired::{self, CompiledProfile, Effective, Want};
 use crate::drift::{self, Declared, Memory, ObservedView, PackageSet};
 use crate::inventory::{ChangeContext, Inventory};
-use crate::model::{ApiError, kind_id, now_unix_nanos, timestamp};
+use crate::model::{ApiError, kind_id, timestamp};
 use crate::observed;
 use crate::store::{AuxWrite, ListQuery, Store, StoreError};
 
@@ -186,7 +186,7 @@ impl DriftEngine {
 
     /// Reads profiles and devices (a page at a time: never every body at once) into the state.
     fn load(&self) -> Result<(), ApiError> {
-        let started = std::time::Instant::now();
+        let started = muster::clock::Stopwatch::start();
         let revision = self.store.revision();
         // Resume after the last pass whose writes were applied: changes followed but not yet
         // written out when the server stopped are taken in again.
@@ -282,9 +282,15 @@ impl DriftEngine {
                     // At most once per PERSIST_EVERY: under a stream of creates every flush
                     // wakes a pass, and a progress write each time was one more store write
                     // per batch. Resuming from an older point only replays more changes.
-                    let due = persisted_at.is_none_or(|t| t.elapsed() >= PERSIST_EVERY);
+                    let due = persisted_at.is_none_or(|t| {
+                        self.inventory
+                            .clock()
+                            .now_instant()
+                            .saturating_duration_since(t)
+                            >= PERSIST_EVERY
+                    });
                     if followed != persisted && due {
-                        persisted_at = Some(std::time::Instant::now());
+                        persisted_at = Some(self.inventory.clock().now_instant());
                         let put = AuxWrite {
                             guards: Vec::new(),
                             puts: vec![(
@@ -358,7 +364,7 @@ impl DriftEngine {
             }
             st.followed = last;
         }
-        let started = std::time::Instant::now();
+        let started = muster::clock::Stopwatch::start();
         let n = dirty.len();
         let mut writes = self.recompute(&mut st, dirty)?;
         for id in std::mem::take(&mut st.deleted) {
@@ -535,7 +541,7 @@ impl DriftEngine {
 
     /// Recomputes `dirty` devices; returns the writes for those whose drift changed.
     fn recompute(&self, st: &mut State, dirty: HashSet<String>) -> Result<Vec<Write>, ApiError> {
-        let now = timestamp(now_unix_nanos());
+        let now = timestamp(self.inventory.now_unix_nanos());
         let State {
             profiles,
             devices,
@@ -633,7 +639,7 @@ impl DriftEngine {
         if writes.is_empty() {
             return;
         }
-        let started = std::time::Instant::now();
+        let started = muster::clock::Stopwatch::start();
         let mut retry = Vec::new();
         let mut puts = Vec::new();
         for w in writes.iter().filter(|w| w.forget) {
@@ -732,7 +738,7 @@ impl DriftEngine {
             PRINCIPAL,
             VERB,
             &ctx,
-            now_unix_nanos(),
+            self.inventory.now_unix_nanos(),
         )))
     }
 
@@ -848,7 +854,7 @@ impl DriftEngine {
             revision: st.followed,
             ..Default::default()
         };
-        let now = timestamp(now_unix_nanos());
+        let now = timestamp(self.inventory.now_unix_nanos());
         let mut conflicts = Vec::new();
         // First the desired side (immutable), then the observed views (loaded where missing),
         // then the drift each device would be in.

@@ -4,6 +4,7 @@
 //! client answering pings is not using its connection), streams do: the edge layer counts
 //! each RPC per connection until its response body is done, so a Watch that waits an hour for
 //! its next event keeps its connection.
+#![allow(clippy::disallowed_methods)] // tokio's Instant: see the `use` below
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-// tokio's clock, not std's: it is the one the timer runs on (and tests can pause it).
+// tokio's clock, not std's or the injected one: it is the clock the idle timer itself runs on
+// (and tests pause it), so transport timeouts and their deadlines agree.
 use tokio::time::{Instant, Sleep};
 
 /// Bytes read this recently keep a connection even when it has no stream: a request that just

@@ -14,7 +14,7 @@ use prost::Message;
 
 use crate::inventory::{ChangeContext, Inventory, printable_text};
 use crate::model::resource::SERVER_ANNOTATION_PREFIX;
-use crate::model::{ApiError, Principal, now_unix_nanos, timestamp, timestamp_nanos};
+use crate::model::{ApiError, Principal, timestamp, timestamp_nanos};
 use crate::observed::{self, ReportMeta};
 use crate::store::{self, AuxWrite};
 
@@ -201,7 +201,7 @@ async fn ingest_one(
             h.device
         )));
     }
-    let now = now_unix_nanos();
+    let now = inv.now_unix_nanos();
     let collected = h
         .collected_at
         .as_ref()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use muster::clock::SharedClock;
 use muster::pb::{self, ResourceKind, resource::Resource as R};
 use muster::selector::Selector;
 use prost::Message;
@@ -17,9 +18,7 @@ mod guards;
 use crate::limits::Limits;
 use crate::model::resource::{self, MAX_SECRET_BYTES};
 use crate::model::secrets::SecretBox;
-use crate::model::{
-    ApiError, Principal, kind_from_id, kind_id, kind_name, now_unix_nanos, timestamp,
-};
+use crate::model::{ApiError, Principal, kind_from_id, kind_id, kind_name, timestamp};
 use crate::observed;
 use crate::store::{
     self, AuditEntry, AuditQuery, ChangeEntry, ChangeMeta, Check, Expect, ListQuery, Mutation,
@@ -108,6 +107,8 @@ pub struct AuditParams {
 pub struct Inventory {
     store: Arc<dyn Store>,
     secrets: SecretBox,
+    /// The one source of time for everything built on the inventory.
+    clock: SharedClock,
     /// Flips to true when the server stops, so open watch streams end instead of holding the
     /// graceful shutdown open (clients resume from their last revision elsewhere).
     stopping: tokio::sync::watch::Sender<bool>,
@@ -211,19 +212,35 @@ fn page_size(requested: u32) -> usize {
 
 impl Inventory {
     /// An inventory over `store`, sealing credentials with `secrets`, with default limits.
-    pub fn new(store: Arc<dyn Store>, secrets: SecretBox) -> Self {
-        Self::with_limits(store, secrets, Limits::default())
+    pub fn new(store: Arc<dyn Store>, secrets: SecretBox, clock: SharedClock) -> Self {
+        Self::with_limits(store, secrets, Limits::default(), clock)
     }
 
     /// An inventory with the given limits (from the server config).
-    pub fn with_limits(store: Arc<dyn Store>, secrets: SecretBox, limits: Limits) -> Self {
+    pub fn with_limits(
+        store: Arc<dyn Store>,
+        secrets: SecretBox,
+        limits: Limits,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             store,
             secrets,
+            clock,
             stopping: tokio::sync::watch::channel(false).0,
             observed: ObservedSignal::default(),
             guards: guards::Guards::new(limits),
         }
+    }
+
+    /// The clock everything built on the inventory reads time from.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Unix nanoseconds now, from the injected clock.
+    pub fn now_unix_nanos(&self) -> i64 {
+        self.clock.now_unix_nanos()
     }
 
     /// Where changes of observed state are signalled (to the drift engine).
@@ -573,7 +590,7 @@ impl Inventory {
         ctx: &ChangeContext,
     ) -> Result<(Mutation, Box<pb::Resource>), ApiError> {
         crate::scope::check_write(self, who, &r)?;
-        let now = now_unix_nanos();
+        let now = self.now_unix_nanos();
         let name = r.name().to_string();
         let r = self.new_object(who, r, now)?;
         let obj = self.stored(kind, &r);
@@ -691,7 +708,7 @@ impl Inventory {
                 current: old_obj.revision,
             });
         }
-        let now = now_unix_nanos();
+        let now = self.now_unix_nanos();
         let new = self.merged(who, &old, r.clone(), now)?;
         // Before and after: a scoped token can neither reach nor move a host out of scope.
         crate::scope::check(who, &old)?;
@@ -792,7 +809,7 @@ impl Inventory {
                             c.secret.clear();
                         }
                         let candidate =
-                            self.merged(who, &old, incoming.clone(), now_unix_nanos())?;
+                            self.merged(who, &old, incoming.clone(), self.now_unix_nanos())?;
                         crate::scope::check(who, &old)?;
                         crate::scope::check_write(self, who, &candidate)?;
                         if resource::comparable(&candidate) == resource::comparable(&old) {
@@ -899,7 +916,7 @@ impl Inventory {
                     expect: Expect::Revision(old_obj.revision),
                     put: None,
                     checks,
-                    change: Self::change_meta(who, "delete", ctx, now_unix_nanos()),
+                    change: Self::change_meta(who, "delete", ctx, self.now_unix_nanos()),
                 };
                 match self.commit(kind, name, m).await {
                     Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => {

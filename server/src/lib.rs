@@ -41,6 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use muster::clock::SharedClock;
 use muster::pb::admin_service_server::AdminServiceServer;
 use muster::pb::agent_service_server::AgentServiceServer;
 use muster::pb::audit_service_server::AuditServiceServer;
@@ -125,6 +126,11 @@ pub struct Server {
 impl Server {
     /// Opens the store, the key material (checked against the store) and the token registry.
     pub async fn open(config: Config) -> Result<Self, ServeError> {
+        Self::open_with_clock(config, muster::clock::system()).await
+    }
+
+    /// Like [`Server::open`], reading time from `clock` (tests pass a manual one).
+    pub async fn open_with_clock(config: Config, clock: SharedClock) -> Result<Self, ServeError> {
         let opts = StoreOptions {
             cache_capacity_bytes: config.cache_capacity_mb.saturating_mul(1024 * 1024),
             fdatasync: config.fdatasync,
@@ -140,8 +146,12 @@ impl Server {
         }
         let paths = keys::KeyPaths::new(&config.data_dir, config.secrets_key_file.as_deref());
         let keys = keys::open(&*store, &paths).await?;
-        let (tokens, created_admin_token) =
-            TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
+        let (tokens, created_admin_token) = TokenRegistry::load(
+            &config.tokens,
+            &*store,
+            &config.data_dir,
+            Arc::clone(&clock),
+        )?;
         let limits = limits::Limits {
             watches_per_principal: config.max_watches_per_principal.max(1),
             refusals: refusal_limit::RefusalPolicy {
@@ -153,6 +163,7 @@ impl Server {
             Arc::clone(&store),
             keys.secrets,
             limits,
+            clock,
         ));
         let ca = Arc::new(keys.ca);
         let settings = AgentSettings {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -145,20 +145,19 @@ impl Shedding {
 /// Allows one log line per second of a repeated event.
 #[derive(Debug, Default)]
 pub struct LogEvery {
-    last: Option<Instant>,
+    last: Option<muster::clock::Stopwatch>,
 }
 
 impl LogEvery {
     /// Whether to log now.
     pub fn due(&mut self) -> bool {
-        let now = Instant::now();
         if self
             .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
         {
             return false;
         }
-        self.last = Some(now);
+        self.last = Some(muster::clock::Stopwatch::start());
         true
     }
 }

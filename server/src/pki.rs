@@ -197,6 +197,7 @@ impl AgentCa {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // tests measure or wait on real time
     #![allow(clippy::unwrap_used)]
     use super::*;
 

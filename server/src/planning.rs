@@ -12,7 +12,7 @@ use crate::desired::CompiledProfile;
 use crate::drift::{self as driftlib, NOT_REPORTED};
 use crate::drift_engine::{DriftEngine, PlannedChange, PlannedDevice};
 use crate::inventory::{ApplyAction, ChangeContext, Inventory, PreparedWrite};
-use crate::model::{ApiError, Principal, kind_name, now_unix_nanos};
+use crate::model::{ApiError, Principal, kind_name};
 use crate::plan_pool::PlanPool;
 
 /// Most resources one change set may hold.
@@ -130,7 +130,7 @@ impl Planner {
         // Parents before children, however deep (a VM on a blade in a chassis).
         let order = crate::set_order::write_order(&resources);
         let mut slots: Vec<Option<pb::Resource>> = resources.into_iter().map(Some).collect();
-        let now = now_unix_nanos();
+        let now = self.inventory.now_unix_nanos();
         order
             .into_iter()
             .filter_map(|i| slots.get_mut(i).and_then(Option::take).map(|r| (i, r)))

@@ -226,6 +226,7 @@ impl RefusalLimiter {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // tests measure or wait on real time
     use super::*;
 
     fn limiter(per_window: u32) -> RefusalLimiter {

@@ -103,6 +103,7 @@ pub fn write_order(resources: &[pb::Resource]) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // tests measure or wait on real time
     use super::*;
     use rand::SeedableRng;
     use rand::seq::SliceRandom;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use muster::selector::Selector;
 
 use crate::auth::{TokenEntry, TokenRegistry, TokenSource, generate_token, hash_token, rfc3339};
-use crate::model::{ApiError, Principal, Role, now_unix_nanos};
+use crate::model::{ApiError, Principal, Role};
 use crate::store::{Store, StoreError, StoredToken};
 
 /// Most tokens the store may hold: each one is kept in memory and checked on every request.
@@ -130,7 +130,7 @@ impl TokenRegistry {
         let _g = self.admin.lock().await;
         let (role, scope) = self.check_new(who, &req)?;
         let token = generate_token();
-        let now = now_unix_nanos();
+        let now = self.clock.now_unix_nanos();
         let expires = req.ttl.map_or(0, |t| {
             now.saturating_add(i64::try_from(t.as_nanos()).unwrap_or(i64::MAX))
         });
@@ -174,7 +174,7 @@ impl TokenRegistry {
                 "token {name} comes from the config file; remove its [[tokens]] entry and restart musterd"
             )));
         }
-        let now = now_unix_nanos();
+        let now = self.clock.now_unix_nanos();
         if entry.principal.role == Role::Admin {
             let others = self.entries().into_iter().any(|e| {
                 e.hash != entry.hash && e.principal.role == Role::Admin && !e.expired(now)

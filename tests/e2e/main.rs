@@ -3,6 +3,8 @@
 
 // Test code: a failed unwrap is a failed test with its location, which is what we want.
 #![allow(clippy::unwrap_used)]
+// Tests wait on real processes (and measure latency), so they read real time.
+#![allow(clippy::disallowed_methods)]
 
 mod agent;
 mod agent_facts;

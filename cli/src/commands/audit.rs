@@ -31,7 +31,7 @@ pub async fn run(clients: &Clients, args: AuditArgs) -> Result<()> {
             Err(line) => Err(anyhow!(line)),
         };
     }
-    let now = SystemTime::now();
+    let now = clients.now();
     let (resource_kind, resource_name) = match &args.resource {
         Some(r) => {
             let (kind, name) = parse_resource(r)?;

@@ -27,7 +27,7 @@ const KEY_WIDTH: usize = 22;
 pub async fn run(clients: &Clients, args: DescribeArgs) -> Result<()> {
     let resource = super::fetch(clients, args.kind, &args.name).await?;
     let changes = recent_changes(clients, args.kind, &args.name).await;
-    let mut text = describe(&resource, SystemTime::now());
+    let mut text = describe(&resource, clients.now());
     match changes {
         Ok(changes) => text.push_str(&changes_section(&changes)),
         // Viewers may read inventory without reading the trail: still show the resource.

@@ -48,7 +48,7 @@ async fn list(clients: &Clients, args: DriftListArgs) -> Result<()> {
         .unary(clients.config.clone().drift(clients.request(request)))
         .await?;
     match args.output {
-        StreamFormat::Table => output::print(&render(&drift, SystemTime::now())),
+        StreamFormat::Table => output::print(&render(&drift, clients.now())),
         StreamFormat::Json => {
             output::println(&serde_json::to_string_pretty(&drift).context("cannot encode JSON")?)
         }

@@ -39,12 +39,12 @@ pub async fn run(clients: &Clients, args: GetArgs) -> Result<()> {
             bail!("a name cannot be combined with --selector or --field-selector");
         }
         let resource = super::fetch(clients, args.kind, name).await?;
-        return print_one(args.kind, &resource, args.output);
+        return print_one(args.kind, &resource, args.output, clients.now());
     }
     let mut resources = list(clients, args.kind, &selector, &field_selector, args.limit).await?;
     // The server pages in creation order; people read lists by name, as kubectl prints them.
     resources.sort_by(|a, b| a.name().cmp(b.name()));
-    print_list(args.kind, &resources, args.output)
+    print_list(args.kind, &resources, args.output, clients.now())
 }
 
 /// Lists every matching resource, page by page, up to `limit`.
@@ -92,13 +92,13 @@ pub async fn list(
     Ok(out)
 }
 
-fn print_one(kind: Kind, resource: &pb::Resource, format: Format) -> Result<()> {
+fn print_one(kind: Kind, resource: &pb::Resource, format: Format, now: SystemTime) -> Result<()> {
     match format {
         Format::Table | Format::Wide => output::print(&output::resource_table(
             kind,
             std::slice::from_ref(resource),
             format == Format::Wide,
-            SystemTime::now(),
+            now,
         )),
         Format::Json => output::println(&manifest::to_json_pretty(&manifest::render(resource)?)?),
         Format::Yaml => output::print(&manifest::to_yaml(&manifest::render(resource)?)?),
@@ -106,7 +106,12 @@ fn print_one(kind: Kind, resource: &pb::Resource, format: Format) -> Result<()> 
     }
 }
 
-fn print_list(kind: Kind, resources: &[pb::Resource], format: Format) -> Result<()> {
+fn print_list(
+    kind: Kind,
+    resources: &[pb::Resource],
+    format: Format,
+    now: SystemTime,
+) -> Result<()> {
     match format {
         Format::Table | Format::Wide => {
             if resources.is_empty() {
@@ -117,7 +122,7 @@ fn print_list(kind: Kind, resources: &[pb::Resource], format: Format) -> Result<
                 kind,
                 resources,
                 format == Format::Wide,
-                SystemTime::now(),
+                now,
             ))
         }
         Format::Json => output::println(&manifest::to_json_pretty(&manifest::render_list(

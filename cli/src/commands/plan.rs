@@ -24,7 +24,7 @@ pub async fn run(clients: &Clients, args: PlanArgs, docs: Vec<Document>) -> Resu
         .await?;
     match args.output {
         StreamFormat::Table => {
-            output::print(&render(&plan, Paint::stdout(), SystemTime::now()))?;
+            output::print(&render(&plan, Paint::stdout(), clients.now()))?;
         }
         StreamFormat::Json => {
             output::println(&serde_json::to_string_pretty(&plan).context("cannot encode JSON")?)?

@@ -12,7 +12,7 @@ use super::{
     Agents, DeviceV1, Record, decode, device_key, encode, identity_key, rfc3339, system_time_nanos,
 };
 use crate::inventory::ChangeContext;
-use crate::model::{ApiError, now_unix_nanos};
+use crate::model::ApiError;
 use crate::store::AuxWrite;
 
 /// How long the previous certificate keeps working after a renewal when the agent never
@@ -221,7 +221,7 @@ impl Agents {
                 "this client certificate is no longer the device's identity (it was replaced by a newer enrollment)".into(),
             ));
         }
-        let now = now_unix_nanos();
+        let now = self.inventory.now_unix_nanos();
         if !ident.in_last(0.5, now) {
             let lifetime = ident.not_after_nanos.saturating_sub(ident.not_before_nanos);
             return Err(ApiError::FailedPrecondition(format!(

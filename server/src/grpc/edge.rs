@@ -6,7 +6,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http_body::{Body, Frame};
 use tonic::Status;
@@ -91,7 +90,7 @@ where
         let req = req.map(|b| tonic::body::Body::new(LimitedBody::new(b, limit)));
         let fut = self.inner.call(req);
         let metrics = Arc::clone(&self.metrics);
-        let started = Instant::now();
+        let started = muster::clock::Stopwatch::start();
         Box::pin(async move {
             let resp = fut.await;
             if let Ok(r) = &resp {

@@ -10,7 +10,7 @@ use super::status::to_status;
 use super::{Shared, flat_context};
 use crate::auth::{TokenEntry, TokenSource};
 use crate::inventory::{ChangeContext, refusal_kind};
-use crate::model::{ApiError, Permission, Principal, now_unix_nanos, timestamp};
+use crate::model::{ApiError, Permission, Principal, timestamp};
 use crate::store::RefusalKind;
 use crate::tokens::{NewToken, describe};
 
@@ -119,7 +119,7 @@ pub async fn create(
     )?;
     Ok(Response::new(pb::CreateTokenResponse {
         token,
-        info: Some(info(&entry, now_unix_nanos())),
+        info: Some(info(&entry, shared.inventory.now_unix_nanos())),
     }))
 }
 
@@ -134,7 +134,7 @@ pub async fn list(
         ResourceKind::Unspecified,
         "",
     )?;
-    let now = now_unix_nanos();
+    let now = shared.inventory.now_unix_nanos();
     let tokens = shared
         .tokens
         .entries()

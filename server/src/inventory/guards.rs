@@ -4,13 +4,12 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use muster::pb::{self, ResourceKind};
 
 use super::{ChangeContext, Inventory, printable, store_error};
 use crate::limits::{Limits, MAX_CONCURRENT_VERIFIES, Permit, Slots};
-use crate::model::{ApiError, Principal, kind_id, now_unix_nanos};
+use crate::model::{ApiError, Principal, kind_id};
 use crate::refusal_limit::{Admit, RefusalLimiter, RefusalPolicy, Summary};
 use crate::store::{ChainAnchor, ChangeMeta, Refusal, RefusalKind};
 
@@ -105,10 +104,10 @@ impl Inventory {
         refusal: RefusalKind,
         message: &str,
     ) {
-        let (admit, summary) = self
-            .guards
-            .refusals
-            .admit(source, who, verb, Instant::now());
+        let (admit, summary) =
+            self.guards
+                .refusals
+                .admit(source, who, verb, self.clock.now_instant());
         if let Some(s) = summary {
             self.write_summary(s);
         }
@@ -136,7 +135,7 @@ impl Inventory {
                 reason: printable(&ctx.reason, 1024),
                 ticket: printable(&ctx.ticket, 128),
                 origin: printable(&ctx.origin, 32),
-                time_unix_nanos: now_unix_nanos(),
+                time_unix_nanos: self.now_unix_nanos(),
                 ..ChangeMeta::default()
             },
             refusal,
@@ -162,7 +161,7 @@ impl Inventory {
     /// Writes the summaries of floods whose window ended and forgets those sources (run
     /// periodically; see `Server::run`).
     pub fn sweep_refusals(&self) {
-        for s in self.guards.refusals.sweep(Instant::now()) {
+        for s in self.guards.refusals.sweep(self.clock.now_instant()) {
             self.write_summary(s);
         }
     }
@@ -170,7 +169,11 @@ impl Inventory {
     /// Writes the summaries of every open window (at shutdown).
     pub fn flush_refusal_summaries(&self) {
         let policy = self.guards.refusals.policy();
-        for s in self.guards.refusals.sweep(Instant::now() + policy.window) {
+        for s in self
+            .guards
+            .refusals
+            .sweep(self.clock.now_instant() + policy.window)
+        {
             self.write_summary(s);
         }
     }

@@ -15,13 +15,6 @@ pub use error::ApiError;
 
 use muster::pb::ResourceKind;
 
-/// Unix time in nanoseconds, the one place the service reads the wall clock.
-pub fn now_unix_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// A timestamp message for a Unix time in nanoseconds.
 pub fn timestamp(nanos: i64) -> pbjson_types::Timestamp {
     pbjson_types::Timestamp {

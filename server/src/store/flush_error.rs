@@ -69,6 +69,7 @@ impl InjectEmfile {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // tests measure or wait on real time
     #![allow(clippy::unwrap_used)]
     use std::time::Duration;
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sled::{IVec, Tree};
 use tokio::sync::{oneshot, watch};
@@ -466,7 +466,9 @@ impl Inner {
             return Ok(HashSet::new());
         }
         let mut state = lock(&self.synced_blobs);
-        // Taken before the stat: every change after the stat is at least this late.
+        // Taken before the stat: every change after the stat is at least this late. The real
+        // clock, not the injected one: it is compared with file mtimes the kernel wrote.
+        #[allow(clippy::disallowed_methods)]
         let checked_at = std::time::SystemTime::now();
         let mtime = match std::fs::metadata(&self.blobs_dir).and_then(|m| m.modified()) {
             Ok(t) => t,
@@ -547,7 +549,7 @@ impl Inner {
             // Everything committed up to `target` was applied before this flush starts.
             let target = self.committed.load(Ordering::SeqCst);
             let target_batch = self.batches.load(Ordering::SeqCst);
-            let started = Instant::now();
+            let started = muster::clock::Stopwatch::start();
             let result = self.flush_once();
             let took = started.elapsed();
             {
