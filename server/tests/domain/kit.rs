@@ -1,0 +1,134 @@
+//! The in-process test kit: `musterd`'s `Server` in this test process, on 127.0.0.1:0, with a
+//! manual clock, shut down through a channel. For tests of the domain (token expiry, silence,
+//! drift causes) that advance the clock instead of sleeping; the e2e suite (tests/) keeps
+//! testing the real binaries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster::client::Bearer;
+use muster::clock::ManualClock;
+use muster::pb::admin_service_client::AdminServiceClient;
+use muster::pb::audit_service_client::AuditServiceClient;
+use muster::pb::inventory_service_client::InventoryServiceClient;
+use muster_server::config::{Config, TokenConfig};
+use muster_server::{Listeners, Server};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The admin token every kit server accepts (configured, not bootstrapped).
+pub const ADMIN_TOKEN: &str = "kit-admin-0123456789abcdef0123456789abcdef";
+
+/// An authenticated channel.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A running in-process server.
+pub struct TestServer {
+    pub clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), muster_server::ServeError>>>,
+    channel: Channel,
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl TestServer {
+    /// Starts a server whose clock reads the real time now and then moves only when told.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusted its config.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            // Durability is the e2e suite's business; the domain tests want speed.
+            fdatasync: false,
+            tokens: vec![TokenConfig {
+                name: "alice".into(),
+                role: "admin".into(),
+                sha256: sha256_hex(ADMIN_TOKEN),
+            }],
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let clock = ManualClock::starting_now();
+        let server = Server::open_with_clock(config, clock.clone()).await?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(
+            Listeners {
+                grpc: listener,
+                metrics: None,
+            },
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        Ok(Self {
+            clock,
+            _dir: dir,
+            shutdown: Some(tx),
+            task: Some(task),
+            channel,
+        })
+    }
+
+    /// A channel presenting `token`.
+    pub fn authed(&self, token: &str) -> Authed {
+        let bearer = Bearer::new(Some(token)).expect("a printable token");
+        InterceptedService::new(self.channel.clone(), bearer)
+    }
+
+    pub fn inventory(&self, token: &str) -> InventoryServiceClient<Authed> {
+        InventoryServiceClient::new(self.authed(token))
+    }
+
+    pub fn admin(&self, token: &str) -> AdminServiceClient<Authed> {
+        AdminServiceClient::new(self.authed(token))
+    }
+
+    pub fn audit(&self, token: &str) -> AuditServiceClient<Authed> {
+        AuditServiceClient::new(self.authed(token))
+    }
+
+    /// Moves the server's clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Stops the server and waits until it has.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
