@@ -545,6 +545,7 @@ mod tests {
             },
             &ws,
         );
+        insta::assert_snapshot!("ansible_list", serde_json::to_string_pretty(&doc).unwrap());
         assert_eq!(doc["site_fra_1"]["hosts"], json!(["a", "b"]));
         assert_eq!(doc["health_ok"]["hosts"], json!(["a"]));
         assert_eq!(doc["health_critical"]["hosts"], json!(["b"]));

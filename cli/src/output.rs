@@ -428,6 +428,11 @@ mod tests {
             ),
         ];
         let out = resource_table(Kind::Device, &list, false, now);
+        insta::assert_snapshot!("device_table", out);
+        insta::assert_snapshot!(
+            "device_table_wide",
+            resource_table(Kind::Device, &list, true, now)
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
         let header: Vec<&str> = lines[0].split_whitespace().collect();

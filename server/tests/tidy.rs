@@ -146,10 +146,19 @@ fn time_is_read_only_through_the_clock() {
         "std::time::Instant::now",
         "chrono::Utc::now",
     ] {
-        assert!(clippy.contains(banned), "clippy.toml no longer bans {banned}");
+        assert!(
+            clippy.contains(banned),
+            "clippy.toml no longer bans {banned}"
+        );
     }
     let mut files = Vec::new();
-    for dir in ["server/src", "agent/src", "cli/src", "ansible-bridge/src", "proto/src"] {
+    for dir in [
+        "server/src",
+        "agent/src",
+        "cli/src",
+        "ansible-bridge/src",
+        "proto/src",
+    ] {
         files.extend(rust_files(dir));
     }
     let mut opted_out = Vec::new();

@@ -767,6 +767,7 @@ mod tests {
         assert!(new < old, "SEL must be latest first: {text}");
         assert!(!text.contains("FRU"), "empty sections are omitted: {text}");
         assert!(!text.contains("Spec:"), "{text}");
+        insta::assert_snapshot!("describe_device", text);
     }
 
     #[test]

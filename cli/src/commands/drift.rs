@@ -243,6 +243,7 @@ mod tests {
     fn drift_tables() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let text = render(&sample(), now);
+        insta::assert_snapshot!("drift_table", text);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "2 of 40 devices drift (revision 812)");
         assert_eq!(

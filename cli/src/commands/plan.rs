@@ -255,6 +255,7 @@ mod tests {
     fn plan_text() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let text = render(&sample(), Paint::plain(), now);
+        insta::assert_snapshot!("plan_text", &text);
         let want = "\
 profile/base will be configured
 
