@@ -43,10 +43,13 @@ pub enum ApprovalOutcome {
 
 fn listed(policy: &ApprovalPolicy, actor: &Actor) -> bool {
     policy.approvers.is_empty()
-        || policy.approvers.iter().any(|a| match a.strip_prefix("role:") {
-            Some(role) => actor.roles.iter().any(|r| r == role),
-            None => *a == actor.name,
-        })
+        || policy
+            .approvers
+            .iter()
+            .any(|a| match a.strip_prefix("role:") {
+                Some(role) => actor.roles.iter().any(|r| r == role),
+                None => *a == actor.name,
+            })
 }
 
 impl Approvals {
@@ -113,7 +116,11 @@ impl Approvals {
 
     /// Whether `actor` may promote after the canaries (or resume a canary halt): a listed
     /// approver who is not an author.
-    pub fn check_promoter(&self, policy: &ApprovalPolicy, actor: &Actor) -> Result<(), CampaignError> {
+    pub fn check_promoter(
+        &self,
+        policy: &ApprovalPolicy,
+        actor: &Actor,
+    ) -> Result<(), CampaignError> {
         check_not_author(self, actor, "promote")?;
         if !listed(policy, actor) {
             return Err(CampaignError::precondition(format!(

@@ -52,7 +52,10 @@ impl Slots {
     /// The end of the slot containing `t`, if `t` is inside one.
     pub fn open_until(&self, t: i64) -> Option<i64> {
         let i = self.intervals.partition_point(|&(_, e)| e <= t);
-        self.intervals.get(i).filter(|&&(s, _)| s <= t).map(|&(_, e)| e)
+        self.intervals
+            .get(i)
+            .filter(|&&(s, _)| s <= t)
+            .map(|&(_, e)| e)
     }
 
     /// Whether a host needing `need` seconds may start at `t`: `t` is inside a slot that lasts
@@ -73,7 +76,11 @@ impl Slots {
 
     /// The longest slot, in seconds (for "needs 3h, the longest window is 2h").
     pub fn longest(&self) -> i64 {
-        self.intervals.iter().map(|&(s, e)| e - s).max().unwrap_or(0)
+        self.intervals
+            .iter()
+            .map(|&(s, e)| e - s)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -153,7 +160,9 @@ impl Calendar {
         e.open
             .iter()
             .find(|&&(s, end)| end > from && s < until)
-            .map_or(WindowLookup::Never, |&(s, _)| WindowLookup::Opens(s.max(from)))
+            .map_or(WindowLookup::Never, |&(s, _)| {
+                WindowLookup::Opens(s.max(from))
+            })
     }
 
     /// The slots of a host with `labels`: maintenance windows named in `names` (all when

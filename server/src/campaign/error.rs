@@ -53,7 +53,9 @@ impl From<InvalidField> for CampaignError {
 impl From<CampaignError> for ApiError {
     fn from(e: CampaignError) -> Self {
         match e {
-            CampaignError::Invalid { field, problem } => ApiError::InvalidArgument { field, problem },
+            CampaignError::Invalid { field, problem } => {
+                ApiError::InvalidArgument { field, problem }
+            }
             CampaignError::Precondition(m) => ApiError::FailedPrecondition(m),
         }
     }

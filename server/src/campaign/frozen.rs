@@ -9,7 +9,10 @@ use super::error::CampaignError;
 use super::plan::{Guest, Plan, PlannedHost, SkipCode, Skipped, Topology, Wave};
 
 fn ts(s: i64) -> Option<Timestamp> {
-    Some(Timestamp { seconds: s, nanos: 0 })
+    Some(Timestamp {
+        seconds: s,
+        nanos: 0,
+    })
 }
 
 fn opt(s: &str) -> Option<String> {

@@ -26,16 +26,32 @@ pub enum Stage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostState {
     Pending,
-    Running { step: u32 },
+    Running {
+        step: u32,
+    },
     Verifying,
     Succeeded,
     /// `rollback_due`: rollback steps exist and have not run yet.
-    Failed { cause: String, rollback_due: bool },
-    RollingBack { step: u32, cause: String },
-    RolledBack { cause: String },
+    Failed {
+        cause: String,
+        rollback_due: bool,
+    },
+    RollingBack {
+        step: u32,
+        cause: String,
+    },
+    RolledBack {
+        cause: String,
+    },
     /// Outcome unknown; `failed` is set when the host had already failed (rollback failed).
-    NeedsAttention { stage: Stage, failed: bool, message: String },
-    Skipped { reason: String },
+    NeedsAttention {
+        stage: Stage,
+        failed: bool,
+        message: String,
+    },
+    Skipped {
+        reason: String,
+    },
 }
 
 /// What happened to a host (engine observations and people's actions).
@@ -44,19 +60,31 @@ pub enum HostEvent {
     Start,
     StepSucceeded,
     /// Exit ≠ 0, signal, no status, timeout, unreachable, host-key mismatch…
-    StepFailed { cause: String },
+    StepFailed {
+        cause: String,
+    },
     VerifyPassed,
-    VerifyFailed { cause: String },
+    VerifyFailed {
+        cause: String,
+    },
     BeginRollback,
     RollbackStepSucceeded,
-    RollbackStepFailed { cause: String },
+    RollbackStepFailed {
+        cause: String,
+    },
     /// A crash or lost session left the outcome unknown.
-    OutcomeUnknown { message: String },
-    Skip { reason: String },
+    OutcomeUnknown {
+        message: String,
+    },
+    Skip {
+        reason: String,
+    },
     /// A person: run again from where it stopped.
     Retry,
     /// A person: it failed; no rollback.
-    MarkFailed { cause: String },
+    MarkFailed {
+        cause: String,
+    },
     /// A person: run the rollback steps.
     Rollback,
 }
@@ -159,25 +187,42 @@ fn failed(cause: String, shape: HostShape) -> HostState {
 }
 
 /// The next state, or FAILED_PRECONDITION when `event` does not apply to `state`.
-pub fn apply(state: &HostState, event: HostEvent, shape: HostShape) -> Result<HostState, CampaignError> {
+pub fn apply(
+    state: &HostState,
+    event: HostEvent,
+    shape: HostShape,
+) -> Result<HostState, CampaignError> {
     use HostEvent as E;
     use HostState as S;
     let next = match (state, &event) {
         (S::Pending, E::Start) => S::Running { step: 0 },
-        (S::Pending, E::Skip { reason }) => S::Skipped { reason: reason.clone() },
+        (S::Pending, E::Skip { reason }) => S::Skipped {
+            reason: reason.clone(),
+        },
         (S::Running { step }, E::StepSucceeded) => after_step(*step, shape),
         (S::Running { .. }, E::StepFailed { cause }) => failed(cause.clone(), shape),
         (S::Verifying, E::VerifyPassed) => S::Succeeded,
         (S::Verifying, E::VerifyFailed { cause }) => failed(cause.clone(), shape),
-        (S::Failed { cause, rollback_due: true }, E::BeginRollback) => S::RollingBack {
+        (
+            S::Failed {
+                cause,
+                rollback_due: true,
+            },
+            E::BeginRollback,
+        ) => S::RollingBack {
             step: 0,
             cause: cause.clone(),
         },
         (S::RollingBack { step, cause }, E::RollbackStepSucceeded) => {
             if step + 1 < shape.rollback_steps {
-                S::RollingBack { step: step + 1, cause: cause.clone() }
+                S::RollingBack {
+                    step: step + 1,
+                    cause: cause.clone(),
+                }
             } else {
-                S::RolledBack { cause: cause.clone() }
+                S::RolledBack {
+                    cause: cause.clone(),
+                }
             }
         }
         (S::RollingBack { step, .. }, E::RollbackStepFailed { cause }) => S::NeedsAttention {
@@ -203,20 +248,32 @@ pub fn apply(state: &HostState, event: HostEvent, shape: HostShape) -> Result<Ho
         (S::NeedsAttention { stage, message, .. }, E::Retry) => match *stage {
             Stage::Step(step) => S::Running { step },
             Stage::Verify => S::Verifying,
-            Stage::Rollback(step) => S::RollingBack { step, cause: message.clone() },
+            Stage::Rollback(step) => S::RollingBack {
+                step,
+                cause: message.clone(),
+            },
         },
         (S::NeedsAttention { .. }, E::MarkFailed { cause }) => S::Failed {
             cause: cause.clone(),
             rollback_due: false,
         },
         (S::NeedsAttention { message, .. }, E::Rollback)
-        | (S::Failed { cause: message, rollback_due: false }, E::Rollback) => {
+        | (
+            S::Failed {
+                cause: message,
+                rollback_due: false,
+            },
+            E::Rollback,
+        ) => {
             if shape.rollback_steps == 0 {
                 return Err(CampaignError::precondition(
                     "the campaign has no rollback steps to run",
                 ));
             }
-            S::RollingBack { step: 0, cause: message.clone() }
+            S::RollingBack {
+                step: 0,
+                cause: message.clone(),
+            }
         }
         _ => return Err(wrong(state, &event)),
     };

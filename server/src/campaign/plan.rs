@@ -11,7 +11,7 @@ use super::calendar::{Calendar, HORIZON_SECONDS};
 use super::error::CampaignError;
 use super::order::round_robin;
 use super::render::duration;
-use super::spec::{Amount, Canaries, CampaignSpec};
+use super::spec::{Amount, CampaignSpec, Canaries};
 
 /// A device's health as the plan judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +190,10 @@ fn skip_reason(c: &Candidate, input: &PlanInput<'_>) -> Option<(SkipCode, String
         return Some((SkipCode::Critical, format!("health is CRITICAL{why}")));
     }
     if c.predicted_disk_failure {
-        return Some((SkipCode::PredictedDiskFailure, "a disk is predicted to fail".into()));
+        return Some((
+            SkipCode::PredictedDiskFailure,
+            "a disk is predicted to fail".into(),
+        ));
     }
     match c.last_report {
         None => return Some((SkipCode::Silent, "its agent never reported".into())),
@@ -222,7 +225,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, CampaignError> {
     let target: Vec<&Candidate> = input
         .devices
         .iter()
-        .filter(|c| spec.selector.matches(|k| c.labels.get(k).map(String::as_str)))
+        .filter(|c| {
+            spec.selector
+                .matches(|k| c.labels.get(k).map(String::as_str))
+        })
         .collect();
     if target.is_empty() {
         return Err(CampaignError::invalid(
@@ -234,10 +240,16 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, CampaignError> {
     let mut eligible: Vec<(&Candidate, Option<i64>)> = Vec::new();
     for c in &target {
         if let Some((code, reason)) = skip_reason(c, &input) {
-            skipped.push(Skipped { name: c.name.clone(), code, reason });
+            skipped.push(Skipped {
+                name: c.name.clone(),
+                code,
+                reason,
+            });
             continue;
         }
-        let slots = input.calendar.slots(&c.labels, &spec.windows, spec.any_time);
+        let slots = input
+            .calendar
+            .slots(&c.labels, &spec.windows, spec.any_time);
         let fit = slots.next_fit(input.now, estimate);
         let no_fit = match (fit, spec.deadline) {
             (None, _) => Some(format!(
@@ -288,7 +300,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, CampaignError> {
                 if let Some(pos) = eligible.iter().position(|e| &e.0.name == n) {
                     out.push(pos);
                 } else if let Some(s) = skipped.iter().find(|s| &s.name == n) {
-                    return Err(CampaignError::invalid(f, format!("{n} is skipped: {}", s.reason)));
+                    return Err(CampaignError::invalid(
+                        f,
+                        format!("{n} is skipped: {}", s.reason),
+                    ));
                 } else {
                     return Err(CampaignError::invalid(
                         f,
@@ -309,7 +324,11 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, CampaignError> {
         }
     };
     let is_canary: HashSet<usize> = canaries.iter().copied().collect();
-    let fleet: Vec<usize> = order.iter().copied().filter(|i| !is_canary.contains(i)).collect();
+    let fleet: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|i| !is_canary.contains(i))
+        .collect();
 
     let mut guests: HashMap<&str, Vec<Guest>> = HashMap::new();
     for d in input.devices {
@@ -340,7 +359,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, CampaignError> {
                 first_fit: fit,
             });
         }
-        waves.push(Wave { canary, hosts: start..hosts.len() });
+        waves.push(Wave {
+            canary,
+            hosts: start..hosts.len(),
+        });
     };
     if !canaries.is_empty() {
         push(&canaries, true, &mut waves);
@@ -379,7 +401,11 @@ fn cap_warnings(spec: &CampaignSpec, hosts: &[PlannedHost]) -> Vec<String> {
             .chain(h.guests.iter().map(|g| &g.topology))
             .collect();
         for (dim, cap, get) in [
-            ("rack", caps.rack, (|t: &Topology| t.rack.clone()) as fn(&Topology) -> Option<String>),
+            (
+                "rack",
+                caps.rack,
+                (|t: &Topology| t.rack.clone()) as fn(&Topology) -> Option<String>,
+            ),
             ("switch", caps.switch, |t: &Topology| t.switch.clone()),
             ("role", caps.role, |t: &Topology| t.role.clone()),
         ] {
@@ -388,7 +414,11 @@ fn cap_warnings(spec: &CampaignSpec, hosts: &[PlannedHost]) -> Vec<String> {
             for t in &all {
                 *n.entry(get(t)).or_default() += 1;
             }
-            if let Some((g, k)) = n.into_iter().filter(|(_, k)| *k > cap).max_by_key(|(_, k)| *k) {
+            if let Some((g, k)) = n
+                .into_iter()
+                .filter(|(_, k)| *k > cap)
+                .max_by_key(|(_, k)| *k)
+            {
                 out.push(format!(
                     "{} takes {k} hosts of {dim} {} down with it, above max_per_{dim} {cap}: it runs only while that {dim} is otherwise undisrupted",
                     h.name,

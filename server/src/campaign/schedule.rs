@@ -16,7 +16,7 @@ use super::calendar::Calendar;
 use super::host::HostState;
 use super::order::NONE_GROUP;
 use super::plan::{Plan, PlannedHost, Topology};
-use super::spec::{Caps, CampaignSpec};
+use super::spec::{CampaignSpec, Caps};
 use super::state::HaltReason;
 
 /// A host's state and when it reached a terminal one (for `batch_pause`).
@@ -173,7 +173,9 @@ pub fn decide(t: &Tick<'_>) -> Decision {
         .zip(t.hosts)
         .find(|(h, r)| h.canary && (r.state.is_failure() || r.state.is_unknown()))
     {
-        d.halt = Some(HaltReason::CanaryFailed { host: h.name.clone() });
+        d.halt = Some(HaltReason::CanaryFailed {
+            host: h.name.clone(),
+        });
         return d;
     }
     if budget::exceeded(plan.failures_allowed, d.tally) {
@@ -184,7 +186,11 @@ pub fn decide(t: &Tick<'_>) -> Decision {
         return d;
     }
     let terminal = |i: usize| t.hosts.get(i).is_none_or(|r| r.state.is_terminal());
-    let Some(w) = plan.waves.iter().position(|w| w.hosts.clone().any(|i| !terminal(i))) else {
+    let Some(w) = plan
+        .waves
+        .iter()
+        .position(|w| w.hosts.clone().any(|i| !terminal(i)))
+    else {
         d.complete = true;
         return d;
     };
@@ -196,7 +202,11 @@ pub fn decide(t: &Tick<'_>) -> Decision {
             d.waiting = Some(Waiting::CanaryGate);
             return d;
         }
-        let ended = prev.hosts.clone().filter_map(|i| t.hosts[i].finished_at).max();
+        let ended = prev
+            .hosts
+            .clone()
+            .filter_map(|i| t.hosts[i].finished_at)
+            .max();
         if let Some(end) = ended
             && !prev.canary
             && spec.strategy.batch_pause > 0
@@ -208,7 +218,11 @@ pub fn decide(t: &Tick<'_>) -> Decision {
             return d;
         }
     }
-    let active = wave.hosts.clone().filter(|&i| t.hosts[i].state.is_active()).count() as u32;
+    let active = wave
+        .hosts
+        .clone()
+        .filter(|&i| t.hosts[i].state.is_active())
+        .count() as u32;
     let remaining = wave.hosts.clone().filter(|&i| !terminal(i)).count() as u32;
     d.concurrency = if wave.canary {
         spec.strategy.canary_concurrency.max(1).min(remaining)
@@ -256,7 +270,12 @@ pub fn decide(t: &Tick<'_>) -> Decision {
             .filter(|(_, r)| r.state.is_disrupted())
             .map(|(h, _)| h.name.as_str())
             .collect();
-        for (h, _) in plan.hosts.iter().zip(t.hosts).filter(|(_, r)| r.state.is_disrupted()) {
+        for (h, _) in plan
+            .hosts
+            .iter()
+            .zip(t.hosts)
+            .filter(|(_, r)| r.state.is_disrupted())
+        {
             buf.clear();
             touches(&caps, h, &|g| disrupted.contains(g), &mut buf);
             for k in &buf {
@@ -330,7 +349,13 @@ pub enum StepFit {
 }
 
 /// The per-step window re-check.
-pub fn step_fit(spec: &CampaignSpec, calendar: &Calendar, labels: &Labels, step: usize, now: i64) -> StepFit {
+pub fn step_fit(
+    spec: &CampaignSpec,
+    calendar: &Calendar,
+    labels: &Labels,
+    step: usize,
+    now: i64,
+) -> StepFit {
     let need = spec.remaining_estimate(step);
     let s = calendar.slots(labels, &spec.windows, spec.any_time);
     if s.fits_at(now, need) {

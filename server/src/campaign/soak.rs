@@ -40,13 +40,25 @@ pub struct CanarySoak {
 pub enum SoakVerdict {
     Passed,
     /// Not yet: look again at `until` (or at the next report).
-    Waiting { until: i64, why: String },
+    Waiting {
+        until: i64,
+        why: String,
+    },
     /// Halt before the first wave.
-    Dirty { host: String, why: String },
+    Dirty {
+        host: String,
+        why: String,
+    },
 }
 
 /// Judges the soak at `now`. `soak` and `grace` in seconds; `min_reports` at least 2.
-pub fn verdict(canaries: &[CanarySoak], soak: i64, min_reports: u32, grace: i64, now: i64) -> SoakVerdict {
+pub fn verdict(
+    canaries: &[CanarySoak],
+    soak: i64,
+    min_reports: u32,
+    grace: i64,
+    now: i64,
+) -> SoakVerdict {
     let min_reports = min_reports.max(2) as usize;
     for c in canaries {
         for r in c.reports.iter().filter(|r| r.at > c.verified_at) {
@@ -57,7 +69,11 @@ pub fn verdict(canaries: &[CanarySoak], soak: i64, min_reports: u32, grace: i64,
             if r.boot_id != c.baseline.boot_id {
                 return dirty(format!("boot id changed to {} during the soak", r.boot_id));
             }
-            if let Some(n) = r.health_reasons.difference(&c.baseline.health_reasons).next() {
+            if let Some(n) = r
+                .health_reasons
+                .difference(&c.baseline.health_reasons)
+                .next()
+            {
                 return dirty(format!("new health reason {n}"));
             }
             if let Some(d) = r.drift.difference(&c.baseline.drift).next() {

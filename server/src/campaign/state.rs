@@ -29,10 +29,18 @@ pub enum PauseReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HaltReason {
     /// Failures (plus unknown outcomes) exceeded the budget.
-    Budget { charged: u32, allowed: u32 },
-    CanaryFailed { host: String },
+    Budget {
+        charged: u32,
+        allowed: u32,
+    },
+    CanaryFailed {
+        host: String,
+    },
     /// The soak saw new health reasons, new drift, a reboot or missing reports.
-    DirtySoak { host: String, why: String },
+    DirtySoak {
+        host: String,
+        why: String,
+    },
 }
 
 /// A campaign's state.
@@ -111,7 +119,9 @@ pub fn apply(state: &CampaignState, event: CampaignEvent) -> Result<CampaignStat
     use CampaignState as S;
     let name = state.name();
     match (state, event) {
-        (s, _) if s.is_terminal() => refuse(format!("the campaign is {name}; nothing can change it")),
+        (s, _) if s.is_terminal() => {
+            refuse(format!("the campaign is {name}; nothing can change it"))
+        }
         (_, E::Abort) => Ok(S::Aborted),
         (S::Draft, E::Submit) => Ok(S::AwaitingApproval),
         (S::AwaitingApproval, E::ApprovalsComplete) => Ok(S::Scheduled),
@@ -133,9 +143,9 @@ pub fn apply(state: &CampaignState, event: CampaignEvent) -> Result<CampaignStat
         ),
         (S::Paused(PauseReason::WindowClosed { .. }), E::Resume(_)) => Ok(S::Running),
         (S::Paused(_), E::Resume(Resumer::Person(_))) => Ok(S::Running),
-        (S::Paused(_), E::Resume(Resumer::Window)) => {
-            refuse("paused by a person or for attention: a window opening does not resume it".into())
-        }
+        (S::Paused(_), E::Resume(Resumer::Window)) => refuse(
+            "paused by a person or for attention: a window opening does not resume it".into(),
+        ),
         (S::Halted(HaltReason::Budget { charged, allowed }), E::Resume(_)) => refuse(format!(
             "halted: {charged} failures exceed the budget of {allowed}; abort and create a new campaign"
         )),

@@ -92,10 +92,16 @@ fn expect_rule(field: &str, e: &pb::ExpectRule) -> R<()> {
 
 fn steps(field: &str, list: &[pb::CampaignStep], required: bool) -> R<Vec<Step>> {
     if required && list.is_empty() {
-        return bad(field, "needs at least one step (ssh, reboot or wait_report)");
+        return bad(
+            field,
+            "needs at least one step (ssh, reboot or wait_report)",
+        );
     }
     if list.len() > MAX_STEPS {
-        return bad(field, format!("holds {} steps; the limit is {MAX_STEPS}", list.len()));
+        return bad(
+            field,
+            format!("holds {} steps; the limit is {MAX_STEPS}", list.len()),
+        );
     }
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(list.len());
@@ -124,7 +130,10 @@ fn steps(field: &str, list: &[pb::CampaignStep], required: bool) -> R<Vec<Step>>
             }
             Some(Action::Reboot(true)) => StepAction::Reboot,
             Some(Action::Reboot(false)) => {
-                return bad(format!("{f}.reboot"), "must be true (or leave the step out)");
+                return bad(
+                    format!("{f}.reboot"),
+                    "must be true (or leave the step out)",
+                );
             }
             Some(Action::WaitReport(e)) => {
                 expect_rule(&format!("{f}.wait_report"), e)?;
@@ -154,7 +163,10 @@ fn steps(field: &str, list: &[pb::CampaignStep], required: bool) -> R<Vec<Step>>
             s.name.clone()
         };
         if !names.insert(name.clone()) {
-            return bad(format!("{f}.name"), format!("{name:?} is used by an earlier step"));
+            return bad(
+                format!("{f}.name"),
+                format!("{name:?} is used by an earlier step"),
+            );
         }
         out.push(Step {
             name,
@@ -168,7 +180,10 @@ fn steps(field: &str, list: &[pb::CampaignStep], required: bool) -> R<Vec<Step>>
 
 fn names(field: &str, list: &[String]) -> R<()> {
     if list.len() > MAX_NAMED {
-        return bad(field, format!("holds {} entries; the limit is {MAX_NAMED}", list.len()));
+        return bad(
+            field,
+            format!("holds {} entries; the limit is {MAX_NAMED}", list.len()),
+        );
     }
     let mut seen = HashSet::new();
     for (i, n) in list.iter().enumerate() {
@@ -191,7 +206,10 @@ fn strategy(s: Option<&pb::CampaignStrategy>) -> R<Strategy> {
         (false, 0) => Canaries::Named(s.canary_hosts.clone()),
         (true, n) => Canaries::Count(count(&f("canary_count"), n)?),
         (false, _) => {
-            return bad(f("canary_count"), "set canary_hosts or canary_count, not both");
+            return bad(
+                f("canary_count"),
+                "set canary_hosts or canary_count, not both",
+            );
         }
     };
     let tolerance = match pb::FailureTolerance::try_from(s.tolerance) {
@@ -207,7 +225,10 @@ fn strategy(s: Option<&pb::CampaignStrategy>) -> R<Strategy> {
     let soak_reports = match s.soak_reports {
         0 => MIN_SOAK_REPORTS,
         n if n < MIN_SOAK_REPORTS || n > 100 => {
-            return bad(f("soak_reports"), format!("{n} is not in {MIN_SOAK_REPORTS}-100"));
+            return bad(
+                f("soak_reports"),
+                format!("{n} is not in {MIN_SOAK_REPORTS}-100"),
+            );
         }
         n => n,
     };
@@ -217,13 +238,21 @@ fn strategy(s: Option<&pb::CampaignStrategy>) -> R<Strategy> {
     };
     let batch = match amount(&f("batch_size"), s.batch_size.as_ref())? {
         Some(Amount::Hosts(0)) => {
-            return bad(f("batch_size.hosts"), "must be at least 1 (or leave batch_size unset)");
+            return bad(
+                f("batch_size.hosts"),
+                "must be at least 1 (or leave batch_size unset)",
+            );
         }
         b => b,
     };
     Ok(Strategy {
         canaries,
-        canary_soak: bounded(&f("canary_soak"), s.canary_soak.as_ref(), MAX_PAUSE_SECONDS, 0)?,
+        canary_soak: bounded(
+            &f("canary_soak"),
+            s.canary_soak.as_ref(),
+            MAX_PAUSE_SECONDS,
+            0,
+        )?,
         canary_concurrency: count(&f("canary_concurrency"), s.canary_concurrency)?.max(1),
         soak_reports,
         batch,
@@ -235,7 +264,12 @@ fn strategy(s: Option<&pb::CampaignStrategy>) -> R<Strategy> {
             role: cap(&f("max_per_role"), s.max_per_role)?,
             hypervisor: cap(&f("max_per_hypervisor"), s.max_per_hypervisor)?,
         },
-        batch_pause: bounded(&f("batch_pause"), s.batch_pause.as_ref(), MAX_PAUSE_SECONDS, 0)?,
+        batch_pause: bounded(
+            &f("batch_pause"),
+            s.batch_pause.as_ref(),
+            MAX_PAUSE_SECONDS,
+            0,
+        )?,
         tolerance,
     })
 }
@@ -251,7 +285,11 @@ fn approval(a: Option<&pb::ApprovalPolicy>) -> R<ApprovalPolicy> {
             format!("{required} is more than the limit of {MAX_REQUIRED_APPROVALS}"),
         );
     }
-    let people = a.approvers.iter().filter(|n| !n.starts_with("role:")).count();
+    let people = a
+        .approvers
+        .iter()
+        .filter(|n| !n.starts_with("role:"))
+        .count();
     if !a.approvers.is_empty() && people == a.approvers.len() && people < required as usize {
         return bad(
             "approval.required",
@@ -271,13 +309,19 @@ impl TryFrom<&pb::CampaignSpec> for CampaignSpec {
     /// The field rules (everything but the window names, see [`CampaignSpec::parse`]).
     fn try_from(s: &pb::CampaignSpec) -> R<Self> {
         if s.selector.trim().is_empty() {
-            return bad("selector", "is required: a label selector choosing the target hosts");
+            return bad(
+                "selector",
+                "is required: a label selector choosing the target hosts",
+            );
         }
         if s.selector.len() > MAX_SELECTOR_BYTES {
-            return bad("selector", format!("is longer than {MAX_SELECTOR_BYTES} bytes"));
+            return bad(
+                "selector",
+                format!("is longer than {MAX_SELECTOR_BYTES} bytes"),
+            );
         }
-        let selector =
-            Selector::parse(&s.selector).map_err(|e| CampaignError::invalid("selector", e.to_string()))?;
+        let selector = Selector::parse(&s.selector)
+            .map_err(|e| CampaignError::invalid("selector", e.to_string()))?;
         text("description", &s.description, MAX_DESCRIPTION_BYTES)?;
         let desired = match &s.desired {
             Some(d) if *d != pb::DesiredState::default() => {
@@ -287,7 +331,10 @@ impl TryFrom<&pb::CampaignSpec> for CampaignSpec {
             _ => None,
         };
         if s.verify.len() > 256 {
-            return bad("verify", format!("holds {} rules; the limit is 256", s.verify.len()));
+            return bad(
+                "verify",
+                format!("holds {} rules; the limit is 256", s.verify.len()),
+            );
         }
         for (i, e) in s.verify.iter().enumerate() {
             expect_rule(&format!("verify[{i}]"), e)?;
@@ -340,7 +387,10 @@ impl CampaignSpec {
             match calendar.lookup(name, now, now + HORIZON_SECONDS) {
                 WindowLookup::Unknown => return bad(f, format!("no window named {name:?}")),
                 WindowLookup::Freeze => {
-                    return bad(f, format!("{name:?} is a freeze; list maintenance windows here"));
+                    return bad(
+                        f,
+                        format!("{name:?} is a freeze; list maintenance windows here"),
+                    );
                 }
                 WindowLookup::Never => {
                     return bad(f, format!("{name:?} does not open in the next 30 days"));
