@@ -224,7 +224,7 @@ fn strategy(s: Option<&pb::CampaignStrategy>) -> R<Strategy> {
     };
     let soak_reports = match s.soak_reports {
         0 => MIN_SOAK_REPORTS,
-        n if n < MIN_SOAK_REPORTS || n > 100 => {
+        n if !(MIN_SOAK_REPORTS..=100).contains(&n) => {
             return bad(
                 f("soak_reports"),
                 format!("{n} is not in {MIN_SOAK_REPORTS}-100"),

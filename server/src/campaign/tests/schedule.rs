@@ -235,7 +235,7 @@ fn window_fit_waits_and_says_until_when() {
     p.any_time = false;
     strategy(&mut p).failure_threshold = hosts(5);
     let sat = window("sat", "0 2 * * sat", 7200, false, "env=prod");
-    let w = World::new(&p, &fleet(2, 1), &[sat.clone()]);
+    let w = World::new(&p, &fleet(2, 1), std::slice::from_ref(&sat));
     let open = NOW + 18 * 3600; // Sat 02:00
     let d = w.decide_at(NOW, false);
     assert!(d.start.is_empty());
@@ -315,4 +315,31 @@ fn needs_attention_holds_the_wave_for_a_person_and_vanished_hosts_are_reported()
     let d = w.decide_at(NOW, false);
     assert_eq!(d.vanished, vec![0]);
     assert_eq!(w.started(&d), ["h01"]);
+}
+
+#[test]
+fn a_hypervisor_whose_vms_alone_exceed_a_cap_runs_in_an_undisrupted_group() {
+    let mut p = pb_spec();
+    strategy(&mut p).max_per_role = 1;
+    strategy(&mut p).failure_threshold = hosts(10);
+    let mut devs = vec![cand("hv1", "r0"), cand("db3", "r1")];
+    devs[1].topology.role = Some("db".into());
+    for n in ["db1", "db2"] {
+        let mut vm = cand(n, "r0");
+        vm.parent = Some("hv1".into());
+        vm.topology.role = Some("db".into());
+        vm.labels.insert("env".into(), "dev".into());
+        devs.push(vm);
+    }
+    let mut w = World::new(&p, &devs, &[]);
+    assert!(
+        w.plan
+            .warnings
+            .iter()
+            .any(|m| m.contains("hv1 takes 2 hosts of role db"))
+    );
+    assert_eq!(w.started(&w.decide_at(NOW, false)), ["hv1"]);
+    // While another db host is disrupted, hv1 waits.
+    w.set("db3", running());
+    assert_eq!(w.decide_at(NOW, false).waiting, Some(Waiting::Topology));
 }
