@@ -131,6 +131,50 @@ impl Schedule {
         }
     }
 
+    /// The window's open intervals `[start, end)` in Unix seconds that overlap `[from, until)`,
+    /// sorted, with overlapping and touching ones merged (a window every hour for an hour is
+    /// one interval). At most `max_starts` cron starts are read, which bounds the work for a
+    /// window like `* * * * *`; the campaign scheduler asks "open for how long from T", which
+    /// `is_open` cannot answer.
+    pub fn open_intervals(&self, from: i64, until: i64, max_starts: usize) -> Vec<(i64, i64)> {
+        let mut raw: Vec<(i64, i64)> = self
+            .ranges
+            .iter()
+            .copied()
+            .filter(|&(s, e)| s < e && e > from && s < until)
+            .collect();
+        if let Some((cron, tz, d)) = &self.cron {
+            // A start after `from - d` is the first that may still be open at `from`.
+            let mut cur = DateTime::from_timestamp(from.saturating_sub(*d), 0)
+                .map(|t| tz.from_utc_datetime(&t.naive_utc()));
+            let mut n = 0;
+            while let Some(after) = cur.take() {
+                if n >= max_starts {
+                    break;
+                }
+                let Ok(next) = cron.find_next_occurrence(&after, false) else {
+                    break;
+                };
+                let s = next.timestamp();
+                if s >= until {
+                    break;
+                }
+                raw.push((s, s.saturating_add(*d)));
+                n += 1;
+                cur = Some(next);
+            }
+        }
+        raw.sort_unstable();
+        let mut out: Vec<(i64, i64)> = Vec::with_capacity(raw.len());
+        for (s, e) in raw {
+            match out.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        out
+    }
+
     /// Whether the window applies to a device with these labels.
     pub fn selects<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.selector.matches(label)
@@ -234,6 +278,43 @@ mod tests {
         assert!(in_window(&ws, |k| prod.get(k).copied(), t));
         assert!(!in_window(&ws, |k| gold.get(k).copied(), t));
         assert!(!in_window(&ws, |k| dev.get(k).copied(), t));
+    }
+
+    #[test]
+    fn open_intervals_merge_touching_occurrences_and_follow_dst() {
+        // Hourly for an hour: one interval over the whole span.
+        let s = Schedule::parse(&window("0 * * * *", 3600, "")).unwrap();
+        let from = at("2026-03-03T00:30:00Z").timestamp();
+        let until = at("2026-03-03T05:00:00Z").timestamp();
+        let iv = s.open_intervals(from, until, 1000);
+        assert_eq!(iv, vec![(at("2026-03-03T00:00:00Z").timestamp(), until)]);
+        // Saturdays 02:00 Berlin for 2 h: 01:00Z in March before DST, 00:00Z after.
+        let s = Schedule::parse(&window("0 2 * * sat", 7200, "Europe/Berlin")).unwrap();
+        let iv = s.open_intervals(
+            at("2026-03-21T00:00:00Z").timestamp(),
+            at("2026-04-05T00:00:00Z").timestamp(),
+            1000,
+        );
+        assert_eq!(
+            iv,
+            vec![
+                (
+                    at("2026-03-21T01:00:00Z").timestamp(),
+                    at("2026-03-21T03:00:00Z").timestamp()
+                ),
+                (
+                    at("2026-03-28T01:00:00Z").timestamp(),
+                    at("2026-03-28T03:00:00Z").timestamp()
+                ),
+                (
+                    at("2026-04-04T00:00:00Z").timestamp(),
+                    at("2026-04-04T02:00:00Z").timestamp()
+                ),
+            ]
+        );
+        // The bound on starts read holds.
+        let s = Schedule::parse(&window("* * * * *", 30, "")).unwrap();
+        assert_eq!(s.open_intervals(0, 1_000_000, 10).len(), 10);
     }
 
     #[test]

@@ -189,7 +189,8 @@ fn validate_selector(field: &str, s: &str) -> Result<(), InvalidField> {
 
 const EXPECT_OPS: [&str; 8] = ["==", "!=", "<", "<=", ">", ">=", "in", "exists"];
 
-fn validate_spec(field: &str, s: &pb::DesiredState) -> Result<(), InvalidField> {
+/// Validates a desired state (a device's spec, a profile's, a campaign's `desired`) under `field`.
+pub(crate) fn validate_spec(field: &str, s: &pb::DesiredState) -> Result<(), InvalidField> {
     text(&format!("{field}.os_release"), &s.os_release)?;
     text(&format!("{field}.kernel"), &s.kernel)?;
     for (f, n, max) in [
