@@ -114,6 +114,88 @@ enum Command {
     },
     /// Read a token on stdin and print the sha256 to put in the config's [[tokens]].
     HashToken,
+    /// Raw records of a stopped server's store, for forensics and drills (keys and values
+    /// escaped: printable ASCII as is, \\ and \xNN otherwise).
+    Inspect {
+        #[command(subcommand)]
+        what: InspectCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InspectCommand {
+    /// List keys, one per line.
+    Keys {
+        /// Only keys starting with these (escaped) bytes.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only keys whose escaped form contains this.
+        #[arg(long, default_value = "")]
+        key_contains: String,
+        /// Only records whose value contains these bytes.
+        #[arg(long, default_value = "")]
+        value_contains: String,
+    },
+    /// Print one record's value.
+    Get { key: String },
+    /// Tamper drill: replace the first occurrence of --find in a record with --replace.
+    /// `muster audit verify` must then report the entry.
+    Patch {
+        key: String,
+        #[arg(long)]
+        find: String,
+        #[arg(long)]
+        replace: String,
+    },
+    /// Capacity drill: write --count inert records of --bytes under a prefix `atest-...`.
+    Fill {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 300)]
+        bytes: usize,
+    },
+}
+
+fn inspect(config: &Config, what: InspectCommand) -> anyhow::Result<()> {
+    use muster_server::store::inspect::{Inspector, escape_key, unescape_key};
+    let store = Inspector::open(&config.data_dir)?;
+    match what {
+        InspectCommand::Keys {
+            prefix,
+            key_contains,
+            value_contains,
+        } => {
+            let keys = store.keys(
+                &unescape_key(&prefix)?,
+                &key_contains,
+                value_contains.as_bytes(),
+            )?;
+            let mut out = String::new();
+            for k in keys {
+                out.push_str(&escape_key(&k));
+                out.push('\n');
+            }
+            print!("{out}");
+        }
+        InspectCommand::Get { key } => {
+            let k = unescape_key(&key)?;
+            let v = store
+                .get(&k)?
+                .ok_or_else(|| anyhow::anyhow!("no record under key {key}"))?;
+            println!("{}", escape_key(&v));
+        }
+        InspectCommand::Patch { key, find, replace } => {
+            store.patch(&unescape_key(&key)?, find.as_bytes(), replace.as_bytes())?;
+        }
+        InspectCommand::Fill {
+            prefix,
+            count,
+            bytes,
+        } => store.fill(&prefix, count, bytes)?,
+    }
+    Ok(())
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -377,6 +459,7 @@ fn main() -> anyhow::Result<()> {
             from,
             passphrase_file,
         }) => restore(&config, &from, passphrase_file.as_deref()),
+        Some(Command::Inspect { what }) => inspect(&config, what),
         Some(Command::HashToken) => {
             let mut token = String::new();
             std::io::stdin().read_line(&mut token)?;

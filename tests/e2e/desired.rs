@@ -309,12 +309,11 @@ async fn real_packages_and_facts_drift_pending_and_unexpected() {
     assert!(drift_of(&mut c, "drift-01").await.is_empty());
     drop((inv, c));
     s.stop().unwrap();
-    let db = sled::open(&s.data_dir).unwrap();
-    let left: Vec<String> = db
-        .scan_prefix(b"a")
-        .keys()
-        .map(|k| String::from_utf8_lossy(&k.unwrap()).into_owned())
-        .filter(|k| k.contains(&old_id) && !k.starts_with("aag/"))
+    let left: Vec<String> = s
+        .inspect(&["keys", "--prefix", "a", "--key-contains", &old_id])
+        .lines()
+        .filter(|k| !k.starts_with("aag/"))
+        .map(str::to_string)
         .collect();
     assert!(
         left.is_empty(),
@@ -588,21 +587,18 @@ async fn audit_verify_finds_an_entry_modified_on_disk() {
     drop((inv, audit));
     s.stop().unwrap();
 
-    // Offline, with sled itself: change one byte of that entry's reason.
+    // Offline, through `musterd inspect`: change one byte of that entry's reason.
     {
-        let db = sled::open(&s.data_dir).unwrap();
-        let mut hit = None;
-        for item in db.scan_prefix(b"e") {
-            let (k, v) = item.unwrap();
-            if let Some(at) = v.windows(13).position(|w| w == b"tamper-target") {
-                hit = Some((k, v, at));
-            }
-        }
-        let (k, v, at) = hit.expect("the entry is on disk");
-        let mut v = v.to_vec();
-        v[at] = b'T';
-        db.insert(k, v).unwrap();
-        db.flush().unwrap();
+        let keys = s.inspect(&["keys", "--prefix", "e", "--value-contains", "tamper-target"]);
+        let key = keys.lines().last().expect("the entry is on disk");
+        s.inspect(&[
+            "patch",
+            key,
+            "--find",
+            "tamper-target",
+            "--replace",
+            "Tamper-target",
+        ]);
     }
     s.spawn().unwrap();
     let mut audit = s.audit().await.unwrap();

@@ -289,18 +289,11 @@ async fn verify_checks_only_what_was_appended_and_still_finds_tampering() {
     s.stop().unwrap();
     let target = second.revision + 2;
     {
-        let db = sled::open(&s.data_dir).unwrap();
-        let mut key = vec![b'e'];
-        key.extend_from_slice(&target.to_be_bytes());
-        let mut v = db
-            .get(&key)
-            .unwrap()
-            .expect("the entry is on disk")
-            .to_vec();
-        let at = v.windows(8).position(|w| w == b"reason c").unwrap();
-        v[at] = b'R';
-        db.insert(key, v).unwrap();
-        db.flush().unwrap();
+        // The audit entry's key: `e` and the revision, big-endian (escaped for inspect).
+        let key: String = std::iter::once("e".to_string())
+            .chain(target.to_be_bytes().iter().map(|b| format!("\\x{b:02x}")))
+            .collect();
+        s.inspect(&["patch", &key, "--find", "reason c", "--replace", "Reason c"]);
     }
     s.spawn().unwrap();
     let broken = audit_as(s.channel().await.unwrap(), VIEWER_TOKEN)
@@ -320,24 +313,20 @@ async fn writes_keep_flowing_while_a_backup_runs() {
         ..Default::default()
     })
     .unwrap();
-    // A largish store, written offline with sled itself (through the API it would take
+    // A largish store, written offline by `musterd inspect fill` (through the API it would take
     // minutes): many small auxiliary records under a prefix no layer reads, which is what
     // makes a copy slow per byte (sled's per-key cost).
     const FILLER: u32 = 100_000;
     let built = Instant::now();
-    {
-        let db = sled::open(&s.data_dir).unwrap();
-        let value = vec![b'f'; 300];
-        let mut batch = sled::Batch::default();
-        for i in 0..FILLER {
-            batch.insert(format!("atest-filler/{i:08}").as_bytes(), &value[..]);
-            if i % 10_000 == 9_999 {
-                db.apply_batch(std::mem::take(&mut batch)).unwrap();
-            }
-        }
-        db.apply_batch(batch).unwrap();
-        db.flush().unwrap();
-    }
+    s.inspect(&[
+        "fill",
+        "--prefix",
+        "atest-filler/",
+        "--count",
+        &FILLER.to_string(),
+        "--bytes",
+        "300",
+    ]);
     eprintln!("filled in {:?}", built.elapsed());
     s.spawn().unwrap();
     eprintln!("started in {:?}", built.elapsed());

@@ -307,6 +307,25 @@ impl TestServer {
         anyhow::bail!("the audit trail did not end after 1000 pages")
     }
 
+    /// Runs `musterd inspect <args>` on this (stopped) server's data directory: the one way
+    /// the e2e suite sees raw records (it never opens the store itself). Fails the test when
+    /// the command fails; returns its stdout.
+    pub fn inspect(&self, args: &[&str]) -> String {
+        let o = Command::new(bin("musterd"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("inspect")
+            .args(args)
+            .output()
+            .expect("running musterd inspect");
+        assert!(
+            o.status.success(),
+            "musterd inspect {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// Runs the real `muster` CLI against this server with the admin token.
     pub fn muster(&self, args: &[&str]) -> Output {
         self.muster_with(args, &self.token, None)

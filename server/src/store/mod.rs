@@ -10,6 +10,7 @@ mod audit_scan;
 mod backup;
 mod flush_error;
 mod index;
+pub mod inspect;
 mod keys;
 mod record;
 mod sled_store;
