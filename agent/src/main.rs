@@ -134,13 +134,15 @@ async fn shutdown_signal() {
 
 async fn main_inner(cli: Cli) -> anyhow::Result<()> {
     let cfg = load_config(&cli)?;
+    // The one clock the agent reads time from (tests of the library hand in a manual one).
+    let clock = muster::clock::system();
     match cli.command.unwrap_or(Command::Run) {
         Command::Enroll { token, wait } => {
-            let device = run::enroll(&cfg, &token, wait).await?;
+            let device = run::enroll_with_clock(&cfg, &token, wait, &clock).await?;
             println!("enrolled as device {device}");
         }
         Command::Collect => {
-            let mut c = Collectors::new(&cfg, None)?;
+            let mut c = Collectors::new(&cfg, None, clock)?;
             let got = c.collect().await;
             let out = serde_json::json!({
                 "facts": serde_json::to_value(&got.facts)?,
@@ -151,7 +153,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Command::Run => {
-            let agent = Agent::open(cfg)?;
+            let agent = Agent::open(cfg, clock)?;
             tracing::info!(device = agent.device(), "muster-agent reporting");
             // Printed for whoever started us (tests, systemd logs): the agent is up.
             println!("muster-agent running device={}", agent.device());
