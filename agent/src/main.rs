@@ -195,3 +195,55 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("muster-agent").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "server = \"https://file.example:7070\"\nstate_dir = \"/var/lib/from-file\"\ndisks = [\"/dev/sda\"]\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = load_config(&cli(&["-c", path, "--server", "https://flag.example:7070"])).unwrap();
+        assert_eq!(c.server, "https://flag.example:7070");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/from-file"));
+        assert_eq!(c.disks, ["/dev/sda"]);
+        let c = load_config(&cli(&[
+            "-c",
+            path,
+            "--disk",
+            "/dev/nvme0",
+            "--disk",
+            "/dev/sdb:sat",
+        ]))
+        .unwrap();
+        assert_eq!(c.disks, ["/dev/nvme0", "/dev/sdb:sat"]);
+        assert!(!c.insecure);
+        assert!(load_config(&cli(&["--insecure"])).unwrap().insecure);
+    }
+
+    #[test]
+    fn a_bad_config_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "no_such_key = 1\n").unwrap();
+        let err = load_config(&cli(&["-c", file.to_str().unwrap()]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("agent.toml") && err.contains("no_such_key"),
+            "{err}"
+        );
+    }
+}

@@ -222,3 +222,78 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use muster::clock::{ManualClock, SharedClock};
+
+    use super::*;
+    use crate::config::AgentConfig;
+
+    /// An agent enrolled as `dev-1` whose server is a closed loopback port: everything up to
+    /// the send is real (collectors, chain, spool, state file), the send fails.
+    fn offline_agent(dir: &std::path::Path, clock: SharedClock) -> Agent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        std::fs::write(dir.join("device"), "dev-1\n").unwrap();
+        // Plain http:// presents no certificate; the file only marks the host as enrolled.
+        std::fs::write(dir.join("agent.pem"), "").unwrap();
+        let cfg = AgentConfig {
+            server: format!("http://127.0.0.1:{port}"),
+            state_dir: dir.to_path_buf(),
+            packages: false,
+            smart: false,
+            ..AgentConfig::default()
+        };
+        Agent::open(cfg, clock).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reports_are_spooled_stamped_and_kept_while_the_server_is_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let manual = ManualClock::at_unix_nanos(1_800_000_000_000_000_000);
+        let mut agent = offline_agent(dir.path(), manual.clone());
+        agent.collect_and_spool().await.unwrap();
+        manual.advance(Duration::from_secs(60));
+        agent.collect_and_spool().await.unwrap();
+
+        assert_eq!(agent.spool.sequences().unwrap(), [1, 2]);
+        let first = agent.spool.read(1).unwrap();
+        let second = agent.spool.read(2).unwrap();
+        assert_eq!(first.device, "dev-1");
+        // The first report after start is full; the next builds on it.
+        assert!(first.base_hash.is_empty());
+        assert_eq!(second.base_hash, first.facts_hash);
+        assert_eq!(first.collected_at.map(|t| t.seconds), Some(1_800_000_000));
+        assert_eq!(second.collected_at.map(|t| t.seconds), Some(1_800_000_060));
+
+        // Nothing listens: not delivered, nothing lost.
+        assert!(!agent.drain().await.unwrap());
+        assert_eq!(agent.spool.sequences().unwrap(), [1, 2]);
+        // The sequence survives a restart (state file plus spool).
+        drop(agent);
+        let again = offline_agent(dir.path(), manual.clone());
+        assert_eq!(again.state.seq, 2);
+    }
+
+    #[test]
+    fn the_servers_limit_is_learned_but_never_above_the_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The lazy channel needs a runtime to exist in.
+        let _guard = rt.enter();
+        let mut agent = offline_agent(dir.path(), muster::clock::system());
+        assert_eq!(agent.limit, super::super::DEFAULT_LIMIT);
+        agent.learn_limit(1_000_000);
+        assert_eq!(agent.limit, 1_000_000);
+        agent.learn_limit(0); // "not said": keep what we have
+        assert_eq!(agent.limit, 1_000_000);
+        agent.learn_limit(u64::MAX);
+        assert_eq!(agent.limit, MAX_ENCODED_REPORT);
+    }
+}

@@ -106,3 +106,49 @@ pub async fn enroll_with_clock(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plaintext to a host that is not loopback is refused before any key is made or any
+    /// socket opened: the token would travel in clear text.
+    #[tokio::test]
+    async fn plaintext_to_a_remote_server_is_refused_and_leaves_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AgentConfig {
+            server: "http://muster.example:7070".into(),
+            state_dir: dir.path().to_path_buf(),
+            ..AgentConfig::default()
+        };
+        let err = enroll_with_clock(&cfg, "token", Duration::ZERO, &muster::clock::system())
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("muster.example"), "{err}");
+        assert!(!Paths::new(dir.path()).key.exists());
+    }
+
+    /// A server that is not there: the refusal names the transport error, and the wait for
+    /// approval does not start.
+    #[tokio::test]
+    async fn an_unreachable_server_is_an_enrollment_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let cfg = AgentConfig {
+            server: format!("http://127.0.0.1:{port}"),
+            state_dir: dir.path().to_path_buf(),
+            ..AgentConfig::default()
+        };
+        let err = enroll_with_clock(&cfg, "token", Duration::ZERO, &muster::clock::system())
+            .await
+            .err();
+        assert!(matches!(err, Some(AgentError::Enroll(_))), "{err:?}");
+        // No identity was written.
+        assert!(!Paths::new(dir.path()).device.exists());
+    }
+}

@@ -483,3 +483,39 @@ impl IpmiCollector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_collection_keeps_the_cursor_and_drops_the_session() {
+        let ep = BmcEndpoint::Local("/nonexistent/ipmi0".into());
+        let mut c = IpmiCollector::new(ep, Duration::from_millis(100));
+        c.set_sel_cursor(Some(41));
+        let err = c.collect().err();
+        assert!(matches!(err, Some(IpmiError::Device { .. })), "{err:?}");
+        // The next collection starts from the same place: no event is skipped.
+        assert_eq!(c.sel_cursor(), Some(41));
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains("connected: false"), "{dbg}");
+    }
+
+    /// Nothing listens on the port (loopback only): an error naming the BMC, not a hang.
+    #[test]
+    fn no_bmc_on_the_port_is_an_error_naming_it() {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let ep = BmcEndpoint::parse(
+            &format!("rmcp://admin@127.0.0.1:{port}"),
+            Some("secret".into()),
+        )
+        .unwrap();
+        let mut c = IpmiCollector::new(ep, Duration::from_millis(200));
+        let err = c.collect().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+}

@@ -200,3 +200,57 @@ fn activation_error(e: ActivationError, bmc: &str, user: &str, timeout: Duration
         other => session(format!("{other:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn io_errors_say_timeout_refused_or_io() {
+        let t = Duration::from_secs(3);
+        let timeout = io_error(Error::from(ErrorKind::WouldBlock), "bmc1:623", t);
+        assert!(
+            matches!(timeout, IpmiError::Timeout { ref bmc, timeout } if bmc == "bmc1:623" && timeout == t)
+        );
+        let refused = io_error(Error::from(ErrorKind::ConnectionRefused), "bmc1:623", t);
+        assert!(matches!(refused, IpmiError::Refused { .. }), "{refused}");
+        let other = io_error(Error::from(ErrorKind::PermissionDenied), "bmc1:623", t);
+        assert!(matches!(other, IpmiError::Io { .. }), "{other}");
+    }
+
+    #[test]
+    fn a_wrong_password_is_an_authentication_error_naming_the_user() {
+        let e = activation_error(
+            ActivationError::V2_0(V2_0ActivationError::ServerAuthenticationFailed),
+            "bmc1:623",
+            "admin",
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            e.to_string(),
+            "authentication failed for user admin at BMC bmc1:623 (wrong password?)"
+        );
+        let v15 = activation_error(
+            ActivationError::NoSupportedIpmiLANVersions,
+            "bmc1:623",
+            "admin",
+            Duration::from_secs(1),
+        );
+        assert!(matches!(v15, IpmiError::Session { .. }), "{v15}");
+    }
+
+    #[test]
+    fn a_missing_device_names_the_path_and_the_kernel_module() {
+        let ep = BmcEndpoint::Local("/nonexistent/ipmi7".into());
+        let err = Conn::open(&ep, Duration::from_millis(100))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("/nonexistent/ipmi7") && err.contains("ipmi_devintf"),
+            "{err}"
+        );
+    }
+}

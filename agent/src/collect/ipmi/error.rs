@@ -82,3 +82,43 @@ pub(super) fn completion_code_meaning(cc: u8) -> &'static str {
         _ => "device-specific or unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_command_failures_keep_the_session() {
+        let cmd = IpmiError::Command {
+            bmc: "10.0.0.5:623".into(),
+            what: "Get SDR",
+            cc: 0xC5,
+            meaning: completion_code_meaning(0xC5),
+        };
+        assert!(!cmd.is_link());
+        assert_eq!(
+            cmd.to_string(),
+            "BMC 10.0.0.5:623: Get SDR failed with completion code 0xc5 (reservation cancelled or invalid)"
+        );
+        let timeout = IpmiError::Timeout {
+            bmc: "b".into(),
+            timeout: Duration::from_secs(2),
+        };
+        assert!(timeout.is_link());
+        assert!(IpmiError::Refused { bmc: "b".into() }.is_link());
+    }
+
+    #[test]
+    fn completion_codes_have_meanings() {
+        assert_eq!(
+            completion_code_meaning(0xC1),
+            "invalid or unsupported command"
+        );
+        assert_eq!(
+            completion_code_meaning(0xCA),
+            "cannot return number of requested data bytes"
+        );
+        assert_eq!(completion_code_meaning(0xFF), "unspecified error");
+        assert_eq!(completion_code_meaning(0x80), "device-specific or unknown");
+    }
+}
