@@ -134,13 +134,15 @@ async fn shutdown_signal() {
 
 async fn main_inner(cli: Cli) -> anyhow::Result<()> {
     let cfg = load_config(&cli)?;
+    // The one clock the agent reads time from (tests of the library hand in a manual one).
+    let clock = muster::clock::system();
     match cli.command.unwrap_or(Command::Run) {
         Command::Enroll { token, wait } => {
-            let device = run::enroll(&cfg, &token, wait).await?;
+            let device = run::enroll_with_clock(&cfg, &token, wait, &clock).await?;
             println!("enrolled as device {device}");
         }
         Command::Collect => {
-            let mut c = Collectors::new(&cfg, None)?;
+            let mut c = Collectors::new(&cfg, None, clock)?;
             let got = c.collect().await;
             let out = serde_json::json!({
                 "facts": serde_json::to_value(&got.facts)?,
@@ -151,7 +153,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Command::Run => {
-            let agent = Agent::open(cfg)?;
+            let agent = Agent::open(cfg, clock)?;
             tracing::info!(device = agent.device(), "muster-agent reporting");
             // Printed for whoever started us (tests, systemd logs): the agent is up.
             println!("muster-agent running device={}", agent.device());
@@ -191,5 +193,57 @@ fn main() -> ExitCode {
             eprintln!("muster-agent: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("muster-agent").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "server = \"https://file.example:7070\"\nstate_dir = \"/var/lib/from-file\"\ndisks = [\"/dev/sda\"]\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = load_config(&cli(&["-c", path, "--server", "https://flag.example:7070"])).unwrap();
+        assert_eq!(c.server, "https://flag.example:7070");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/from-file"));
+        assert_eq!(c.disks, ["/dev/sda"]);
+        let c = load_config(&cli(&[
+            "-c",
+            path,
+            "--disk",
+            "/dev/nvme0",
+            "--disk",
+            "/dev/sdb:sat",
+        ]))
+        .unwrap();
+        assert_eq!(c.disks, ["/dev/nvme0", "/dev/sdb:sat"]);
+        assert!(!c.insecure);
+        assert!(load_config(&cli(&["--insecure"])).unwrap().insecure);
+    }
+
+    #[test]
+    fn a_bad_config_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "no_such_key = 1\n").unwrap();
+        let err = load_config(&cli(&["-c", file.to_str().unwrap()]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("agent.toml") && err.contains("no_such_key"),
+            "{err}"
+        );
     }
 }
