@@ -4,7 +4,6 @@
 //! each usable on its own; `run` ties them to enrollment (`identity`), delta reports
 //! (`report`) and the offline spool (`spool`). The load generator and the tests drive this
 //! same code.
-#![allow(clippy::disallowed_methods)] // TEMPORARY: the agent moves to muster::clock (branch agentsplit)
 
 pub mod collect;
 pub mod config;
