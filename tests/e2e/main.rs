@@ -13,6 +13,7 @@ mod api;
 mod backup;
 mod cli;
 mod desired;
+mod device_delete;
 mod durability;
 mod errors;
 mod ipmi;
