@@ -143,7 +143,12 @@ impl Inventory {
         let Some((old_obj, old)) = current else {
             crate::scope::check_write(self, who, &r)?;
             let r = self.new_object(who, r, now)?;
-            let m = self.write_mutation(who, kind, &r, Expect::Absent, "apply", ctx, now);
+            let m = self.write_mutation(
+                kind,
+                &r,
+                Expect::Absent,
+                Self::change_meta(who, "apply", ctx, now),
+            );
             return Ok(PreparedWrite {
                 kind,
                 name,
@@ -173,7 +178,12 @@ impl Inventory {
             });
         }
         let expect = Expect::Revision(old_obj.revision);
-        let m = self.write_mutation(who, kind, &new, expect, "apply", ctx, now);
+        let m = self.write_mutation(
+            kind,
+            &new,
+            expect,
+            Self::change_meta(who, "apply", ctx, now),
+        );
         Ok(PreparedWrite {
             kind,
             name,

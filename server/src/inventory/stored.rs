@@ -108,16 +108,13 @@ impl Inventory {
         }
     }
 
-    /// The write of an operator's version `r`: stored form, reference checks, audit metadata.
+    /// The write of version `r`: stored form, reference checks, audit metadata.
     pub(super) fn write_mutation(
         &self,
-        who: &Principal,
         kind: ResourceKind,
         r: &pb::Resource,
         expect: Expect,
-        verb: &str,
-        ctx: &ChangeContext,
-        now: i64,
+        change: ChangeMeta,
     ) -> Mutation {
         Mutation {
             kind: kind_id(kind),
@@ -125,7 +122,7 @@ impl Inventory {
             expect,
             put: Some(self.stored(kind, r)),
             checks: Self::checks_for(r),
-            change: Self::change_meta(who, verb, ctx, now),
+            change,
         }
     }
 

@@ -26,7 +26,12 @@ impl Inventory {
         crate::scope::check_write(self, who, &r)?;
         let now = self.now_unix_nanos();
         let r = self.new_object(who, r, now)?;
-        let m = self.write_mutation(who, kind, &r, Expect::Absent, "create", ctx, now);
+        let m = self.write_mutation(
+            kind,
+            &r,
+            Expect::Absent,
+            Self::change_meta(who, "create", ctx, now),
+        );
         Ok((m, Box::new(r)))
     }
 
@@ -88,7 +93,7 @@ impl Inventory {
         let now = self.now_unix_nanos();
         let new = self.merge_checked(who, &old, r.clone(), now)?;
         let expect = Expect::Revision(old_obj.revision);
-        let m = self.write_mutation(who, kind, &new, expect, verb, ctx, now);
+        let m = self.write_mutation(kind, &new, expect, Self::change_meta(who, verb, ctx, now));
         let rev = self.commit(kind, &name, m).await?;
         Ok(Self::shown(new, rev))
     }
