@@ -15,6 +15,7 @@ mod cli;
 mod desired;
 mod device_delete;
 mod durability;
+mod edge_refusals;
 mod errors;
 mod ipmi;
 mod peers;
