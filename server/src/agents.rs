@@ -21,6 +21,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::aux_keys;
 use crate::health::{self, HealthInput, SelSeen};
 use crate::inventory::{ChangeContext, Inventory};
 use crate::model::resource::SERVER_ANNOTATION_PREFIX;
@@ -30,7 +31,9 @@ use crate::pki::AgentCa;
 use crate::store::{self, AuxWrite, Mutation, RefusalKind, Store, StoreError};
 use crate::vm_discovery;
 
+mod cleanup;
 mod renew;
+pub(crate) use cleanup::enrollment_records;
 use renew::{Ident, identity_record};
 pub use renew::{RENEW_OVERLAP, Renewed, certificate_reason};
 
@@ -147,16 +150,16 @@ fn sha256_hex(s: &str) -> String {
 }
 
 fn token_key(hash: &str) -> Vec<u8> {
-    format!("ag/tok/{hash}").into_bytes()
+    aux_keys::key(aux_keys::AGENT_TOKEN, hash)
 }
 fn identity_key(fp: &str) -> Vec<u8> {
-    format!("ag/id/{fp}").into_bytes()
+    aux_keys::key(aux_keys::AGENT_IDENTITY, fp)
 }
 fn device_key(device: &str) -> Vec<u8> {
-    format!("ag/dev/{device}").into_bytes()
+    aux_keys::key(aux_keys::AGENT_DEVICE, device)
 }
 fn pending_key(hash: &str) -> Vec<u8> {
-    format!("ag/pend/{hash}").into_bytes()
+    aux_keys::key(aux_keys::AGENT_PENDING, hash)
 }
 
 fn random_secret(prefix: &str) -> String {
@@ -257,9 +260,12 @@ impl Agents {
     ) -> Result<Self, ApiError> {
         let store = Arc::clone(inventory.store());
         let mut identities = HashMap::new();
-        for (k, v) in store.aux_scan(b"ag/id/").map_err(store_err)? {
+        for (k, v) in store
+            .aux_scan(aux_keys::AGENT_IDENTITY.as_bytes())
+            .map_err(store_err)?
+        {
             if let Some((i, _, _)) = Ident::from_record(decode(&v)?) {
-                let fp = String::from_utf8_lossy(&k[6..]).into_owned();
+                let fp = String::from_utf8_lossy(&k[aux_keys::AGENT_IDENTITY.len()..]).into_owned();
                 identities.insert(fp, i);
             }
         }
@@ -824,7 +830,11 @@ impl Agents {
     /// Operator: active identities and held enrollments.
     pub fn enrollments(&self) -> Result<Vec<pb::EnrollmentInfo>, ApiError> {
         let mut out = Vec::new();
-        for (k, v) in self.store.aux_scan(b"ag/id/").map_err(store_err)? {
+        for (k, v) in self
+            .store
+            .aux_scan(aux_keys::AGENT_IDENTITY.as_bytes())
+            .map_err(store_err)?
+        {
             if let Some((i, hostname, since)) = Ident::from_record(decode(&v)?) {
                 out.push(pb::EnrollmentInfo {
                     device: i.device,
@@ -835,13 +845,18 @@ impl Agents {
                         "active"
                     }
                     .into(),
-                    fingerprint: String::from_utf8_lossy(&k[6..]).into_owned(),
+                    fingerprint: String::from_utf8_lossy(&k[aux_keys::AGENT_IDENTITY.len()..])
+                        .into_owned(),
                     hostname,
                     since: Some(timestamp(since)),
                 });
             }
         }
-        for (_, v) in self.store.aux_scan(b"ag/pend/").map_err(store_err)? {
+        for (_, v) in self
+            .store
+            .aux_scan(aux_keys::AGENT_PENDING.as_bytes())
+            .map_err(store_err)?
+        {
             if let Record::Pending(p) = decode(&v)? {
                 out.push(pb::EnrollmentInfo {
                     device: p.device,

@@ -36,9 +36,9 @@ pub const PRINCIPAL: &str = "system:drift";
 /// Verb of the engine's own writes.
 pub const VERB: &str = "drift";
 /// Auxiliary key prefix of the per-device drift memory.
-const MEMORY_PREFIX: &[u8] = b"dr/";
+const MEMORY_PREFIX: &[u8] = crate::aux_keys::DRIFT_MEMORY.as_bytes();
 /// Auxiliary key of the event-log revision whose drift has been written out.
-const FOLLOWED_KEY: &[u8] = b"dr-followed";
+const FOLLOWED_KEY: &[u8] = crate::aux_keys::DRIFT_FOLLOWED.as_bytes();
 /// Device writes in flight at once.
 const WRITE_WINDOW: usize = 512;
 /// Auxiliary puts per write.

@@ -93,7 +93,7 @@ async fn produce(
     loop {
         let (page, next, _) = inv
             .list(&ListParams {
-                kind: ResourceKind::Device as i32,
+                kind: ResourceKind::Device,
                 selector: p.selector.clone(),
                 field_selector: String::new(),
                 page_size: CHUNK_DEVICES,
@@ -132,7 +132,7 @@ async fn all_windows(inv: &Inventory) -> Result<Vec<pb::Window>, ApiError> {
     loop {
         let (page, next, _) = inv
             .list(&ListParams {
-                kind: ResourceKind::Window as i32,
+                kind: ResourceKind::Window,
                 selector: String::new(),
                 field_selector: String::new(),
                 page_size: 1000,

@@ -128,19 +128,19 @@ pub async fn ingest(
     who: &Principal,
     req: Ingest,
 ) -> Result<Vec<pb::IngestedHost>, ApiError> {
-    let checked = check_devices(inv, who, &req);
-    if let Err(e) = &checked {
-        let name = req.hosts.first().map(|h| h.device.as_str()).unwrap_or("");
-        inv.record_refusal(
+    let refused = |name: &str, e: ApiError| {
+        inv.refused(
             &who.name,
             "ingest-facts",
             (ResourceKind::Device, name),
             &req.ctx,
-            crate::inventory::refusal_kind(e),
-            &e.to_string(),
-        );
+            e,
+        )
+    };
+    if let Err(e) = check_devices(inv, who, &req) {
+        let name = req.hosts.first().map(|h| h.device.as_str()).unwrap_or("");
+        return Err(refused(name, e));
     }
-    checked?;
     let mut out = Vec::with_capacity(req.hosts.len());
     for h in &req.hosts {
         let mut attempt = 0;
@@ -150,7 +150,7 @@ pub async fn ingest(
                     attempt += 1;
                 }
                 r => {
-                    out.push(r?);
+                    out.push(r.map_err(|e| refused(&h.device, e))?);
                     break;
                 }
             }

@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod aux_keys;
 pub mod campaign;
 pub mod config;
 pub mod desired;

@@ -21,6 +21,7 @@ use muster::pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::aux_keys::{OBSERVED_BULKY, OBSERVED_META, OBSERVED_SMALL};
 use crate::health::{HealthMemory, SelSeen};
 use crate::model::{ApiError, timestamp};
 use crate::store::{AuxRecord, Store, StoreError};
@@ -30,12 +31,12 @@ pub const MAX_SEL_ENTRIES: usize = 512;
 
 /// Prefix of a device's small records (sections that change often, and its SEL).
 fn prefix(device_id: &str) -> Vec<u8> {
-    format!("ob/{device_id}/").into_bytes()
+    format!("{OBSERVED_SMALL}{device_id}/").into_bytes()
 }
 
 /// Prefix of a device's bulky sections.
 fn bulky_prefix(device_id: &str) -> Vec<u8> {
-    format!("ox/{device_id}/").into_bytes()
+    format!("{OBSERVED_BULKY}{device_id}/").into_bytes()
 }
 
 /// Sections that are large and change rarely (packages, external facts, VMs): kept under
@@ -48,16 +49,16 @@ pub fn meta_key(device_id: &str) -> Vec<u8> {
 }
 
 /// Prefix of every device's report metadata.
-pub const META_PREFIX: &str = "om/";
+pub const META_PREFIX: &str = OBSERVED_META;
 
 /// Key of one facts section.
 pub fn section_key(device_id: &str, section: u8) -> Vec<u8> {
     let area = if BULKY_SECTIONS.contains(&section) {
-        "ox"
+        OBSERVED_BULKY
     } else {
-        "ob"
+        OBSERVED_SMALL
     };
-    format!("{area}/{device_id}/f{section:02}").into_bytes()
+    format!("{area}{device_id}/f{section:02}").into_bytes()
 }
 
 /// Every facts and SEL record of a device (not its metadata), small ones first.
@@ -68,7 +69,7 @@ pub fn scan_device(store: &dyn Store, device_id: &str) -> Result<Vec<AuxRecord>,
 }
 
 /// Key of the observed layer's own layout version.
-const LAYOUT_KEY: &[u8] = b"ol";
+const LAYOUT_KEY: &[u8] = crate::aux_keys::OBSERVED_LAYOUT.as_bytes();
 /// 2: bulky sections under `ox/` (layout 1 kept every section under `ob/`).
 const LAYOUT: u64 = 2;
 /// Records moved per batch when upgrading (each batch is atomic; a restart resumes).
@@ -83,7 +84,7 @@ pub async fn upgrade_layout(store: &dyn Store) -> Result<usize, StoreError> {
     }
     let mut moved = 0;
     let mut puts = Vec::new();
-    for (key, value) in store.aux_scan(b"ob/")? {
+    for (key, value) in store.aux_scan(OBSERVED_SMALL.as_bytes())? {
         let Some(target) = bulky_key_for(&key) else {
             continue;
         };
@@ -116,14 +117,14 @@ async fn commit_puts(
 /// The `ox/` key a layout-1 `ob/<id>/f<N>` key of a bulky section moves to.
 fn bulky_key_for(key: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(key).ok()?;
-    let (device, section) = text.strip_prefix("ob/")?.rsplit_once("/f")?;
+    let (device, section) = text.strip_prefix(OBSERVED_SMALL)?.rsplit_once("/f")?;
     let n: u8 = section.parse().ok()?;
     BULKY_SECTIONS.contains(&n).then(|| section_key(device, n))
 }
 
 /// Key of the kept SEL entries.
 pub fn sel_key(device_id: &str) -> Vec<u8> {
-    format!("ob/{device_id}/sel").into_bytes()
+    format!("{OBSERVED_SMALL}{device_id}/sel").into_bytes()
 }
 
 /// Report metadata of one device, versioned like every stored record.

@@ -4,16 +4,18 @@
 use crate::model::{ApiError, kind_from_id, kind_name};
 use crate::store::StoreError;
 
-/// Maps a store error for an operation on `kind`/`name`.
+/// Maps a store error for an operation on `kind`/`name`. A caller without a name at hand
+/// (`""`) gets the one the store reports, so a not-found always names the resource.
 pub fn api_error(kind: &'static str, name: &str, e: StoreError) -> ApiError {
+    let named = |stored: String| if name.is_empty() { stored } else { name.into() };
     match e {
-        StoreError::AlreadyExists(_) => ApiError::AlreadyExists {
+        StoreError::AlreadyExists(n) => ApiError::AlreadyExists {
             kind,
-            name: name.into(),
+            name: named(n),
         },
-        StoreError::NotFound(_) => ApiError::NotFound {
+        StoreError::NotFound(n) => ApiError::NotFound {
             kind,
-            name: name.into(),
+            name: named(n),
         },
         StoreError::Conflict { expected, current } => ApiError::Conflict {
             kind,
@@ -45,5 +47,37 @@ pub fn api_error(kind: &'static str, name: &str, e: StoreError) -> ApiError {
         }
         StoreError::Corrupt(m) => ApiError::Internal(m),
         StoreError::Io(m) | StoreError::Locked(m) => ApiError::Unavailable(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_not_found_always_names_the_resource() {
+        let e = api_error("device", "", StoreError::NotFound("web-01".into()));
+        assert_eq!(e.to_string(), "device \"web-01\" not found");
+        let e = api_error("device", "web-02", StoreError::NotFound("web-01".into()));
+        assert_eq!(e.to_string(), "device \"web-02\" not found");
+    }
+
+    #[test]
+    fn contention_is_aborted_not_an_outage() {
+        assert!(matches!(
+            api_error("device", "web-01", StoreError::AuxConflict),
+            ApiError::Aborted(_)
+        ));
+        assert!(matches!(
+            api_error(
+                "device",
+                "web-01",
+                StoreError::Conflict {
+                    expected: 1,
+                    current: 2
+                }
+            ),
+            ApiError::Conflict { .. }
+        ));
     }
 }

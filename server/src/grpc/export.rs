@@ -1,5 +1,6 @@
 //! ExportService handlers: the Ansible bridge's one streaming read and its agentless-facts
-//! write. Authorize, convert, call `export`/`ingest`, convert back.
+//! write. Authorize, convert the request (`TryFrom`, refusals audited), call
+//! `export`/`ingest`, convert back.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use super::status::to_status;
 use crate::export::{self, ExportParams};
 use crate::ingest::{self, Ingest};
 use crate::inventory::ChangeContext;
-use crate::model::Permission;
+use crate::model::{ApiError, Permission};
 
 /// gRPC face of the bulk export and agentless ingest.
 #[derive(Debug, Clone)]
@@ -23,13 +24,32 @@ pub struct ExportApi(pub Shared);
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
 
-fn duration(d: Option<pbjson_types::Duration>) -> Result<Option<Duration>, Status> {
+fn duration(d: Option<pbjson_types::Duration>) -> Result<Option<Duration>, ApiError> {
     d.map(|d| {
         u64::try_from(d.seconds)
             .map(Duration::from_secs)
-            .map_err(|_| Status::invalid_argument("expected_interval: must not be negative"))
+            .map_err(|_| ApiError::invalid("expected_interval", "must not be negative"))
     })
     .transpose()
+}
+
+impl TryFrom<pb::ExportRequest> for ExportParams {
+    type Error = ApiError;
+    fn try_from(r: pb::ExportRequest) -> Result<Self, ApiError> {
+        ExportParams::new(r.selector, r.if_none_match)
+    }
+}
+
+impl TryFrom<pb::IngestFactsRequest> for Ingest {
+    type Error = ApiError;
+    fn try_from(r: pb::IngestFactsRequest) -> Result<Self, ApiError> {
+        let ctx = ChangeContext {
+            reason: r.reason,
+            ticket: r.ticket,
+            origin: r.origin.clone(),
+        };
+        Ingest::new(r.hosts, r.origin, duration(r.expected_interval)?, ctx)
+    }
 }
 
 #[tonic::async_trait]
@@ -40,10 +60,12 @@ impl ExportService for ExportApi {
         &self,
         req: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::InventoryStream>, Status> {
-        self.0
+        let who = self
+            .0
             .authorize(&req, Permission::Read, "export", ResourceKind::Device, "")?;
-        let r = req.into_inner();
-        let params = ExportParams::new(r.selector, r.if_none_match).map_err(to_status)?;
+        let params: ExportParams =
+            self.0
+                .input(&who, "export", (ResourceKind::Device, ""), req.into_inner())?;
         // Two chunks in flight: the producer stays just ahead of a slow reader, and stops
         // (its send fails) when the client goes away.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -70,17 +92,51 @@ impl ExportService for ExportApi {
             ResourceKind::Device,
             &first,
         )?;
-        let r = req.into_inner();
-        let ctx = ChangeContext {
-            reason: r.reason,
-            ticket: r.ticket,
-            origin: r.origin.clone(),
-        };
-        let params = Ingest::new(r.hosts, r.origin, duration(r.expected_interval)?, ctx)
-            .map_err(to_status)?;
+        let target = (ResourceKind::Device, first.as_str());
+        let params: Ingest = self
+            .0
+            .input(&who, "ingest-facts", target, req.into_inner())?;
         let hosts = ingest::ingest(&self.0.inventory, &who, params)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::IngestFactsResponse { hosts }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: ApiError) -> String {
+        match e {
+            ApiError::InvalidArgument { field, .. } => field,
+            other => panic!("not an invalid argument: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_shape_failures_name_the_field() {
+        let e = ExportParams::try_from(pb::ExportRequest {
+            selector: "role ~ db".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "selector");
+        let e = Ingest::try_from(pb::IngestFactsRequest::default()).unwrap_err();
+        assert_eq!(field(e), "hosts");
+        let e = Ingest::try_from(pb::IngestFactsRequest {
+            hosts: vec![pb::HostFacts {
+                device: "web-01".into(),
+                facts: Some(pb::Facts::default()),
+                collected_at: None,
+            }],
+            expected_interval: Some(pbjson_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "expected_interval");
     }
 }

@@ -1,4 +1,5 @@
-//! InventoryService handlers: authorize, convert, call `Inventory`, convert back.
+//! InventoryService handlers: authorize, convert the request into the domain's input
+//! (`TryFrom`, refusals audited), call `Inventory`, convert back.
 
 use std::pin::Pin;
 
@@ -10,16 +11,98 @@ use tonic::{Request, Response, Status};
 
 use super::status::to_status;
 use super::{Shared, context};
-use crate::inventory::{ApplyAction, ListParams};
-use crate::model::Permission;
+use crate::inventory::{
+    ApplyAction, ApplyInput, CreateInput, DeleteInput, GetInput, ListParams, UpdateInput,
+    WatchParams, parse_kind, parse_optional_kind,
+};
 use crate::model::resource::kind_of;
+use crate::model::{ApiError, Permission};
 
 /// gRPC face of the inventory.
 #[derive(Debug, Clone)]
 pub struct InventoryApi(pub Shared);
 
-fn required(r: Option<pb::Resource>) -> Result<pb::Resource, Status> {
-    r.ok_or_else(|| Status::invalid_argument("resource: is required"))
+fn required(r: Option<pb::Resource>) -> Result<pb::Resource, ApiError> {
+    r.ok_or_else(|| ApiError::invalid("resource", "is required"))
+}
+
+impl TryFrom<pb::CreateRequest> for CreateInput {
+    type Error = ApiError;
+    fn try_from(r: pb::CreateRequest) -> Result<Self, ApiError> {
+        Ok(Self {
+            resource: required(r.resource)?,
+            context: context(r.context),
+        })
+    }
+}
+
+impl TryFrom<pb::UpdateRequest> for UpdateInput {
+    type Error = ApiError;
+    fn try_from(r: pb::UpdateRequest) -> Result<Self, ApiError> {
+        Ok(Self {
+            resource: required(r.resource)?,
+            expected_revision: r.expected_revision,
+            context: context(r.context),
+        })
+    }
+}
+
+impl TryFrom<pb::ApplyRequest> for ApplyInput {
+    type Error = ApiError;
+    fn try_from(r: pb::ApplyRequest) -> Result<Self, ApiError> {
+        Ok(Self {
+            resource: required(r.resource)?,
+            context: context(r.context),
+            dry_run: r.dry_run,
+        })
+    }
+}
+
+impl TryFrom<pb::DeleteRequest> for DeleteInput {
+    type Error = ApiError;
+    fn try_from(r: pb::DeleteRequest) -> Result<Self, ApiError> {
+        let kind = parse_kind("kind", r.kind)?;
+        muster::names::validate_name("name", &r.name)?;
+        Ok(Self {
+            kind,
+            name: r.name,
+            expected_revision: r.expected_revision,
+            context: context(r.context),
+        })
+    }
+}
+
+impl TryFrom<pb::GetRequest> for GetInput {
+    type Error = ApiError;
+    fn try_from(r: pb::GetRequest) -> Result<Self, ApiError> {
+        let kind = parse_kind("kind", r.kind)?;
+        muster::names::validate_name("name", &r.name)?;
+        Ok(Self { kind, name: r.name })
+    }
+}
+
+impl TryFrom<pb::ListRequest> for ListParams {
+    type Error = ApiError;
+    fn try_from(r: pb::ListRequest) -> Result<Self, ApiError> {
+        Ok(Self {
+            kind: parse_kind("kind", r.kind)?,
+            selector: r.selector,
+            field_selector: r.field_selector,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        })
+    }
+}
+
+impl TryFrom<pb::WatchRequest> for WatchParams {
+    type Error = ApiError;
+    fn try_from(r: pb::WatchRequest) -> Result<Self, ApiError> {
+        Ok(Self {
+            kind: parse_optional_kind("kind", r.kind)?,
+            selector: r.selector,
+            since_revision: r.since_revision,
+        })
+    }
 }
 
 /// Kind and name of an optional resource, for authorization and the audit of a refusal.
@@ -53,27 +136,20 @@ impl InventoryService for InventoryApi {
         let who = self
             .0
             .authorize(&req, write_permission(kind), "create", kind, &name)?;
-        let body = req.into_inner();
-        let out = self
+        let input = self
             .0
-            .inventory
-            .create(&who, required(body.resource)?, &context(body.context))
-            .await;
+            .input(&who, "create", (kind, &name), req.into_inner())?;
+        let out = self.0.inventory.create(&who, input).await;
         out.map(Response::new).map_err(to_status)
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Resource>, Status> {
-        self.0.authorize(
-            &req,
-            Permission::Read,
-            "get",
-            kind(req.get_ref().kind),
-            &req.get_ref().name,
-        )?;
-        let r = req.into_inner();
+        let (k, name) = (kind(req.get_ref().kind), req.get_ref().name.clone());
+        let who = self.0.authorize(&req, Permission::Read, "get", k, &name)?;
+        let input = self.0.input(&who, "get", (k, &name), req.into_inner())?;
         self.0
             .inventory
-            .get(r.kind, &r.name)
+            .get_for(&who, input)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -83,18 +159,15 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        self.0
-            .authorize(&req, Permission::Read, "list", kind(req.get_ref().kind), "")?;
-        let r = req.into_inner();
-        let p = ListParams {
-            kind: r.kind,
-            selector: r.selector,
-            field_selector: r.field_selector,
-            page_size: r.page_size,
-            page_token: r.page_token,
-        };
-        let (resources, next_page_token, revision) =
-            self.0.inventory.list(&p).await.map_err(to_status)?;
+        let k = kind(req.get_ref().kind);
+        let who = self.0.authorize(&req, Permission::Read, "list", k, "")?;
+        let p: ListParams = self.0.input(&who, "list", (k, ""), req.into_inner())?;
+        let (resources, next_page_token, revision) = self
+            .0
+            .inventory
+            .list_for(&who, &p)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::ListResponse {
             resources,
             next_page_token,
@@ -110,17 +183,10 @@ impl InventoryService for InventoryApi {
         let who = self
             .0
             .authorize(&req, write_permission(kind), "update", kind, &name)?;
-        let body = req.into_inner();
-        let out = self
+        let input = self
             .0
-            .inventory
-            .update(
-                &who,
-                required(body.resource)?,
-                body.expected_revision,
-                &context(body.context),
-            )
-            .await;
+            .input(&who, "update", (kind, &name), req.into_inner())?;
+        let out = self.0.inventory.update(&who, input).await;
         out.map(Response::new).map_err(to_status)
     }
 
@@ -128,22 +194,15 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let k = kind(req.get_ref().kind);
-        let perm = write_permission(k);
+        let (k, name) = (kind(req.get_ref().kind), req.get_ref().name.clone());
         let who = self
             .0
-            .authorize(&req, perm, "delete", k, &req.get_ref().name)?;
-        let r = req.into_inner();
+            .authorize(&req, write_permission(k), "delete", k, &name)?;
+        let input = self.0.input(&who, "delete", (k, &name), req.into_inner())?;
         let revision = self
             .0
             .inventory
-            .delete(
-                &who,
-                r.kind,
-                &r.name,
-                r.expected_revision,
-                &context(r.context),
-            )
+            .delete(&who, input)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::DeleteResponse { revision }))
@@ -157,16 +216,13 @@ impl InventoryService for InventoryApi {
         let who = self
             .0
             .authorize(&req, write_permission(kind), "apply", kind, &name)?;
-        let body = req.into_inner();
+        let input = self
+            .0
+            .input(&who, "apply", (kind, &name), req.into_inner())?;
         let (action, resource) = self
             .0
             .inventory
-            .apply(
-                &who,
-                required(body.resource)?,
-                &context(body.context),
-                body.dry_run,
-            )
+            .apply(&who, input)
             .await
             .map_err(to_status)?;
         let action = match action {
@@ -186,33 +242,73 @@ impl InventoryService for InventoryApi {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let who = self.0.authorize(
-            &req,
-            Permission::Read,
-            "watch",
-            kind(req.get_ref().kind),
-            "",
-        )?;
-        let r = req.into_inner();
-        let inv = &self.0.inventory;
-        let rx = inv
-            .watch(&who, r.kind, &r.selector, r.since_revision)
-            .map_err(|e| {
-                use crate::model::ApiError as E;
-                if matches!(e, E::Unavailable(_) | E::Internal(_) | E::ShuttingDown) {
-                    return to_status(e);
-                }
-                inv.record_refusal(
-                    &who.name,
-                    "watch",
-                    (kind(r.kind), ""),
-                    &super::context(None),
-                    crate::store::RefusalKind::Rejected,
-                    &e.to_string(),
-                );
-                to_status(e)
-            })?;
+        let k = kind(req.get_ref().kind);
+        let who = self.0.authorize(&req, Permission::Read, "watch", k, "")?;
+        let p = self.0.input(&who, "watch", (k, ""), req.into_inner())?;
+        let rx = self.0.inventory.watch(&who, p).map_err(to_status)?;
         let stream = ReceiverStream::new(rx).map(|e| e.map_err(to_status));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: ApiError) -> String {
+        match e {
+            ApiError::InvalidArgument { field, .. } => field,
+            other => panic!("not an invalid argument: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_resource_names_the_field() {
+        let e = CreateInput::try_from(pb::CreateRequest::default()).unwrap_err();
+        assert_eq!(field(e), "resource");
+        let e = UpdateInput::try_from(pb::UpdateRequest::default()).unwrap_err();
+        assert_eq!(field(e), "resource");
+        let e = ApplyInput::try_from(pb::ApplyRequest::default()).unwrap_err();
+        assert_eq!(field(e), "resource");
+    }
+
+    #[test]
+    fn kinds_and_names_are_checked_at_the_edge() {
+        let e = DeleteInput::try_from(pb::DeleteRequest {
+            name: "web-01".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "kind");
+        let e = GetInput::try_from(pb::GetRequest {
+            kind: ResourceKind::Device as i32,
+            name: "bad name\u{1b}".into(),
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "name");
+        let e = ListParams::try_from(pb::ListRequest {
+            kind: 999,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "kind");
+        // Watch takes UNSPECIFIED as "every kind", but not a number that is no kind.
+        let all = WatchParams::try_from(pb::WatchRequest::default()).unwrap();
+        assert_eq!(all.kind, None);
+        let e = WatchParams::try_from(pb::WatchRequest {
+            kind: 999,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "kind");
+        let ok = GetInput::try_from(pb::GetRequest {
+            kind: ResourceKind::Device as i32,
+            name: "web-01".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            (ok.kind, ok.name.as_str()),
+            (ResourceKind::Device, "web-01")
+        );
     }
 }

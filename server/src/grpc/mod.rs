@@ -51,6 +51,26 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Converts a request into the domain's input at the edge; a refusal (naming the field)
+    /// is audited like any other.
+    pub fn input<R, I>(
+        &self,
+        who: &Principal,
+        verb: &str,
+        target: (ResourceKind, &str),
+        req: R,
+    ) -> Result<I, Status>
+    where
+        I: TryFrom<R, Error = crate::model::ApiError>,
+    {
+        I::try_from(req).map_err(|e| {
+            let e = self
+                .inventory
+                .refused(&who.name, verb, target, &ChangeContext::default(), e);
+            status::to_status(e)
+        })
+    }
+
     /// Authenticates the caller and checks `perm`; refusals are audited as DENIED.
     pub fn authorize<T>(
         &self,

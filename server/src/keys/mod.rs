@@ -19,10 +19,10 @@ use crate::pki::{AgentCa, PkiError};
 use crate::store::{AuxWrite, Store, StoreError, commit_aux_durably};
 
 /// Auxiliary record holding the fingerprints of the key files this store was set up with.
-const RECORD_KEY: &[u8] = b"km";
+const RECORD_KEY: &[u8] = crate::aux_keys::KEY_FILES.as_bytes();
 const RECORD_VERSION: u8 = 1;
 /// Prefix of the agent identity records (`agents.rs`): certificates the CA issued.
-const IDENTITY_PREFIX: &[u8] = b"ag/id/";
+const IDENTITY_PREFIX: &[u8] = crate::aux_keys::AGENT_IDENTITY.as_bytes();
 
 /// How to restore a missing key file; shared by every refusal.
 const HOW_TO_RESTORE: &str = "copy it from the old data directory, or restore the backup \
