@@ -27,8 +27,12 @@ impl Inventory {
         input: GetInput,
     ) -> Result<pb::Resource, ApiError> {
         let ctx = super::ChangeContext::default();
-        let r = self.get_valid(input.kind, &input.name).await;
-        self.audit_refusal(who, "get", input.kind, &input.name, &ctx, r)
+        match self.get_valid(input.kind, &input.name).await {
+            // "Not there" is an answer, not a refused attempt: a poller waiting for a device
+            // to appear must not write to the audit trail on every try.
+            Err(e @ ApiError::NotFound { .. }) => Err(e),
+            r => self.audit_refusal(who, "get", input.kind, &input.name, &ctx, r),
+        }
     }
 
     /// One resource by kind and name (for the server's own reads).
