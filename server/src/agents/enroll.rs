@@ -187,8 +187,7 @@ impl Agents {
                 .map_err(|e| ApiError::invalid("csr_pem", e.to_string()))?;
             self.activate(
                 (&device, &principal, &ctx),
-                &issued,
-                &hostname,
+                (&issued, &hostname),
                 dev,
                 (guards, puts),
                 now,
@@ -212,8 +211,7 @@ impl Agents {
     async fn activate(
         &self,
         (device, principal, ctx): (&str, &str, &ChangeContext),
-        issued: &crate::pki::Issued,
-        hostname: &str,
+        (issued, hostname): (&crate::pki::Issued, &str),
         dev: DeviceV1,
         (guards, mut puts): (Writes, Writes),
         now: i64,
@@ -326,8 +324,7 @@ impl Agents {
         let principal = agent_principal(&p.device);
         self.activate(
             (&p.device, &principal, &agent_ctx()),
-            &issued,
-            &p.hostname,
+            (&issued, &p.hostname),
             dev,
             (
                 vec![(pkey.clone(), Some(raw)), (dev_key, dev_raw)],
