@@ -3,23 +3,23 @@
 //! produced each one is reported as failed with the sizes. SEL events and the small sections
 //! are never left out, so a host with huge external facts still reports its hardware events.
 
-use muster::facts;
+use muster::facts::{self, Section};
 use muster::pb;
 use prost::Message;
 
 /// Room kept below the limit for the gRPC frame and anything the estimate misses.
 const MARGIN: usize = 1024;
 /// Sections that may be left out, with the collector that produces each and its name.
-const DROPPABLE: [(u8, &str, &str); 3] = [
-    (12, "external", "external facts"),
-    (6, "packages", "packages"),
-    (13, "libvirt", "VMs"),
+const DROPPABLE: [(Section, &str, &str); 3] = [
+    (Section::External, "external", "external facts"),
+    (Section::Packages, "packages", "packages"),
+    (Section::Vms, "libvirt", "VMs"),
 ];
 
 /// A section left out of a report, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {
-    pub section: u8,
+    pub section: Section,
     pub bytes: usize,
 }
 
@@ -42,15 +42,6 @@ pub fn size_refusal(code: tonic::Code, message: &str, bytes: usize, limit: usize
 pub fn limit_in_message(message: &str) -> Option<usize> {
     let rest = message.split("the limit is ").nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
-}
-
-fn clear(f: &mut pb::Facts, section: u8) {
-    match section {
-        12 => f.external_json = None,
-        6 => f.packages = None,
-        13 => f.vms = None,
-        _ => {}
-    }
 }
 
 /// Which droppable sections to leave out of `report` so it fits in `limit` bytes: largest
@@ -80,7 +71,7 @@ pub fn plan(report: &pb::ReportRequest, limit: usize, all: bool) -> Vec<Dropped>
             break;
         }
         if let Some(f) = trial.facts.as_mut() {
-            clear(f, d.section);
+            d.section.clear(f);
         }
         out.push(d);
     }
@@ -168,9 +159,15 @@ mod tests {
         let r = report(100_000, 10_000);
         assert!(plan(&r, 200_000, false).is_empty());
         let d = plan(&r, 50_000, false);
-        assert_eq!(d.iter().map(|d| d.section).collect::<Vec<_>>(), [12]);
+        assert_eq!(
+            d.iter().map(|d| d.section).collect::<Vec<_>>(),
+            [Section::External]
+        );
         let d = plan(&r, 5_000, false);
-        assert_eq!(d.iter().map(|d| d.section).collect::<Vec<_>>(), [12, 6]);
+        assert_eq!(
+            d.iter().map(|d| d.section).collect::<Vec<_>>(),
+            [Section::External, Section::Packages]
+        );
         assert_eq!(plan(&r, 200_000, true).len(), 2);
         let mut c = vec![pb::CollectorStatus {
             name: "external".into(),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use muster::facts;
+use muster::facts::{self, Section};
 use muster::pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// What the server will hold once the spooled reports are applied.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Chain {
-    /// Section number → hash of its encoding.
+    /// Section wire number (`Section::number`) → hash of its encoding. Numbers rather than
+    /// the enum, so the state file reads as every earlier agent wrote it.
     pub sections: BTreeMap<u8, String>,
     /// Hash over `sections`; empty before the first report.
     pub facts_hash: String,
@@ -35,7 +36,7 @@ impl Chain {
         &mut self,
         current: &pb::Facts,
         full: bool,
-        skip: &[u8],
+        skip: &[Section],
     ) -> (String, pb::Facts, String) {
         let base = if full {
             String::new()
@@ -46,18 +47,22 @@ impl Chain {
             self.sections.clear();
         }
         let mut delta = pb::Facts::default();
-        for (n, bytes) in facts::split(current) {
-            if skip.contains(&n) {
+        for (s, bytes) in facts::split(current) {
+            if skip.contains(&s) {
                 continue;
             }
             let h = facts::section_hash(&bytes);
-            if full || self.sections.get(&n) != Some(&h) {
+            if full || self.sections.get(&s.number()) != Some(&h) {
                 // Each part is a Facts holding one field; merging them rebuilds the delta.
                 let _ = delta.merge(bytes.as_slice());
-                self.sections.insert(n, h);
+                self.sections.insert(s.number(), h);
             }
         }
-        self.facts_hash = facts::facts_hash(self.sections.iter().map(|(n, h)| (*n, h.as_str())));
+        self.facts_hash = facts::facts_hash(
+            self.sections
+                .iter()
+                .filter_map(|(n, h)| Some((Section::from_number(*n)?, h.as_str()))),
+        );
         (base, delta, self.facts_hash.clone())
     }
 }
@@ -66,7 +71,7 @@ impl Chain {
 /// so lists are replaced, not appended).
 pub fn overlay(older: &pb::Facts, newer: &pb::Facts) -> pb::Facts {
     let newer_parts = facts::split(newer);
-    let replaced: Vec<u8> = newer_parts.iter().map(|p| p.0).collect();
+    let replaced: Vec<Section> = newer_parts.iter().map(|p| p.0).collect();
     let mut out = pb::Facts::default();
     for (_, bytes) in facts::split(older)
         .into_iter()
@@ -158,12 +163,14 @@ mod tests {
         let mut c = Chain::default();
         let (_, _, h1) = c.advance(&facts("a", &["bash"]), true);
         // Delta without the changed packages: the server keeps the old list, so does the chain.
-        let (_, d, h2) = c.advance_except(&facts("b", &["bash", "vim"]), false, &[6]);
+        let (_, d, h2) =
+            c.advance_except(&facts("b", &["bash", "vim"]), false, &[Section::Packages]);
         assert!(d.packages.is_none() && d.os.is_some());
         assert_ne!(h1, h2);
         assert_eq!(Chain::default().advance(&facts("b", &["bash"]), true).2, h2);
         // Full without packages: the server holds none, nor does the chain.
-        let (_, d, h3) = c.advance_except(&facts("b", &["bash", "vim"]), true, &[6]);
+        let (_, d, h3) =
+            c.advance_except(&facts("b", &["bash", "vim"]), true, &[Section::Packages]);
         assert!(d.packages.is_none());
         let mut no_pkgs = facts("b", &[]);
         no_pkgs.packages = None;

@@ -53,7 +53,7 @@ fn device(i: usize) -> pb::Resource {
 }
 
 /// The facts sections of image `img`: os and packages (openssl differs between images).
-fn sections(img: usize) -> Vec<(u8, Vec<u8>)> {
+fn sections(img: usize) -> Vec<(muster::facts::Section, Vec<u8>)> {
     let mut items: Vec<pb::InstalledPackage> = (0..PACKAGES)
         .map(|p| pb::InstalledPackage {
             name: format!("pkg-{p:03}"),
@@ -144,7 +144,7 @@ async fn run() -> Result<(), BoxError> {
     println!("setup: {n} devices in {:.1} s", t.elapsed().as_secs_f64());
     // Observed state for every device, written as agent reports store it.
     let t = Instant::now();
-    let images: Vec<Vec<(u8, Vec<u8>)>> = (0..IMAGES).map(sections).collect();
+    let images: Vec<Vec<(muster::facts::Section, Vec<u8>)>> = (0..IMAGES).map(sections).collect();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("host-{i:06}");

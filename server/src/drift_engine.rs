@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use muster::facts::Section;
 use muster::pb::{self, ResourceKind, resource::Resource as R};
 use muster::selector::Selector;
 use prost::Message;
@@ -463,13 +464,19 @@ impl DriftEngine {
         view: &mut ObservedView,
         sections: u32,
     ) -> Result<(), ApiError> {
-        for n in [1u8, 6, 7, 8, 10] {
-            if sections & (1 << n) == 0 {
+        for n in [
+            Section::Os,
+            Section::Packages,
+            Section::Firmware,
+            Section::Power,
+            Section::Fru,
+        ] {
+            if sections & n.bit() == 0 {
                 continue;
             }
             let key = observed::section_key(id, n);
             let raw = self.store.aux_get(&key).map_err(store_err)?;
-            if n == 6 {
+            if n == Section::Packages {
                 view.packages = match raw {
                     Some(v) => Some(intern_packages(sets, &v)?),
                     None => None,
@@ -483,7 +490,7 @@ impl DriftEngine {
             }
             let fresh = view_of(&f, None, false);
             match n {
-                1 => {
+                Section::Os => {
                     view.os_release = fresh.os_release;
                     view.kernel = fresh.kernel;
                     view.timezone = fresh.timezone;
@@ -492,11 +499,11 @@ impl DriftEngine {
                     view.sysctl = fresh.sysctl;
                     view.package_format = fresh.package_format;
                 }
-                7 => {
+                Section::Firmware => {
                     view.firmware_bios = fresh.firmware_bios;
                     view.firmware_bmc = fresh.firmware_bmc;
                 }
-                8 => view.power = fresh.power,
+                Section::Power => view.power = fresh.power,
                 _ => {
                     view.fru_serial = fresh.fru_serial;
                     view.fru_product = fresh.fru_product;
@@ -516,7 +523,7 @@ impl DriftEngine {
         let records = observed::scan_device(&*self.store, id).map_err(store_err)?;
         let sel = observed::sel_key(id);
         let meta = observed::meta_key(id);
-        let packages_key = observed::section_key(id, 6);
+        let packages_key = observed::section_key(id, Section::Packages);
         let mut facts = pb::Facts::default();
         let mut packages = None;
         let mut any = false;
@@ -970,7 +977,11 @@ impl DriftEngine {
 }
 
 /// Sections drift compares without `expect` rules: os, packages, firmware, power, FRU.
-const RELEVANT: u32 = (1 << 1) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10);
+const RELEVANT: u32 = Section::Os.bit()
+    | Section::Packages.bit()
+    | Section::Firmware.bit()
+    | Section::Power.bit()
+    | Section::Fru.bit();
 
 /// Not a section: recompute the device without re-reading anything (a lost write race).
 const RECOMPUTE: u32 = 1 << 31;

@@ -107,7 +107,7 @@ async fn produce(
             let id = d.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
             // Only devices with stored facts have an OS section worth a read.
             let os = if metas.contains_key(id) {
-                observed::load_section(&**inv.store(), id, 1)?.os
+                observed::load_section(&**inv.store(), id, muster::facts::Section::Os)?.os
             } else {
                 None
             };

@@ -1,8 +1,9 @@
 //! Agentless facts: observed state for devices that run no agent, gathered by something else
-//! (`ansible -m setup` through the bridge). Stored exactly as an agent report stores its facts
-//! (one auxiliary record per `Facts` section and a `ReportMeta`, see `observed`), so reads,
-//! health and drift treat both alike; the metadata carries the origin instead of an agent
-//! identity. Each ingest also writes two server annotations on the device
+//! (`ansible -m setup` through the bridge). Written through the path an agent report takes
+//! (`observed::facts_write`: one auxiliary record per `Facts` section and a `ReportMeta`), and
+//! health is evaluated the same way (agentless SMART or sensor facts change it; a change is
+//! written into the device with the ingest and named in its audit reason), so reads, health
+//! and drift treat both alike; the metadata carries the origin instead of an agent identity. Each ingest also writes two server annotations on the device
 //! (`agent.muster.io/facts-origin`, `agent.muster.io/facts-at`), which is what puts it in the
 //! audit trail with its principal and origin.
 
@@ -10,7 +11,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use muster::pb::{self, ResourceKind, resource::Resource as R};
-use prost::Message;
 
 use crate::inventory::{ChangeContext, Inventory, printable_text};
 use crate::model::resource::SERVER_ANNOTATION_PREFIX;
@@ -207,30 +207,36 @@ async fn ingest_one(
         .as_ref()
         .map_or(now, timestamp_nanos)
         .min(now);
-    // A full report: every section the facts leave out is cleared.
-    let facts = h.facts.clone().unwrap_or_default();
-    let parts = muster::facts::split(&facts);
-    let mut puts: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    let present: Vec<u8> = parts.iter().map(|p| p.0).collect();
-    for s in muster::facts::SECTIONS {
-        if !present.contains(&s) {
-            puts.push((observed::section_key(&id, s), None));
-        }
-    }
-    let hashes: Vec<(u8, String)> = parts
-        .iter()
-        .map(|(n, b)| (*n, muster::facts::section_hash(b)))
-        .collect();
-    let facts_hash = muster::facts::facts_hash(hashes.iter().map(|(n, s)| (*n, s.as_str())));
-    for (s, bytes) in parts {
-        puts.push((observed::section_key(&id, s), Some(bytes)));
-    }
+    // A full report through the path agent reports take: every section the facts leave out
+    // is cleared, and health is evaluated as a report's is (agentless SMART or sensor facts
+    // count; there are no collectors, and the SEL is whatever is kept).
+    let no_facts = pb::Facts::default();
+    let facts = h.facts.as_ref().unwrap_or(&no_facts);
+    let write = observed::facts_write(&**store, &id, facts, true)?;
+    let hashes = write.hashes();
+    let facts_hash = muster::facts::facts_hash(hashes.iter().map(|(s, h)| (*s, h.as_str())));
+    let sel = match store
+        .aux_get(&observed::sel_key(&id))
+        .map_err(|e| crate::store_map::api_error("device", &h.device, e))?
+    {
+        Some(b) => observed::decode_sel(&b)?,
+        None => Vec::new(),
+    };
+    let prior = meta.unwrap_or_default();
+    let mut memory = prior.memory.clone();
+    let assessment = write.assess(&sel, &[], &mut memory, now);
+    let mut puts = write.into_puts();
     let status = match &body.resource {
         Some(R::Device(d)) => d.status.clone().unwrap_or_default(),
         _ => pb::ObservedState::default(),
     };
-    let prior = meta.unwrap_or_default();
-    let new_meta = ReportMeta {
+    let health_changed = !assessment.same_as(status.health, &status.health_reasons);
+    let health_since = if health_changed || prior.health_since_nanos <= 0 {
+        now
+    } else {
+        prior.health_since_nanos
+    };
+    let mut new_meta = ReportMeta {
         device: h.device.clone(),
         identity: String::new(),
         boot_id: String::new(),
@@ -239,18 +245,13 @@ async fn ingest_one(
         last_report_nanos: collected,
         agent_version: String::new(),
         collectors: Vec::new(),
-        memory: prior.memory,
+        memory,
         interval_ms: u64::try_from(req.interval.as_millis()).unwrap_or(u64::MAX),
-        health_since_nanos: prior.health_since_nanos,
-        // The body's health is left as it is: the metadata mirrors it.
-        health: status.health,
-        reasons: status
-            .health_reasons
-            .iter()
-            .map(Message::encode_to_vec)
-            .collect(),
+        health_since_nanos: health_since,
         origin: req.origin.clone(),
+        ..ReportMeta::default()
     };
+    new_meta.set_health(&assessment);
     puts.push((observed::meta_key(&id), Some(new_meta.encode()?)));
     let mut annotated = body.clone();
     if let Some(m) = annotated.meta_mut() {
@@ -263,8 +264,19 @@ async fn ingest_one(
             rfc3339(collected),
         );
     }
+    let mut reason = req.ctx.reason.clone();
+    if health_changed {
+        let old = observed::apply_health(&mut annotated, &assessment, now);
+        let why = observed::health_change_reason(&old, &assessment);
+        reason = if reason.is_empty() {
+            why
+        } else {
+            format!("{reason}; {why}")
+        };
+    }
     let ctx = ChangeContext {
         origin: req.origin.clone(),
+        reason,
         ..req.ctx.clone()
     };
     let mutation = inv.server_mutation(&obj, annotated, &who.name, "ingest-facts", &ctx, now);
@@ -278,7 +290,7 @@ async fn ingest_one(
     )
     .await
     .map_err(|e| crate::store_map::api_error("device", &h.device, e))?;
-    let sections: Vec<u32> = hashes.iter().map(|(n, _)| u32::from(*n)).collect();
+    let sections: Vec<u32> = hashes.iter().map(|(s, _)| u32::from(s.number())).collect();
     // A full report: drift looks at every section again.
     inv.observed_signal()
         .changed(&id, crate::inventory::ObservedSignal::ALL);

@@ -50,6 +50,27 @@ pub fn api_error(kind: &'static str, name: &str, e: StoreError) -> ApiError {
     }
 }
 
+/// Maps a store error on auxiliary records that are not a resource (enrollment records, the
+/// identity table): `what` names them. Only contention and the store's own failures can
+/// happen there; anything else is a bug, reported as internal rather than as a nameless
+/// "not found".
+pub fn aux_error(what: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::AuxConflict => {
+            ApiError::Aborted(format!("{what} were written concurrently; retry"))
+        }
+        StoreError::Corrupt(m) => ApiError::Internal(format!("{what}: {m}")),
+        StoreError::Io(m) | StoreError::Locked(m) => ApiError::Unavailable(m),
+        other @ (StoreError::AlreadyExists(_)
+        | StoreError::NotFound(_)
+        | StoreError::Conflict { .. }
+        | StoreError::MissingReference { .. }
+        | StoreError::StillReferenced { .. }) => {
+            ApiError::Internal(format!("{what}: unexpected store answer: {other}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +99,25 @@ mod tests {
                 }
             ),
             ApiError::Conflict { .. }
+        ));
+    }
+
+    #[test]
+    fn contention_is_aborted_and_not_found_names_the_resource() {
+        let e = api_error("device", "web-01", StoreError::AuxConflict);
+        assert!(
+            matches!(e, ApiError::Aborted(ref m) if m.contains("web-01")),
+            "{e}"
+        );
+        let e = api_error("device", "web-01", StoreError::NotFound(String::new()));
+        assert_eq!(e.to_string(), "device \"web-01\" not found");
+        let e = aux_error("enrollment records", StoreError::AuxConflict);
+        assert!(matches!(e, ApiError::Aborted(ref m) if m.contains("enrollment records")));
+        let e = aux_error("enrollment records", StoreError::NotFound(String::new()));
+        assert!(matches!(e, ApiError::Internal(_)), "{e}");
+        assert!(matches!(
+            aux_error("x", StoreError::Io("disk".into())),
+            ApiError::Unavailable(_)
         ));
     }
 }

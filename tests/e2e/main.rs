@@ -9,6 +9,7 @@
 mod agent;
 mod agent_facts;
 mod ansible;
+mod ansible_ingest_health;
 mod api;
 mod backup;
 mod cli;

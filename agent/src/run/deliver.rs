@@ -43,7 +43,7 @@ impl Agent {
             self.state.chain = trial_chain;
             return report;
         }
-        let skip: Vec<u8> = dropped.iter().map(|d| d.section).collect();
+        let skip: Vec<muster::facts::Section> = dropped.iter().map(|d| d.section).collect();
         let (base, delta, hash) = self.state.chain.advance_except(facts, full, &skip);
         report.base_hash = base;
         report.facts_hash = hash;
@@ -51,7 +51,7 @@ impl Agent {
         fit::mark(&mut report.collectors, &dropped, self.limit);
         tracing::warn!(
             seq = report.seq,
-            sections = ?skip,
+            sections = ?skip.iter().map(|s| s.number()).collect::<Vec<_>>(),
             limit = self.limit,
             "report would exceed the server's limit; left out its largest sections"
         );
@@ -98,7 +98,12 @@ impl Agent {
             let sections: Vec<u8> = report
                 .facts
                 .as_ref()
-                .map(|f| muster::facts::split(f).into_iter().map(|p| p.0).collect())
+                .map(|f| {
+                    muster::facts::split(f)
+                        .into_iter()
+                        .map(|p| p.0.number())
+                        .collect()
+                })
                 .unwrap_or_default();
             let bytes = prost::Message::encoded_len(&report);
             match self.client.report(report.clone()).await {

@@ -2,8 +2,8 @@
 //! enrollment state, its tokens (used or not: an unused one must not enroll a new device
 //! created under the same name), its identities and any enrollment held for approval.
 
+use super::records::{Record, decode, device_key};
 use super::renew::Ident;
-use super::{Record, decode, device_key};
 use crate::aux_keys::{AGENT_IDENTITY, AGENT_PENDING, AGENT_TOKEN, DeviceRecords};
 use crate::store::{Store, StoreError};
 

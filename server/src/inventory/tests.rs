@@ -239,8 +239,8 @@ async fn a_devices_delete_takes_its_auxiliary_records_and_nothing_else() {
     let records = |id: &str, name: &str| {
         vec![
             crate::observed::meta_key(id),
-            crate::observed::section_key(id, 1),
-            crate::observed::section_key(id, 6),
+            crate::observed::section_key(id, muster::facts::Section::Os),
+            crate::observed::section_key(id, muster::facts::Section::Packages),
             crate::observed::sel_key(id),
             crate::aux_keys::key(crate::aux_keys::DRIFT_MEMORY, id),
             crate::aux_keys::key(crate::aux_keys::AGENT_DEVICE, name),

@@ -16,7 +16,12 @@
 //! sensors, every delta report (sensors, SMART, uptime) made sled rewrite ~70-140 KB leaves (as
 //! separate blob files past 128 KB): measured, delta ingest went from ~3,000 to ~4,800
 //! reports/s when they moved out. The bulky ones change rarely, so their leaves stay still.
+//!
+//! `write.rs` is the one path that turns a facts report (an agent's, or agentless facts from
+//! `ingest`) into these records and into what health needs. This layer calls the store and
+//! the pure `health` rules; it knows nothing of gRPC, agents or the bridge.
 
+use muster::facts::Section;
 use muster::pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -25,6 +30,9 @@ use crate::aux_keys::{OBSERVED_BULKY, OBSERVED_META, OBSERVED_SMALL};
 use crate::health::{HealthMemory, SelSeen};
 use crate::model::{ApiError, timestamp};
 use crate::store::{AuxRecord, Store, StoreError};
+
+mod write;
+pub use write::{FactsWrite, apply_health, facts_write, health_change_reason};
 
 /// How many SEL entries the server keeps per device (oldest dropped first).
 pub const MAX_SEL_ENTRIES: usize = 512;
@@ -39,10 +47,6 @@ fn bulky_prefix(device_id: &str) -> Vec<u8> {
     format!("{OBSERVED_BULKY}{device_id}/").into_bytes()
 }
 
-/// Sections that are large and change rarely (packages, external facts, VMs): kept under
-/// `ox/`, away from the small ones every delta report rewrites.
-pub const BULKY_SECTIONS: [u8; 3] = [6, 12, 13];
-
 /// Key of the report metadata.
 pub fn meta_key(device_id: &str) -> Vec<u8> {
     format!("{}{device_id}", META_PREFIX).into_bytes()
@@ -51,14 +55,15 @@ pub fn meta_key(device_id: &str) -> Vec<u8> {
 /// Prefix of every device's report metadata.
 pub const META_PREFIX: &str = OBSERVED_META;
 
-/// Key of one facts section.
-pub fn section_key(device_id: &str, section: u8) -> Vec<u8> {
-    let area = if BULKY_SECTIONS.contains(&section) {
+/// Key of one facts section. Bulky sections (`Section::bulky`: packages, external facts,
+/// VMs) live under `ox/`, away from the small ones every delta report rewrites.
+pub fn section_key(device_id: &str, section: Section) -> Vec<u8> {
+    let area = if section.bulky() {
         OBSERVED_BULKY
     } else {
         OBSERVED_SMALL
     };
-    format!("{area}{device_id}/f{section:02}").into_bytes()
+    format!("{area}{device_id}/f{:02}", section.number()).into_bytes()
 }
 
 /// Every facts and SEL record of a device (not its metadata), small ones first.
@@ -118,8 +123,8 @@ async fn commit_puts(
 fn bulky_key_for(key: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(key).ok()?;
     let (device, section) = text.strip_prefix(OBSERVED_SMALL)?.rsplit_once("/f")?;
-    let n: u8 = section.parse().ok()?;
-    BULKY_SECTIONS.contains(&n).then(|| section_key(device, n))
+    let s = Section::from_number(section.parse().ok()?)?;
+    s.bulky().then(|| section_key(device, s))
 }
 
 /// Key of the kept SEL entries.
@@ -259,8 +264,9 @@ pub struct Stored {
     pub sel: Vec<SelSeen>,
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    crate::store_map::api_error("device", "", e)
+/// A store failure reading the observed records of the device with id `device_id`.
+fn store_error(device_id: &str, e: StoreError) -> ApiError {
+    crate::store_map::api_error("device", device_id, e)
 }
 
 /// Reads the metadata record only.
@@ -268,7 +274,9 @@ pub fn load_meta(
     store: &dyn Store,
     device_id: &str,
 ) -> Result<(Option<Vec<u8>>, Option<ReportMeta>), ApiError> {
-    let raw = store.aux_get(&meta_key(device_id)).map_err(store_error)?;
+    let raw = store
+        .aux_get(&meta_key(device_id))
+        .map_err(|e| store_error(device_id, e))?;
     let meta = raw.as_deref().map(ReportMeta::decode).transpose()?;
     Ok((raw, meta))
 }
@@ -280,7 +288,7 @@ pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
         ..Stored::default()
     };
     let sel = sel_key(device_id);
-    for (k, v) in scan_device(store, device_id).map_err(store_error)? {
+    for (k, v) in scan_device(store, device_id).map_err(|e| store_error(device_id, e))? {
         if k == sel {
             out.sel = decode_sel(&v)?;
         } else {
@@ -296,12 +304,12 @@ pub fn load(store: &dyn Store, device_id: &str) -> Result<Stored, ApiError> {
 pub fn load_section(
     store: &dyn Store,
     device_id: &str,
-    section: u8,
+    section: Section,
 ) -> Result<pb::Facts, ApiError> {
     let mut f = pb::Facts::default();
     if let Some(v) = store
         .aux_get(&section_key(device_id, section))
-        .map_err(store_error)?
+        .map_err(|e| store_error(device_id, e))?
     {
         f.merge(v.as_slice())
             .map_err(|e| ApiError::Internal(format!("corrupt facts section: {e}")))?;
@@ -388,7 +396,10 @@ mod tests {
             ..Default::default()
         };
         let parts = muster::facts::split(&f);
-        assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 3, 6, 8]);
+        assert_eq!(
+            parts.iter().map(|p| p.0.number()).collect::<Vec<_>>(),
+            [1, 3, 6, 8]
+        );
         let mut back = pb::Facts::default();
         for (_, b) in &parts {
             back.merge(b.as_slice()).unwrap();
@@ -443,7 +454,7 @@ mod tests {
         };
         let layout_1 = muster::facts::split(&facts)
             .into_iter()
-            .map(|(n, b)| (format!("ob/dev1/f{n:02}").into_bytes(), Some(b)))
+            .map(|(s, b)| (format!("ob/dev1/f{:02}", s.number()).into_bytes(), Some(b)))
             .collect();
         commit_puts(&store, layout_1).await.unwrap();
         // An unrelated record that merely looks similar stays where it is.
