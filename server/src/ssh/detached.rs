@@ -122,6 +122,28 @@ const START_FAILED: u32 = 90;
 const START_EXISTS: u32 = 91;
 const START_SHORT: u32 = 92;
 
+impl SshSession {
+    /// [`start`] on this session.
+    pub async fn start_detached(
+        &self,
+        dir: &RunDir,
+        id: &IntentId,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<DetachedStart, SshError> {
+        start(self, dir, id, command, timeout).await
+    }
+
+    /// [`poll`] on this session.
+    pub async fn poll_detached(
+        &self,
+        dir: &RunDir,
+        id: &IntentId,
+    ) -> Result<DetachedStatus, SshError> {
+        poll(self, dir, id).await
+    }
+}
+
 /// Starts `command` detached under `id`; the host's `timeout` ends it after `timeout`
 /// (TERM, then KILL after the session's grace).
 pub async fn start(
@@ -183,7 +205,12 @@ b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
 if [ -f "$d/boot" ] && [ "$(cat "$d/boot")" != "$b" ]; then echo lost the host rebooted since the run started; exit 0; fi
 p=$(cat "$d/pid" 2>/dev/null)
 case "$p" in ''|*[!0-9]*) echo lost no process id was recorded; exit 0;; esac
-kill -0 "$p" 2>/dev/null && {{ echo running; exit 0; }}
+# Alive and not a zombie (a container's init may never reap it).
+if [ -r "/proc/$p/stat" ]; then
+  s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)
+  [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ] && {{ echo running; exit 0; }}
+elif kill -0 "$p" 2>/dev/null; then echo running; exit 0
+fi
 [ -f "$d/rc" ] && {{ st; exit 0; }}
 echo lost its process is gone and it left no exit code
 "#
