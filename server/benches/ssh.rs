@@ -12,7 +12,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{BoxError, scale};
+use common::{BoxError, ms, pct, scale};
 use muster_server::ssh::{ExitOutcome, HostKeyPin, RunDir, SshExecutor, SshSettings, SshTarget};
 use muster_tests::ssh::SshFleet;
 
@@ -44,6 +44,8 @@ async fn run() -> Result<(), BoxError> {
 
     let (mut russh_n, mut russh_t) = (0usize, Duration::ZERO);
     let (mut ssh_n, mut ssh_t) = (0usize, Duration::ZERO);
+    // Wall time of each round of 50 sessions.
+    let (mut russh_rounds, mut ssh_rounds) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         if russh_t < TIME_BOUND {
             let t0 = Instant::now();
@@ -54,6 +56,7 @@ async fn run() -> Result<(), BoxError> {
                 }
             }
             russh_t += t0.elapsed();
+            russh_rounds.push(t0.elapsed());
             russh_n += CONCURRENCY;
         }
         if ssh_t < TIME_BOUND {
@@ -63,6 +66,7 @@ async fn run() -> Result<(), BoxError> {
                 r?;
             }
             ssh_t += t0.elapsed();
+            ssh_rounds.push(t0.elapsed());
             ssh_n += CONCURRENCY;
         }
         eprintln!("round {}/{rounds} done", round + 1);
@@ -77,6 +81,11 @@ async fn run() -> Result<(), BoxError> {
     println!(
         "OpenSSH ssh (ControlMaster=no): {ssh_n} sessions in {:.2} s = {ssh_rate:.1} sessions/s",
         ssh_t.as_secs_f64()
+    );
+    println!(
+        "round of {CONCURRENCY}, p50: russh {} / ssh {}",
+        ms(pct(&mut russh_rounds, 0.5)),
+        ms(pct(&mut ssh_rounds, 0.5))
     );
     println!(
         "ratio russh/ssh = {:.2} (target >= 1.0)",
