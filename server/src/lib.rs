@@ -33,6 +33,7 @@ pub mod planning;
 pub mod refusal_limit;
 pub mod scope;
 pub mod set_order;
+pub mod ssh;
 pub mod store;
 pub mod store_map;
 pub mod tokens;

@@ -29,4 +29,5 @@ mod sec_plan;
 mod sec_renew;
 mod sec_tokens;
 mod smart;
+mod ssh_exec;
 mod watch;

@@ -90,7 +90,8 @@ impl SshFleet {
         })
     }
 
-    /// Starts one more sshd and returns its port (pinned in known_hosts).
+    /// Starts one more sshd and returns its port (pinned in known_hosts). `MaxStartups` is
+    /// raised so that many concurrent handshakes (the SSH bench runs 50) are not dropped.
     pub fn start_host(&mut self) -> anyhow::Result<u16> {
         let n = self.hosts.len();
         let d = self.dir.path().join(format!("host{n}"));
@@ -108,7 +109,8 @@ impl SshFleet {
                      AuthorizedKeysFile {ak}/%u\nPubkeyAuthentication yes\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n\
-                     PrintMotd no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+                     PrintMotd no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n\
+                     MaxStartups 256\n",
                     hk = hostkey.display(),
                     pid = d.join("sshd.pid").display(),
                     ak = self.dir.path().join("authorized_keys").display(),
@@ -147,5 +149,14 @@ impl SshFleet {
             last = std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default();
         }
         bail!("sshd did not start; its log:\n{last}")
+    }
+
+    /// The public key line (`ssh-ed25519 AAAA...`) the host on `port` was pinned with.
+    pub fn host_public_key(&self, port: u16) -> anyhow::Result<String> {
+        let prefix = format!("[127.0.0.1]:{port} ");
+        std::fs::read_to_string(&self.known_hosts)?
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .with_context(|| format!("no known_hosts entry for port {port}"))
     }
 }
