@@ -94,6 +94,8 @@ enum Record {
     Pending(PendingV1),
     /// Appended (postcard numbers variants in order): older records decode unchanged.
     IdentityV2(renew::IdentityV2),
+    /// A renewed identity, with what it was renewed to (so a retry gets the same answer).
+    IdentityV3(renew::IdentityV3),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +203,8 @@ pub struct Agents {
     identities: RwLock<HashMap<String, Ident>>,
     /// Device id → liveness, for devices that have reported.
     live: Mutex<HashMap<String, Liveness>>,
+    /// Serializes identity changes per device (see `renew::IdentityLocks`).
+    identity_locks: renew::IdentityLocks,
 }
 
 impl std::fmt::Debug for Agents {
@@ -270,6 +274,7 @@ impl Agents {
             settings,
             identities: RwLock::new(identities),
             live: Mutex::new(HashMap::new()),
+            identity_locks: renew::IdentityLocks::default(),
         };
         agents.load_liveness()?;
         Ok(agents)
@@ -618,6 +623,7 @@ impl Agents {
         ctx: &ChangeContext,
         now: i64,
     ) -> Result<(), StoreError> {
+        let _serial = self.identity_locks.lock(device).await;
         let device_id = match self.inventory.load_device(device) {
             Ok(Some((obj, _))) => obj.id,
             Ok(None) => return Err(StoreError::NotFound(device.to_string())),

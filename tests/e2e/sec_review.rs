@@ -1,0 +1,116 @@
+//! Risks left by the review of the security work (issue 12): one renewal per identity,
+//! summarised refusal floods across many peers, per-principal fairness of the Plan/Apply pool,
+//! oversized requests audited.
+
+use std::time::{Duration, Instant};
+
+use muster::pb;
+use tonic::Code;
+
+use crate::agent::{AgentHost, add_device, ok, tls_server, token_for};
+use crate::sec_renew::{csr, identities};
+
+/// `agent-renew` change records (accepted) of `device`.
+async fn renewals(s: &muster_tests::TestServer, device: &str) -> usize {
+    s.audit_trail("")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c.verb == "agent-renew"
+                && c.resource_name == device
+                && c.outcome == pb::ChangeOutcome::Accepted as i32
+                && c.revision > 0
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_renews_once_and_a_retry_gets_the_same_certificate() {
+    let s = tls_server(&["--agent-cert-validity", "8s", "--agent-cert-warn", "1s"]);
+    add_device(&s, "web-01");
+    let a = AgentHost::new(&s);
+    ok(&a.enroll(&token_for(&s, "web-01", "1h"), "0s"));
+    let enrolled = Instant::now();
+    let first = identities(&s, "web-01").await;
+    // Second half of the 8.8 s lifetime.
+    tokio::time::sleep(Duration::from_millis(4000).saturating_sub(enrolled.elapsed())).await;
+    let mut old = a.client().await;
+    let the_csr = csr();
+    let renew = |csr_pem: &str| pb::RenewRequest {
+        csr_pem: csr_pem.to_string(),
+    };
+    let issued = old
+        .renew_certificate(renew(&the_csr))
+        .await
+        .unwrap()
+        .into_inner()
+        .identity
+        .unwrap();
+    let after_first = identities(&s, "web-01").await;
+    assert_eq!(after_first.len(), 2, "{after_first:?}");
+    // The answer was lost: the retiring certificate retries, with the same key. Same answer,
+    // nothing new written.
+    for _ in 0..5 {
+        let again = old
+            .renew_certificate(renew(&the_csr))
+            .await
+            .unwrap()
+            .into_inner()
+            .identity
+            .unwrap();
+        assert_eq!(again.certificate_pem, issued.certificate_pem);
+        assert_eq!(again.not_after, issued.not_after);
+    }
+    // Any other key: refused, naming what to do; nothing changes.
+    let e = old.renew_certificate(renew(&csr())).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("already renewed"), "{e:?}");
+    assert!(e.message().contains("same key"), "{e:?}");
+    assert_eq!(identities(&s, "web-01").await, after_first);
+    assert!(after_first.contains(&("retiring".to_string(), first[0].1.clone())));
+    assert!(
+        enrolled.elapsed() < Duration::from_secs(8),
+        "the certificate expired mid-test"
+    );
+    assert_eq!(
+        renewals(&s, "web-01").await,
+        1,
+        "one renewal, one change record"
+    );
+    let refused = s.audit_trail("agent:web-01").await.unwrap();
+    assert!(
+        refused.iter().any(|c| c.message == e.message()),
+        "the refusal is audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_renewals_of_one_identity_issue_one_certificate() {
+    let s = tls_server(&["--agent-cert-validity", "8s", "--agent-cert-warn", "1s"]);
+    add_device(&s, "web-01");
+    let a = AgentHost::new(&s);
+    ok(&a.enroll(&token_for(&s, "web-01", "1h"), "0s"));
+    let enrolled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(4000).saturating_sub(enrolled.elapsed())).await;
+    let the_csr = csr();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = a.client().await;
+        let csr_pem = the_csr.clone();
+        tasks.push(tokio::spawn(async move {
+            c.renew_certificate(pb::RenewRequest { csr_pem }).await
+        }));
+    }
+    let mut certs = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        certs.push(r.unwrap().into_inner().identity.unwrap().certificate_pem);
+    }
+    certs.dedup();
+    assert_eq!(certs.len(), 1, "one certificate for one identity and key");
+    let ids = identities(&s, "web-01").await;
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(renewals(&s, "web-01").await, 1);
+    assert!(enrolled.elapsed() < Duration::from_secs(8));
+}
