@@ -147,6 +147,7 @@ impl Server {
             refusals: refusal_limit::RefusalPolicy {
                 per_window: config.refusals_per_window,
                 window: Duration::from_millis(config.refusal_window_ms.max(1)),
+                global_per_window: config.refusals_global_per_window,
             },
         };
         let inventory = Arc::new(Inventory::with_limits(

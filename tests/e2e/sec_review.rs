@@ -114,3 +114,116 @@ async fn concurrent_renewals_of_one_identity_issue_one_certificate() {
     assert_eq!(renewals(&s, "web-01").await, 1);
     assert!(enrolled.elapsed() < Duration::from_secs(8));
 }
+
+/// Refused entries (no revision) of a flood by `anonymous` doing `list`, and the summaries.
+async fn flood_records(s: &muster_tests::TestServer) -> (Vec<pb::Change>, Vec<pb::Change>) {
+    let mut all = s.audit_trail("").await.unwrap();
+    all.retain(|c| c.revision == 0);
+    let one_by_one = all
+        .iter()
+        .filter(|c| c.principal == "anonymous" && c.verb == "list")
+        .cloned()
+        .collect();
+    let summaries = all
+        .into_iter()
+        .filter(|c| c.verb == "rate-limited")
+        .collect();
+    (one_by_one, summaries)
+}
+
+/// How many refusals a summary counted without recording them: "T refused attempts from peer
+/// X in 5 s; the first R are recorded ..." → T - R; "N refused attempts from M peers in 5 s
+/// were only counted here ..." → N.
+fn only_counted(message: &str) -> u64 {
+    let number = |s: &str| s.replace(',', "").parse::<u64>().unwrap();
+    let total = number(message.split_whitespace().next().unwrap());
+    match message.split("the first ").nth(1) {
+        Some(rest) => total - number(rest.split_whitespace().next().unwrap()),
+        None => total,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_peers_flooding_refusals_write_a_bounded_number_of_records() {
+    let s = muster_tests::TestServer::start_with(muster_tests::Options {
+        config:
+            "refusals_per_window = 5\nrefusal_window_ms = 5000\nrefusals_global_per_window = 20\n"
+                .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    // 40 peers (loopback source addresses 127.0.0.2-41), 10 unauthenticated requests each.
+    const PEERS: u8 = 40;
+    const EACH: usize = 10;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..PEERS {
+        let ip = std::net::IpAddr::from([127, 0, 0, 2 + i]);
+        let ch = tonic::transport::Endpoint::from_shared(s.url())
+            .unwrap()
+            .local_address(Some(ip))
+            .connect()
+            .await
+            .unwrap();
+        clients.push(pb::inventory_service_client::InventoryServiceClient::new(
+            ch,
+        ));
+    }
+    let calls = clients.iter().flat_map(|c| {
+        (0..EACH).map(move |_| {
+            let mut c = c.clone();
+            async move {
+                c.list(pb::ListRequest {
+                    kind: 1,
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    }
+    let flood_took = started.elapsed();
+    let total = u64::from(PEERS) * EACH as u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (one_by_one, summaries) = loop {
+        let (one, sums) = flood_records(&s).await;
+        let counted: u64 = sums.iter().map(|c| only_counted(&c.message)).sum();
+        if one.len() as u64 + counted >= total || Instant::now() > deadline {
+            break (one, sums);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let counted: u64 = summaries.iter().map(|c| only_counted(&c.message)).sum();
+    assert_eq!(
+        one_by_one.len() as u64 + counted,
+        total,
+        "every refused attempt is recorded or counted: {summaries:?}"
+    );
+    // One window (the flood took less than it): at most the global budget plus one summary.
+    assert!(flood_took < Duration::from_secs(5), "{flood_took:?}");
+    let written = one_by_one.len() + summaries.len();
+    assert!(
+        written <= 21,
+        "{written} records for a flood from {PEERS} peers ({} one by one, {} summaries)",
+        one_by_one.len(),
+        summaries.len()
+    );
+    let global = summaries
+        .iter()
+        .find(|c| c.message.contains("refusals_global_per_window"))
+        .expect("a summary across all peers");
+    assert!(
+        global
+            .message
+            .contains(&format!("from {PEERS} peers in 5 s")),
+        "{}",
+        global.message
+    );
+    assert!(
+        global.message.contains("anonymous list"),
+        "{}",
+        global.message
+    );
+}

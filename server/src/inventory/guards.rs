@@ -1,5 +1,6 @@
 //! The inventory's guards against callers that would exhaust it: refused attempts rate-limited
-//! per source (so a flood cannot push older refusals out of the capped log), Watch streams
+//! per source and across all sources (so a flood cannot push older refusals out of the capped
+//! log), Watch streams
 //! capped per principal, and audit verifies capped and incremental.
 
 use std::net::IpAddr;
@@ -75,7 +76,7 @@ impl Inventory {
 
     /// Records a refused attempt by a caller not known as a principal (no or a bad token),
     /// rate-limited per peer address (the port changes with every connection, so it is left
-    /// out).
+    /// out; IPv6 peers by their /64).
     #[allow(clippy::too_many_arguments)]
     pub fn record_refusal_from_peer(
         &self,
@@ -88,7 +89,7 @@ impl Inventory {
         message: &str,
     ) {
         let source = match peer {
-            Some(ip) => format!("peer {ip}"),
+            Some(ip) => crate::refusal_limit::peer_source(ip),
             None => "peer unknown".to_string(),
         };
         self.record_limited(&source, who, verb, target, ctx, refusal, message);
@@ -105,11 +106,11 @@ impl Inventory {
         refusal: RefusalKind,
         message: &str,
     ) {
-        let (admit, summary) = self
+        let (admit, summaries) = self
             .guards
             .refusals
             .admit(source, who, verb, Instant::now());
-        if let Some(s) = summary {
+        for s in summaries {
             self.write_summary(s);
         }
         if admit == Admit::Record {
