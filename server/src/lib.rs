@@ -141,7 +141,7 @@ impl Server {
         let paths = keys::KeyPaths::new(&config.data_dir, config.secrets_key_file.as_deref());
         let keys = keys::open(&*store, &paths).await?;
         let (tokens, created_admin_token) =
-            TokenRegistry::load(&config.tokens, &*store, &config.data_dir)?;
+            TokenRegistry::load(&config.tokens, &*store, &config.data_dir).await?;
         let limits = limits::Limits {
             watches_per_principal: config.max_watches_per_principal.max(1),
             refusals: refusal_limit::RefusalPolicy {

@@ -118,16 +118,27 @@ impl Inventory {
         }
     }
 
-    fn write_refusal(
-        &self,
+    /// The record of an accepted action that changes no object, for a write that stores it
+    /// in the same batch as the change it records (token changes: `Store::commit_tokens`).
+    pub fn accepted_action_record(
+        who: &str,
+        verb: &str,
+        target: (ResourceKind, &str),
+        ctx: &ChangeContext,
+        message: &str,
+    ) -> Refusal {
+        Self::refusal_record(who, verb, target, ctx, RefusalKind::Accepted, message)
+    }
+
+    fn refusal_record(
         who: &str,
         verb: &str,
         (kind, name): (ResourceKind, &str),
         ctx: &ChangeContext,
         refusal: RefusalKind,
         message: &str,
-    ) {
-        let r = Refusal {
+    ) -> Refusal {
+        Refusal {
             seq: 0,
             kind: kind_id(kind),
             name: printable(name, 256),
@@ -142,7 +153,19 @@ impl Inventory {
             },
             refusal,
             message: printable(message, 1024),
-        };
+        }
+    }
+
+    fn write_refusal(
+        &self,
+        who: &str,
+        verb: &str,
+        target: (ResourceKind, &str),
+        ctx: &ChangeContext,
+        refusal: RefusalKind,
+        message: &str,
+    ) {
+        let r = Self::refusal_record(who, verb, target, ctx, refusal, message);
         if let Err(e) = self.store.record_refusal(r) {
             tracing::warn!(error = %e, "could not record a refused attempt");
         }
