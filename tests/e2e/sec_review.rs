@@ -227,3 +227,127 @@ async fn many_peers_flooding_refusals_write_a_bounded_number_of_records() {
         global.message
     );
 }
+
+/// `n` devices, each the parent of the next (enough planning work to keep the pool busy).
+fn chain(n: usize) -> Vec<pb::Resource> {
+    (0..n)
+        .map(|i| {
+            let mut d = muster_tests::fixtures::device(&format!("c-{i:05}"), &[("role", "c")]);
+            if let Some(pb::resource::Resource::Device(x)) = d.resource.as_mut()
+                && i > 0
+            {
+                x.parent = format!("c-{:05}", i - 1);
+            }
+            d
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_flooding_plans_cannot_keep_an_admin_apply_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = muster_tests::TestServer::start_with(muster_tests::Options {
+        role_tokens: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let request = pb::PlanRequest {
+        resources: chain(3000),
+        include_unchanged: false,
+    };
+    // The viewer: 24 clients sending Plans back to back (a refused one retries after 10 ms),
+    // on their own runtime so their encoding does not slow this test's client.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, per_principal) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flood = {
+        let (url, stop, done, per_principal) =
+            (s.url(), stop.clone(), done.clone(), per_principal.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for _ in 0..24 {
+                    let (url, stop, done, per_principal, request) = (
+                        url.clone(),
+                        stop.clone(),
+                        done.clone(),
+                        per_principal.clone(),
+                        request.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        let ch = tonic::transport::Channel::from_shared(url)
+                            .unwrap()
+                            .connect()
+                            .await
+                            .unwrap();
+                        let mut viewer =
+                            pb::config_service_client::ConfigServiceClient::with_interceptor(
+                                ch,
+                                muster_tests::bearer(muster_tests::VIEWER_TOKEN),
+                            );
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                            match viewer.plan(request.clone()).await {
+                                Ok(_) => {
+                                    done.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(e) => {
+                                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                                    if e.message().contains("limit per principal") {
+                                        per_principal.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            })
+        })
+    };
+    // Let the flood fill the pool.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut admin = pb::config_service_client::ConfigServiceClient::with_interceptor(
+        s.channel().await.unwrap(),
+        muster_tests::bearer(&s.token),
+    );
+    // Five applies, one after the other, while the flood goes on: each gets a place.
+    let started = Instant::now();
+    let mut applied = Vec::new();
+    for i in 0..5 {
+        applied.push(
+            admin
+                .apply(pb::ApplySetRequest {
+                    resources: vec![muster_tests::fixtures::site(&format!("dc-{i}"))],
+                    ..Default::default()
+                })
+                .await,
+        );
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    flood.join().unwrap();
+    for a in applied {
+        let a = a.expect("the admin's apply during the viewer's flood");
+        assert_eq!(a.into_inner().resources.len(), 1);
+    }
+    assert!(
+        per_principal.load(Ordering::SeqCst) > 0,
+        "the viewer was refused naming the limit per principal"
+    );
+    eprintln!(
+        "5 admin applies took {took:?} during the flood; {} viewer plans ran",
+        done.load(Ordering::SeqCst)
+    );
+    let refused = s.audit_trail("vera").await.unwrap();
+    assert!(
+        refused
+            .iter()
+            .any(|c| c.verb == "plan" && c.message.contains("limit per principal")),
+        "the viewer's refusals are audited"
+    );
+}
