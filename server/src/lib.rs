@@ -334,6 +334,7 @@ impl Server {
                 methods: Arc::new(grpc::methods::KnownMethods::served()),
                 shedding: Arc::clone(&shedding),
                 activity,
+                inventory: Arc::clone(&self.shared.inventory),
             })
             .add_service(health_svc)
             .add_service(reflection_v1)

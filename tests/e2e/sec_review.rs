@@ -351,3 +351,87 @@ async fn a_viewer_flooding_plans_cannot_keep_an_admin_apply_out() {
         "the viewer's refusals are audited"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_audited_and_a_flood_of_them_summarised() {
+    let s = muster_tests::TestServer::start_with(muster_tests::Options {
+        config: "max_message_bytes = 100000\nrefusals_per_window = 5\nrefusal_window_ms = 5000\n"
+            .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let request = pb::PlanRequest {
+        resources: chain(5000),
+        include_unchanged: false,
+    };
+    {
+        use prost::Message;
+        assert!(request.encoded_len() > 200_000, "{}", request.encoded_len());
+    }
+    // With a token: a request without one is refused on its headers, before its body.
+    let mut client = pb::config_service_client::ConfigServiceClient::with_interceptor(
+        s.channel().await.unwrap(),
+        muster_tests::bearer(&s.token),
+    );
+    const FLOOD: usize = 30;
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        let Err(e) = client.plan(request.clone()).await else {
+            panic!("an oversized plan was accepted");
+        };
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("max_message_bytes"), "{e:?}");
+    }
+    // Windows of 5 s the flood touched: each records at most 5 one by one.
+    let windows = started.elapsed().as_secs() as usize / 5 + 2;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let all: Vec<pb::Change> = s
+            .audit_trail("")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.revision == 0)
+            .collect();
+        let one_by_one: Vec<&pb::Change> = all
+            .iter()
+            .filter(|c| c.verb == "oversized-request")
+            .collect();
+        let summaries: Vec<&pb::Change> = all
+            .iter()
+            .filter(|c| c.verb == "rate-limited" && c.message.contains("oversized-request"))
+            .collect();
+        let counted: u64 = summaries.iter().map(|c| only_counted(&c.message)).sum();
+        if one_by_one.len() as u64 + counted >= FLOOD as u64 {
+            let first = one_by_one
+                .first()
+                .expect("an oversized request recorded one by one");
+            assert_eq!(first.resource_name, "/muster.v1.ConfigService/Plan");
+            assert!(
+                first
+                    .message
+                    .contains("/muster.v1.ConfigService/Plan refused: request message is")
+                    && first
+                        .message
+                        .contains("the limit is 100000 bytes (max_message_bytes)"),
+                "{}",
+                first.message
+            );
+            assert_eq!(first.outcome, pb::ChangeOutcome::Rejected as i32);
+            assert_eq!(first.principal, "edge");
+            assert!(
+                one_by_one.len() <= 10,
+                "{} recorded one by one",
+                one_by_one.len()
+            );
+            assert_eq!(one_by_one.len() as u64 + counted, FLOOD as u64);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} recorded, {counted} summarised of {FLOOD}",
+            one_by_one.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
