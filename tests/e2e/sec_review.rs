@@ -419,8 +419,9 @@ async fn oversized_requests_are_audited_and_a_flood_of_them_summarised() {
             );
             assert_eq!(first.outcome, pb::ChangeOutcome::Rejected as i32);
             assert_eq!(first.principal, "edge");
+            assert!(!summaries.is_empty(), "the flood is summarised");
             assert!(
-                one_by_one.len() <= 10,
+                one_by_one.len() <= 5 * windows,
                 "{} recorded one by one",
                 one_by_one.len()
             );
