@@ -6,6 +6,7 @@
 //!
 //! Needs root and `/usr/sbin/sshd` (the test kit's `SshFleet`). Run:
 //! `cargo bench -p muster-server --bench ssh` (BENCH_SCALE=0.3 for a quick run).
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 mod common;
 

@@ -145,7 +145,7 @@ impl TokenRegistry {
     /// Loads tokens from the config and the store. When there are none at all, creates an admin
     /// token, stores its hash and writes the token to `data_dir/admin.token` (mode 0600);
     /// returns that path so the caller can log it (never the token).
-    pub fn load(
+    pub async fn load(
         config: &[TokenConfig],
         store: &dyn Store,
         data_dir: &Path,
@@ -205,7 +205,24 @@ impl TokenRegistry {
                 bootstrap: true,
                 ..StoredToken::default()
             };
-            store.put_token(rec.clone())?;
+            // With its audit entry, in one durable batch: who can administer the server.
+            let audit = crate::inventory::Inventory::accepted_action_record(
+                "musterd",
+                "token-create",
+                (muster::pb::ResourceKind::Unspecified, "admin"),
+                &crate::inventory::ChangeContext::default(),
+                &format!(
+                    "created the bootstrap admin token at first start (written to {})",
+                    path.display()
+                ),
+                clock.now_unix_nanos(),
+            );
+            let w = crate::store::TokenWrite {
+                put: vec![rec.clone()],
+                delete: Vec::new(),
+                audit: Some(audit),
+            };
+            crate::store::commit_tokens_durably(store, w).await?;
             let e = TokenEntry::from_stored(rec)?;
             by_hash.insert(e.hash.clone(), Arc::new(e));
             created = Some(path);

@@ -113,6 +113,10 @@ pub struct Config {
     pub refusals_per_window: u32,
     /// That window, milliseconds.
     pub refusal_window_ms: u64,
+    /// Refused attempts (and per-source summaries) recorded per window across all sources;
+    /// beyond it they are counted into one summary per window ("N refused attempts from M
+    /// peers"), so many peers together cannot flush the refusal log either.
+    pub refusals_global_per_window: u32,
 }
 
 impl Default for Config {
@@ -148,6 +152,7 @@ impl Default for Config {
             max_watches_per_principal: crate::limits::DEFAULT_WATCHES_PER_PRINCIPAL,
             refusals_per_window: 32,
             refusal_window_ms: 10_000,
+            refusals_global_per_window: crate::refusal_limit::DEFAULT_GLOBAL_PER_WINDOW,
         }
     }
 }
@@ -198,6 +203,8 @@ mod tests {
         let c = Config::from_toml("max_connections = 10\nhandshake_timeout_ms = 500\n").unwrap();
         assert_eq!((c.max_connections, c.handshake_timeout_ms), (10, 500));
         assert_eq!(Config::default().max_connections, DEFAULT_MAX_CONNECTIONS);
+        let c = Config::from_toml("refusals_global_per_window = 7\n").unwrap();
+        assert_eq!(c.refusals_global_per_window, 7);
         assert!(
             Config::from_toml("lisen = 1").is_err(),
             "unknown keys are errors"

@@ -154,12 +154,14 @@ impl Server {
             &*store,
             &config.data_dir,
             Arc::clone(&clock),
-        )?;
+        )
+        .await?;
         let limits = limits::Limits {
             watches_per_principal: config.max_watches_per_principal.max(1),
             refusals: refusal_limit::RefusalPolicy {
                 per_window: config.refusals_per_window,
                 window: Duration::from_millis(config.refusal_window_ms.max(1)),
+                global_per_window: config.refusals_global_per_window,
             },
         };
         let inventory = Arc::new(Inventory::with_limits(
@@ -347,6 +349,7 @@ impl Server {
                 methods: Arc::new(grpc::methods::KnownMethods::served()),
                 shedding: Arc::clone(&shedding),
                 activity,
+                inventory: Arc::clone(&self.shared.inventory),
             })
             .add_service(health_svc)
             .add_service(reflection_v1)

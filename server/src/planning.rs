@@ -199,8 +199,9 @@ impl Planner {
         self.drift.caught_up(CATCH_UP).await;
         let this = self.clone();
         let who = who.clone();
+        let name = who.name.clone();
         self.pool
-            .run("plan", move || {
+            .run(&name, "plan", move || {
                 let prepared = this.prepare(&who, resources, &ChangeContext::default())?;
                 let change = Self::planned_change(&prepared);
                 let mut resp = this.drift.plan(&change, include_unchanged)?;
@@ -237,7 +238,7 @@ impl Planner {
         let (this, who_, ctx_) = (self.clone(), who.clone(), ctx.clone());
         let (prepared, change) = self
             .pool
-            .run("apply", move || {
+            .run(&who.name, "apply", move || {
                 let prepared = this.prepare(&who_, resources, &ctx_)?;
                 let change = Self::planned_change(&prepared);
                 Ok((prepared, change))
@@ -252,7 +253,9 @@ impl Planner {
             let drift = Arc::clone(&self.drift);
             let plan = self
                 .pool
-                .run("conflict check", move || drift.plan(&change, false))
+                .run(&who.name, "conflict check", move || {
+                    drift.plan(&change, false)
+                })
                 .await?;
             if let Some(c) = plan.conflicts.first() {
                 return Err(ApiError::FailedPrecondition(format!(

@@ -12,7 +12,7 @@ use muster::selector::Selector;
 
 use crate::auth::{TokenEntry, TokenRegistry, TokenSource, generate_token, hash_token, rfc3339};
 use crate::model::{ApiError, Principal, Role};
-use crate::store::{Store, StoreError, StoredToken};
+use crate::store::{Refusal, Store, StoredToken, TokenWrite};
 
 /// Most tokens the store may hold: each one is kept in memory and checked on every request.
 pub const MAX_TOKENS: usize = 1000;
@@ -35,16 +35,10 @@ pub struct NewToken {
     pub selector: String,
 }
 
-/// Runs a blocking store call off the async threads.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    name: &str,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(&*store))
+/// Writes a token change (and its audit entry) durably, in one batch.
+async fn write(store: &Arc<dyn Store>, name: &str, w: TokenWrite) -> Result<(), ApiError> {
+    crate::store::commit_tokens_durably(&**store, w)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| crate::store_map::api_error("token", name, e))
 }
 
@@ -121,11 +115,13 @@ impl TokenRegistry {
     }
 
     /// Creates a token; returns the token itself (shown once, never stored) and its entry.
+    /// `audit` makes the audit entry written in the same batch.
     pub async fn create(
         &self,
         store: &Arc<dyn Store>,
         who: &Principal,
         req: NewToken,
+        audit: impl FnOnce(&TokenEntry) -> Refusal + Send,
     ) -> Result<(String, Arc<TokenEntry>), ApiError> {
         let _g = self.admin.lock().await;
         let (role, scope) = self.check_new(who, &req)?;
@@ -146,10 +142,15 @@ impl TokenRegistry {
             last_used_nanos: 0,
             bootstrap: false,
         };
-        let put = rec.clone();
-        blocking(store, &req.name, move |s| s.put_token(put)).await?;
-        let entry =
-            Arc::new(TokenEntry::from_stored(rec).map_err(|e| ApiError::Internal(e.to_string()))?);
+        let entry = Arc::new(
+            TokenEntry::from_stored(rec.clone()).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+        let w = TokenWrite {
+            audit: Some(audit(&entry)),
+            put: vec![rec],
+            delete: Vec::new(),
+        };
+        write(store, &req.name, w).await?;
         self.write_map()
             .insert(entry.hash.clone(), Arc::clone(&entry));
         Ok((token, entry))
@@ -162,6 +163,7 @@ impl TokenRegistry {
         &self,
         store: &Arc<dyn Store>,
         name: &str,
+        audit: impl FnOnce(&TokenEntry) -> Refusal + Send,
     ) -> Result<Arc<TokenEntry>, ApiError> {
         let _g = self.admin.lock().await;
         muster::names::validate_name("name", name)?;
@@ -190,8 +192,12 @@ impl TokenRegistry {
                 )));
             }
         }
-        let hash = entry.hash.clone();
-        blocking(store, name, move |s| s.delete_token(&hash)).await?;
+        let w = TokenWrite {
+            audit: Some(audit(&entry)),
+            put: Vec::new(),
+            delete: vec![entry.hash.clone()],
+        };
+        write(store, name, w).await?;
         self.write_map().remove(&entry.hash);
         Ok(entry)
     }
@@ -214,10 +220,11 @@ impl TokenRegistry {
             return Ok(0);
         }
         let records: Vec<StoredToken> = dirty.iter().map(|(r, _)| r.clone()).collect();
-        blocking(store, "(last used of several)", move |s| {
-            s.put_tokens(records)
-        })
-        .await?;
+        let w = TokenWrite {
+            put: records,
+            ..TokenWrite::default()
+        };
+        write(store, "(last used of several)", w).await?;
         for (rec, e) in &dirty {
             e.persisted_last_used_nanos
                 .fetch_max(rec.last_used_nanos, Ordering::Relaxed);

@@ -27,6 +27,7 @@ mod sec_backup;
 mod sec_edge;
 mod sec_plan;
 mod sec_renew;
+mod sec_review;
 mod sec_tokens;
 mod smart;
 mod ssh_exec;

@@ -217,6 +217,7 @@ impl Agents {
         now: i64,
         on_commit: fn(&str, StoreError) -> ApiError,
     ) -> Result<(), ApiError> {
+        let _serial = self.identity_locks.lock(device).await;
         let device_id = self
             .inventory
             .load_device(device)?

@@ -131,6 +131,8 @@ pub struct Agents {
     identities: RwLock<HashMap<String, Ident>>,
     /// Device id → liveness, for devices that have reported.
     live: Mutex<HashMap<String, Liveness>>,
+    /// Serializes identity changes per device (see `renew::IdentityLocks`).
+    identity_locks: renew::IdentityLocks,
 }
 
 impl std::fmt::Debug for Agents {
@@ -179,6 +181,7 @@ impl Agents {
             settings,
             identities: RwLock::new(identities),
             live: Mutex::new(HashMap::new()),
+            identity_locks: renew::IdentityLocks::default(),
         };
         agents.load_liveness()?;
         Ok(agents)

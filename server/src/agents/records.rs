@@ -28,6 +28,8 @@ pub(super) enum Record {
     Pending(PendingV1),
     /// Appended (postcard numbers variants in order): older records decode unchanged.
     IdentityV2(renew::IdentityV2),
+    /// A renewed identity, with what it was renewed to (so a retry gets the same answer).
+    IdentityV3(renew::IdentityV3),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::inventory::ChangeContext;
 use crate::model::ApiError;
+use crate::pki::AgentCa;
 use crate::store::AuxWrite;
 
 /// How long the previous certificate keeps working after a renewal when the agent never
@@ -38,6 +39,56 @@ pub(super) struct IdentityV2 {
     pub not_after_nanos: i64,
     /// Set on the previous identity of a renewal: it stops working at this time.
     pub retire_nanos: Option<i64>,
+}
+
+/// An identity a renewal replaced, with what it was renewed to: one identity renews at most
+/// once (a retry with the same key is answered with the same certificate, any other CSR is
+/// refused), so one agent cannot mint identities, or change records, during its overlap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct IdentityV3 {
+    pub identity: IdentityV2,
+    pub renewed: RenewedTo,
+}
+
+/// The certificate a renewal issued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct RenewedTo {
+    pub fingerprint: String,
+    /// SHA-256 of the CSR's public key (`AgentCa::csr_key_fingerprint`).
+    pub key_fingerprint: String,
+    pub cert_pem: String,
+    pub not_after_nanos: i64,
+    pub at_nanos: i64,
+}
+
+/// Serializes identity changes of one device (renewal, enrollment) from reading the identity
+/// table to updating it after the commit. The store's guards already keep the records
+/// consistent, but the table is updated after each commit: two changes committed in one order
+/// could otherwise update it in the other and leave a revoked identity working until restart.
+/// Striped (64 locks by device name), so memory stays fixed.
+pub(crate) struct IdentityLocks(Vec<tokio::sync::Mutex<()>>);
+
+const IDENTITY_LOCK_STRIPES: usize = 64;
+
+impl Default for IdentityLocks {
+    fn default() -> Self {
+        Self(
+            (0..IDENTITY_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+}
+
+impl IdentityLocks {
+    pub(crate) async fn lock(&self, device: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        device.hash(&mut h);
+        #[allow(clippy::cast_possible_truncation)]
+        let i = (h.finish() % IDENTITY_LOCK_STRIPES as u64) as usize;
+        self.0[i].lock().await
+    }
 }
 
 /// The in-memory view of an identity (certificate fingerprint → this).
@@ -76,6 +127,7 @@ impl Ident {
                 i.hostname,
                 i.since_nanos,
             )),
+            Record::IdentityV3(i) => Self::from_record(Record::IdentityV2(i.identity)),
             _ => None,
         }
     }
@@ -182,9 +234,14 @@ impl Agents {
         };
         let principal = format!("agent:{}", ident.device);
         let fp = fingerprint.unwrap_or_default();
-        let r = self
-            .renew_checked(fp, &ident, csr_pem, &principal, &ctx)
-            .await;
+        let r = async {
+            let _serial = self.identity_locks.lock(&ident.device).await;
+            // Read again under the lock: a concurrent renewal or enrollment may have changed it.
+            let ident = self.identity(fingerprint)?;
+            self.renew_checked(fp, &ident, csr_pem, &principal, &ctx)
+                .await
+        }
+        .await;
         self.audited(&principal, "agent-renew", &ident.device, &ctx, r)
     }
 
@@ -213,8 +270,20 @@ impl Agents {
             Some(Record::Device(d)) => d,
             _ => DeviceV1::default(),
         };
-        // The presented identity is the device's active one, or the one a renewal just
-        // replaced (the agent crashed before it saved the new certificate).
+        if csr_pem.len() > MAX_CSR_BYTES {
+            return Err(ApiError::invalid(
+                "csr_pem",
+                format!("must be at most {MAX_CSR_BYTES} bytes"),
+            ));
+        }
+        let id_key = identity_key(fp);
+        let id_raw = self.store.aux_get(&id_key).map_err(super::store_err)?;
+        let stored = id_raw.as_deref().map(decode).transpose()?;
+        if let Some(Record::IdentityV3(done)) = stored {
+            return self.renewed_already(device, &dev, &done.renewed, csr_pem);
+        }
+        // The presented identity is the device's active one, or (records from before renewals
+        // were remembered) one a renewal replaced without saying to what.
         let is_active = dev.active.as_deref() == Some(fp);
         if !is_active && ident.retire_nanos.is_none() {
             return Err(ApiError::Unauthenticated(
@@ -230,12 +299,8 @@ impl Agents {
                 rfc3339(ident.not_after_nanos.saturating_sub(lifetime / 2))
             )));
         }
-        if csr_pem.len() > MAX_CSR_BYTES {
-            return Err(ApiError::invalid(
-                "csr_pem",
-                format!("must be at most {MAX_CSR_BYTES} bytes"),
-            ));
-        }
+        let key_fingerprint = AgentCa::csr_key_fingerprint(csr_pem)
+            .map_err(|e| ApiError::invalid("csr_pem", e.to_string()))?;
         let issued = self
             .ca
             .sign_agent(csr_pem, device, self.settings.cert_validity)
@@ -269,9 +334,21 @@ impl Agents {
         for k in &others {
             puts.push((identity_key(k), None));
         }
+        let Record::IdentityV2(old_record) = identity_record(&old_ident, &dev.hostname, now) else {
+            return Err(ApiError::Internal("identity record version".into()));
+        };
         puts.push((
-            identity_key(fp),
-            Some(encode(&identity_record(&old_ident, &dev.hostname, now))?),
+            id_key.clone(),
+            Some(encode(&Record::IdentityV3(IdentityV3 {
+                identity: old_record,
+                renewed: RenewedTo {
+                    fingerprint: issued.fingerprint.clone(),
+                    key_fingerprint,
+                    cert_pem: issued.cert_pem.clone(),
+                    not_after_nanos: new_ident.not_after_nanos,
+                    at_nanos: now,
+                },
+            }))?),
         ));
         puts.push((
             identity_key(&issued.fingerprint),
@@ -304,7 +381,7 @@ impl Agents {
             ],
         )?;
         self.commit(AuxWrite {
-            guards: vec![(dev_key, dev_raw)],
+            guards: vec![(dev_key, dev_raw), (id_key, id_raw)],
             puts,
             mutation: Some(mutation),
         })
@@ -320,6 +397,38 @@ impl Agents {
             device: device.to_string(),
             cert_pem: issued.cert_pem,
             not_after_nanos: new_ident.not_after_nanos,
+        })
+    }
+
+    /// A renewal presented by an identity that was renewed already: the same certificate for
+    /// the same key (the answer was lost; the agent kept its key), else a refusal.
+    fn renewed_already(
+        &self,
+        device: &str,
+        dev: &DeviceV1,
+        done: &RenewedTo,
+        csr_pem: &str,
+    ) -> Result<Renewed, ApiError> {
+        let when = rfc3339(done.at_nanos);
+        let short = &done.fingerprint[..16.min(done.fingerprint.len())];
+        if dev.active.as_deref() != Some(done.fingerprint.as_str())
+            || !self.identities_map().contains_key(&done.fingerprint)
+        {
+            return Err(ApiError::FailedPrecondition(format!(
+                "this certificate was renewed at {when} and the renewed certificate {short} is no longer the device's identity; enroll again"
+            )));
+        }
+        let key = AgentCa::csr_key_fingerprint(csr_pem)
+            .map_err(|e| ApiError::invalid("csr_pem", e.to_string()))?;
+        if key != done.key_fingerprint {
+            return Err(ApiError::FailedPrecondition(format!(
+                "this certificate was already renewed at {when} (certificate {short}); a certificate renews once: retry with the same key (the agent keeps it in agent.key.next) or use the renewed certificate"
+            )));
+        }
+        Ok(Renewed {
+            device: device.to_string(),
+            cert_pem: done.cert_pem.clone(),
+            not_after_nanos: done.not_after_nanos,
         })
     }
 

@@ -1,7 +1,9 @@
 //! A tower layer in front of every service: refuses oversized requests with RESOURCE_EXHAUSTED
 //! (tonic's own limit answers OUT_OF_RANGE and only after reading the length prefix into a
 //! buffer reservation), and records per-RPC counts and latencies under the method's path when
-//! it is a served method, else under one `unknown` label (see `methods`).
+//! it is a served method, else under one `unknown` label (see `methods`). Oversized requests
+//! are audited through the inventory's refusal limiter (per peer and globally, so a flood of
+//! them is summarised rather than written one by one).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use tower::{Layer, Service};
 
 use crate::grpc::methods::KnownMethods;
 use crate::idle::{Activity, Tracked};
+use crate::inventory::{ChangeContext, Inventory};
 use crate::listen::Shedding;
 use crate::metrics::Metrics;
 use crate::model::ApiError;
@@ -28,7 +31,12 @@ pub struct EdgeLayer {
     pub shedding: Arc<Shedding>,
     /// Open RPCs per connection, for the idle timeout.
     pub activity: Arc<Activity>,
+    /// Where refused requests are audited.
+    pub inventory: Arc<Inventory>,
 }
+
+/// The verb under which an oversized request is audited.
+pub const OVERSIZED_VERB: &str = "oversized-request";
 
 impl<S> Layer<S> for EdgeLayer {
     type Service = Edge<S>;
@@ -40,6 +48,7 @@ impl<S> Layer<S> for EdgeLayer {
             methods: Arc::clone(&self.methods),
             shedding: Arc::clone(&self.shedding),
             activity: Arc::clone(&self.activity),
+            inventory: Arc::clone(&self.inventory),
         }
     }
 }
@@ -53,6 +62,7 @@ pub struct Edge<S> {
     methods: Arc<KnownMethods>,
     shedding: Arc<Shedding>,
     activity: Arc<Activity>,
+    inventory: Arc<Inventory>,
 }
 
 impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Edge<S>
@@ -87,7 +97,12 @@ where
         // Never the raw path: each distinct label set is kept forever (issue 12, item 1).
         let method = self.methods.label(req.uri().path()).to_string();
         let limit = self.limit;
-        let req = req.map(|b| tonic::body::Body::new(LimitedBody::new(b, limit)));
+        let audit = Oversize {
+            inventory: Arc::clone(&self.inventory),
+            peer: peer(&req).map(|a| a.ip()),
+            method: method.clone(),
+        };
+        let req = req.map(|b| tonic::body::Body::new(LimitedBody::new(b, limit, audit)));
         let fut = self.inner.call(req);
         let metrics = Arc::clone(&self.metrics);
         let started = muster::clock::Stopwatch::start();
@@ -143,6 +158,15 @@ fn code_name(c: tonic::Code) -> &'static str {
     }
 }
 
+/// What an oversized request is audited with: the peer it came from (the edge does not know
+/// the caller's principal; it is audited as principal `edge`, rate-limited per peer) and the
+/// method's label (a served method or `unknown`, never the raw path).
+struct Oversize {
+    inventory: Arc<Inventory>,
+    peer: Option<std::net::IpAddr>,
+    method: String,
+}
+
 /// A request body that fails with RESOURCE_EXHAUSTED as soon as a gRPC message's declared
 /// length, or the bytes actually received, pass the limit. Our RPCs take one request message,
 /// so the first five bytes are the only length prefix to read.
@@ -152,24 +176,39 @@ struct LimitedBody {
     seen: usize,
     prefix: [u8; 5],
     prefix_len: usize,
+    /// Taken when the refusal is audited (once per request).
+    audit: Option<Oversize>,
 }
 
 impl LimitedBody {
-    fn new(inner: tonic::body::Body, limit: usize) -> Self {
+    fn new(inner: tonic::body::Body, limit: usize, audit: Oversize) -> Self {
         Self {
             inner,
             limit,
             seen: 0,
             prefix: [0; 5],
             prefix_len: 0,
+            audit: Some(audit),
         }
     }
 
-    fn too_large(&self, size: usize) -> Status {
-        Status::resource_exhausted(format!(
+    fn too_large(&mut self, size: usize) -> Status {
+        let message = format!(
             "request message is {size} bytes; the limit is {} bytes (max_message_bytes)",
             self.limit
-        ))
+        );
+        if let Some(a) = self.audit.take() {
+            a.inventory.record_refusal_from_peer(
+                a.peer,
+                "edge",
+                OVERSIZED_VERB,
+                (muster::pb::ResourceKind::Unspecified, &a.method),
+                &ChangeContext::default(),
+                crate::store::RefusalKind::Rejected,
+                &format!("{} refused: {message}", a.method),
+            );
+        }
+        Status::resource_exhausted(message)
     }
 }
 

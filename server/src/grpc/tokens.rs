@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 use super::status::to_status;
 use super::{Shared, flat_context};
 use crate::auth::{TokenEntry, TokenSource};
-use crate::inventory::{ChangeContext, refusal_kind};
+use crate::inventory::{ChangeContext, Inventory, refusal_kind};
 use crate::model::{ApiError, Permission, Principal, timestamp};
-use crate::store::RefusalKind;
+use crate::store::Refusal;
 use crate::tokens::{NewToken, describe};
 
 /// The list form of a token.
@@ -35,8 +35,27 @@ fn info(e: &TokenEntry, now: i64) -> pb::TokenInfo {
     }
 }
 
-/// Audits the outcome of a token action under the token's name; accepted actions too, since
-/// they change who may do what.
+/// The audit entry of an accepted token action, written with the token change itself (one
+/// batch): it changes who may do what.
+fn accepted(
+    (who, now): (&Principal, i64),
+    verb: &str,
+    name: &str,
+    ctx: &ChangeContext,
+    message: String,
+) -> Refusal {
+    Inventory::accepted_action_record(
+        &who.name,
+        verb,
+        (ResourceKind::Unspecified, name),
+        ctx,
+        &message,
+        now,
+    )
+}
+
+/// Audits a refused token action under the token's name (accepted ones are recorded with the
+/// change, see `accepted`).
 fn audited<T>(
     shared: &Shared,
     who: &Principal,
@@ -44,24 +63,17 @@ fn audited<T>(
     name: &str,
     ctx: &ChangeContext,
     r: Result<T, ApiError>,
-    accepted: impl FnOnce(&T) -> String,
 ) -> Result<T, Status> {
-    let (kind, message) = match &r {
-        Ok(v) => (RefusalKind::Accepted, accepted(v)),
-        Err(ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::ShuttingDown) => {
-            return r.map_err(to_status);
-        }
-        Err(e) => (refusal_kind(e), e.to_string()),
-    };
-    let target = (ResourceKind::Unspecified, name);
-    if kind == RefusalKind::Accepted {
-        shared
-            .inventory
-            .record_accepted_action(&who.name, verb, target, ctx, &message);
-    } else {
-        shared
-            .inventory
-            .record_refusal(&who.name, verb, target, ctx, kind, &message);
+    match &r {
+        Ok(_) | Err(ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::ShuttingDown) => {}
+        Err(e) => shared.inventory.record_refusal(
+            &who.name,
+            verb,
+            (ResourceKind::Unspecified, name),
+            ctx,
+            refusal_kind(e),
+            &e.to_string(),
+        ),
     }
     r.map_err(to_status)
 }
@@ -104,19 +116,19 @@ pub async fn create(
         };
         shared
             .tokens
-            .create(shared.inventory.store(), &who, new)
+            .create(shared.inventory.store(), &who, new, |e| {
+                accepted(
+                    (&who, shared.inventory.now_unix_nanos()),
+                    "token-create",
+                    &name,
+                    &ctx,
+                    format!("created {}", describe(e)),
+                )
+            })
             .await
     }
     .await;
-    let (token, entry) = audited(
-        shared,
-        &who,
-        "token-create",
-        &name,
-        &ctx,
-        result,
-        |(_, e)| format!("created {}", describe(e)),
-    )?;
+    let (token, entry) = audited(shared, &who, "token-create", &name, &ctx, result)?;
     Ok(Response::new(pb::CreateTokenResponse {
         token,
         info: Some(info(&entry, shared.inventory.now_unix_nanos())),
@@ -160,11 +172,20 @@ pub async fn revoke(
     let ctx = flat_context("cli", r.reason, r.ticket);
     let result = async {
         ctx.check()?;
-        shared.tokens.revoke(shared.inventory.store(), &name).await
+        shared
+            .tokens
+            .revoke(shared.inventory.store(), &name, |e| {
+                accepted(
+                    (&who, shared.inventory.now_unix_nanos()),
+                    "token-revoke",
+                    &name,
+                    &ctx,
+                    format!("revoked {}", describe(e)),
+                )
+            })
+            .await
     }
     .await;
-    audited(shared, &who, "token-revoke", &name, &ctx, result, |e| {
-        format!("revoked {}", describe(e))
-    })?;
+    audited(shared, &who, "token-revoke", &name, &ctx, result)?;
     Ok(Response::new(pb::RevokeTokenResponse {}))
 }

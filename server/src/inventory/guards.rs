@@ -1,5 +1,6 @@
 //! The inventory's guards against callers that would exhaust it: refused attempts rate-limited
-//! per source (so a flood cannot push older refusals out of the capped log), Watch streams
+//! per source and across all sources (so a flood cannot push older refusals out of the capped
+//! log), Watch streams
 //! capped per principal, and audit verifies capped and incremental.
 
 use std::net::IpAddr;
@@ -74,7 +75,7 @@ impl Inventory {
 
     /// Records a refused attempt by a caller not known as a principal (no or a bad token),
     /// rate-limited per peer address (the port changes with every connection, so it is left
-    /// out).
+    /// out; IPv6 peers by their /64).
     #[allow(clippy::too_many_arguments)]
     pub fn record_refusal_from_peer(
         &self,
@@ -87,7 +88,7 @@ impl Inventory {
         message: &str,
     ) {
         let source = match peer {
-            Some(ip) => format!("peer {ip}"),
+            Some(ip) => crate::refusal_limit::peer_source(ip),
             None => "peer unknown".to_string(),
         };
         self.record_limited(&source, who, verb, target, ctx, refusal, message);
@@ -104,11 +105,11 @@ impl Inventory {
         refusal: RefusalKind,
         message: &str,
     ) {
-        let (admit, summary) =
+        let (admit, summaries) =
             self.guards
                 .refusals
                 .admit(source, who, verb, self.clock.now_instant());
-        if let Some(s) = summary {
+        for s in summaries {
             self.write_summary(s);
         }
         if admit == Admit::Record {
@@ -116,16 +117,35 @@ impl Inventory {
         }
     }
 
-    fn write_refusal(
-        &self,
+    /// The record of an accepted action that changes no object, for a write that stores it
+    /// in the same batch as the change it records (token changes: `Store::commit_tokens`).
+    pub fn accepted_action_record(
+        who: &str,
+        verb: &str,
+        target: (ResourceKind, &str),
+        ctx: &ChangeContext,
+        message: &str,
+        now_unix_nanos: i64,
+    ) -> Refusal {
+        Self::refusal_record(
+            who,
+            verb,
+            target,
+            ctx,
+            (RefusalKind::Accepted, message),
+            now_unix_nanos,
+        )
+    }
+
+    fn refusal_record(
         who: &str,
         verb: &str,
         (kind, name): (ResourceKind, &str),
         ctx: &ChangeContext,
-        refusal: RefusalKind,
-        message: &str,
-    ) {
-        let r = Refusal {
+        (refusal, message): (RefusalKind, &str),
+        now_unix_nanos: i64,
+    ) -> Refusal {
+        Refusal {
             seq: 0,
             kind: kind_id(kind),
             name: printable(name, 256),
@@ -135,12 +155,31 @@ impl Inventory {
                 reason: printable(&ctx.reason, 1024),
                 ticket: printable(&ctx.ticket, 128),
                 origin: printable(&ctx.origin, 32),
-                time_unix_nanos: self.now_unix_nanos(),
+                time_unix_nanos: now_unix_nanos,
                 ..ChangeMeta::default()
             },
             refusal,
             message: printable(message, 1024),
-        };
+        }
+    }
+
+    fn write_refusal(
+        &self,
+        who: &str,
+        verb: &str,
+        target: (ResourceKind, &str),
+        ctx: &ChangeContext,
+        refusal: RefusalKind,
+        message: &str,
+    ) {
+        let r = Self::refusal_record(
+            who,
+            verb,
+            target,
+            ctx,
+            (refusal, message),
+            self.now_unix_nanos(),
+        );
         if let Err(e) = self.store.record_refusal(r) {
             tracing::warn!(error = %e, "could not record a refused attempt");
         }

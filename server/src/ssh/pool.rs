@@ -1,5 +1,8 @@
 //! Many hosts at once: each operation opens its own session (hosts never share state) under a
 //! semaphore that bounds how many sessions are open together.
+// Step deadlines and poll backoff run on tokio's timer clock (the one `sleep_until` uses, and
+// paused in tests), not on the injected wall clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,9 @@
 //! whenever they come; a channel that ends with neither is `NoStatus`, a failure; keep reading
 //! however much arrives (only what is stored is bounded); on the deadline send TERM, wait a
 //! grace, close, and report `TimedOut`.
+// Step deadlines and poll backoff run on tokio's timer clock (the one `sleep_until` uses, and
+// paused in tests), not on the injected wall clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::future::Future;
 use std::time::Duration;

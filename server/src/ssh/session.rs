@@ -1,5 +1,8 @@
 //! One authenticated SSH connection to one target: connect under a timeout, pinned host key,
 //! key authentication, then commands on channels of it.
+// Step deadlines and poll backoff run on tokio's timer clock (the one `sleep_until` uses, and
+// paused in tests), not on the injected wall clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};

@@ -22,6 +22,13 @@ const MAGIC_V1: &[u8] = b"MUSTER-BACKUP 1\n";
 /// Largest attachment a restore accepts (a keys bundle is a few KiB).
 const MAX_ATTACHMENT: usize = 1024 * 1024;
 const TRAILER: u32 = u32::MAX;
+/// Largest key a backup frame may claim (store keys are a prefix byte and a name or id).
+pub(super) const MAX_KEY: usize = 64 * 1024;
+/// Largest value a backup frame may claim. Values are bounded by the largest request
+/// (`max_message_bytes`, 4 MiB by default) and its change record; this leaves room for a
+/// raised limit. A restore checks it before allocating, so a corrupt or hostile length cannot
+/// make it reserve gigabytes; a backup refuses to write a larger record than it can restore.
+pub(super) const MAX_VALUE: usize = 256 * 1024 * 1024;
 
 /// Why a backup could not be restored.
 #[derive(Debug, Error)]
@@ -54,7 +61,14 @@ fn io(e: std::io::Error) -> StoreError {
     StoreError::Io(format!("writing backup: {e}"))
 }
 
-fn frame_len(n: usize) -> Result<[u8; 4], StoreError> {
+fn frame_len(n: usize, max: usize, what: &str, key: &[u8]) -> Result<[u8; 4], StoreError> {
+    if n > max {
+        return Err(StoreError::Io(format!(
+            "cannot back up the record at key {:?}: its {what} is {n} bytes, more than a backup \
+             frame holds ({max})",
+            String::from_utf8_lossy(&key[..key.len().min(64)])
+        )));
+    }
     let n = u32::try_from(n).map_err(|_| StoreError::Io("value too large for backup".into()))?;
     Ok(n.to_be_bytes())
 }
@@ -70,14 +84,22 @@ pub(super) fn write_snapshot(
         hash: Sha256::new(),
     };
     w.put(MAGIC).map_err(io)?;
-    w.put(&frame_len(attachment.len())?).map_err(io)?;
+    w.put(&frame_len(
+        attachment.len(),
+        MAX_ATTACHMENT,
+        "attachment",
+        b"",
+    )?)
+    .map_err(io)?;
     w.put(attachment).map_err(io)?;
     let mut count = 0u64;
     for item in items {
         let (k, v) = item?;
-        w.put(&frame_len(k.len())?).map_err(io)?;
+        w.put(&frame_len(k.len(), MAX_KEY, "key", &k)?)
+            .map_err(io)?;
         w.put(&k).map_err(io)?;
-        w.put(&frame_len(v.len())?).map_err(io)?;
+        w.put(&frame_len(v.len(), MAX_VALUE, "value", &k)?)
+            .map_err(io)?;
         w.put(&v).map_err(io)?;
         count += 1;
     }
@@ -102,6 +124,8 @@ pub struct BackupReader<'a> {
     input: &'a mut dyn Read,
     hash: Sha256,
     attachment: Vec<u8>,
+    /// Bytes read so far (where the records begin).
+    offset: u64,
 }
 
 impl std::fmt::Debug for BackupReader<'_> {
@@ -133,10 +157,17 @@ pub fn open_backup(input: &mut dyn Read) -> Result<BackupReader<'_>, BackupError
     } else if magic != MAGIC_V1 {
         return Err(BackupError::BadMagic);
     }
+    let offset = (magic.len()
+        + if magic == MAGIC {
+            4 + attachment.len()
+        } else {
+            0
+        }) as u64;
     Ok(BackupReader {
         input,
         hash,
         attachment,
+        offset,
     })
 }
 
@@ -152,7 +183,7 @@ impl BackupReader<'_> {
         if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
             return Err(BackupError::NotEmpty(dir.display().to_string()));
         }
-        let result = restore_inner(self.input, self.hash, dir);
+        let result = restore_inner(self.input, self.hash, self.offset, dir);
         if result.is_err() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -160,7 +191,34 @@ impl BackupReader<'_> {
     }
 }
 
-fn restore_inner(input: &mut dyn Read, mut hash: Sha256, dir: &Path) -> Result<u64, BackupError> {
+/// Reads a frame of `n` bytes claimed by the length field at `at` (record `index`), refusing a
+/// claim over `max` before allocating anything.
+fn read_frame(
+    input: &mut dyn Read,
+    n: u32,
+    max: usize,
+    what: &str,
+    index: u64,
+    at: u64,
+) -> Result<Vec<u8>, BackupError> {
+    let n = n as usize;
+    if n > max {
+        return Err(BackupError::Corrupt(format!(
+            "record {index}: the length at byte offset {at} claims a {what} of {n} bytes, more \
+             than a backup record may hold ({max}); the file is damaged or not a muster backup"
+        )));
+    }
+    let mut buf = vec![0u8; n];
+    read_exact(input, &mut buf)?;
+    Ok(buf)
+}
+
+fn restore_inner(
+    input: &mut dyn Read,
+    mut hash: Sha256,
+    mut offset: u64,
+    dir: &Path,
+) -> Result<u64, BackupError> {
     let db = sled::Config::new()
         .path(dir)
         .flush_every_ms(None)
@@ -175,13 +233,20 @@ fn restore_inner(input: &mut dyn Read, mut hash: Sha256, dir: &Path) -> Result<u
             break;
         }
         hash.update(len);
-        let mut key = vec![0u8; n as usize];
-        read_exact(input, &mut key)?;
+        let key = read_frame(input, n, MAX_KEY, "key", count, offset)?;
+        offset += 4 + key.len() as u64;
         hash.update(&key);
         read_exact(input, &mut len)?;
         hash.update(len);
-        let mut value = vec![0u8; u32::from_be_bytes(len) as usize];
-        read_exact(input, &mut value)?;
+        let value = read_frame(
+            input,
+            u32::from_be_bytes(len),
+            MAX_VALUE,
+            "value",
+            count,
+            offset,
+        )?;
+        offset += 4 + value.len() as u64;
         hash.update(&value);
         db.insert(key, value).map_err(StoreError::from)?;
         count += 1;
@@ -247,6 +312,57 @@ mod tests {
                 (b"a".to_vec(), b"1".to_vec()),
                 (b"b".to_vec(), b"22".to_vec())
             ]
+        );
+    }
+
+    /// Before: the claimed length was allocated (4 GiB) before anything was checked.
+    #[test]
+    fn a_claimed_length_over_the_record_limit_is_refused_naming_the_offset() {
+        let mut file = v1_file(&[(b"a", b"1")]);
+        // A second record claiming a 4 GiB value, then the file just ends.
+        file.truncate(file.len() - 4 - 8 - 32);
+        file.extend_from_slice(&1u32.to_be_bytes());
+        file.push(b'k');
+        file.extend_from_slice(&(u32::MAX - 1).to_be_bytes());
+        file.extend_from_slice(b"tiny");
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("data");
+        let mut input = file.as_slice();
+        let err = open_backup(&mut input)
+            .unwrap()
+            .restore_into(&target)
+            .unwrap_err();
+        let msg = err.to_string();
+        // Header 16, record 0 at 16 (4+1+4+1 bytes), record 1's key at 26, its value's length
+        // at 31.
+        assert!(
+            msg.contains(
+                "record 1: the length at byte offset 31 claims a value of 4294967294 bytes"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains(&MAX_VALUE.to_string()), "{msg}");
+        assert!(!target.exists());
+        // A key over its limit too.
+        let mut file = MAGIC_V1.to_vec();
+        file.extend_from_slice(&(MAX_KEY as u32 + 1).to_be_bytes());
+        let mut input = file.as_slice();
+        let err = open_backup(&mut input)
+            .unwrap()
+            .restore_into(&target)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("record 0: the length at byte offset 16 claims a key of"),
+            "{err}"
+        );
+        // And a backup refuses to write what it could not restore.
+        let big = vec![0u8; MAX_KEY + 1];
+        let items = vec![Ok((sled::IVec::from(big), sled::IVec::from(&b"v"[..])))];
+        let e = write_snapshot(items.into_iter(), b"", &mut Vec::new()).unwrap_err();
+        assert!(
+            e.to_string().contains("more than a backup frame holds"),
+            "{e}"
         );
     }
 

@@ -15,6 +15,8 @@ mod keys;
 mod record;
 mod sled_store;
 mod snapshot;
+#[cfg(test)]
+mod token_write_tests;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -199,6 +201,18 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// A change to the stored tokens and the audit entry recorded with it.
+#[derive(Debug, Clone, Default)]
+pub struct TokenWrite {
+    /// Tokens added or replaced.
+    pub put: Vec<StoredToken>,
+    /// Hashes of tokens removed.
+    pub delete: Vec<String>,
+    /// Written in the same batch into the refusal log (its `seq` is assigned there); none for
+    /// housekeeping such as "last used" times.
+    pub audit: Option<Refusal>,
+}
+
 /// A bearer token known to the store (created at first start, or later by an admin).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredToken {
@@ -372,12 +386,11 @@ pub trait Store: Send + Sync + 'static {
     fn record_refusal(&self, r: Refusal) -> Result<(), StoreError>;
     /// Tokens kept in the store.
     fn tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
-    /// Adds (or replaces) a token and returns the revision to wait for.
-    fn put_token(&self, t: StoredToken) -> Result<u64, StoreError>;
-    /// Replaces several tokens in one batch and one flush (persisting "last used").
-    fn put_tokens(&self, ts: Vec<StoredToken>) -> Result<(), StoreError>;
-    /// Removes a token by hash, durably.
-    fn delete_token(&self, hash: &str) -> Result<(), StoreError>;
+    /// Adds, replaces or removes tokens together with the audit entry that records it, as one
+    /// batch through the committer (durable with the group flush that covers its batch; see
+    /// `commit_tokens_durably`): a crash never leaves a token without its audit entry or an
+    /// entry for a token that was not written.
+    fn commit_tokens(&self, w: TokenWrite) -> PendingAux;
     /// Writes a consistent snapshot of the whole store, carrying `attachment` (opaque bytes of
     /// the layer above, e.g. the encrypted keys bundle; empty for none).
     fn backup(&self, attachment: &[u8], out: &mut dyn std::io::Write) -> Result<u64, StoreError>;
@@ -461,6 +474,12 @@ pub async fn commit_aux_durably(store: &dyn Store, w: AuxWrite) -> Result<AuxApp
     let applied = store.commit_aux(w).applied().await?;
     wait_durable_batch(store, applied.batch).await?;
     Ok(applied)
+}
+
+/// Queues a token write and waits until it is applied and durable.
+pub async fn commit_tokens_durably(store: &dyn Store, w: TokenWrite) -> Result<(), StoreError> {
+    let applied = store.commit_tokens(w).applied().await?;
+    wait_durable_batch(store, applied.batch).await
 }
 
 /// The newest durable revision, or why nothing more can become durable.

@@ -38,7 +38,7 @@ use super::snapshot::{Batch, Snapshots};
 use super::{
     AuditPage, AuditQuery, AuxApplied, AuxWrite, ChainAnchor, ChainReport, ChangeEntry, Check,
     Expect, FlushStats, KindId, ListQuery, Mutation, Page, Pending, PendingAux, PendingSet,
-    Refusal, SetFailure, Store, StoreError, StoredObject, StoredToken,
+    Refusal, SetFailure, Store, StoreError, StoredObject, StoredToken, TokenWrite,
 };
 
 /// How many refused attempts the audit trail keeps (oldest dropped first), so that a flood of
@@ -86,6 +86,10 @@ enum Queued {
     Set {
         mutations: Vec<Mutation>,
         slot: SetSlot,
+    },
+    Tokens {
+        write: TokenWrite,
+        slot: AuxSlot,
     },
 }
 
@@ -138,6 +142,9 @@ impl Queued {
             }
             Queued::Set { slot, .. } => {
                 let _ = slot.send(Err((0, e)));
+            }
+            Queued::Tokens { slot, .. } => {
+                let _ = slot.send(Err(e));
             }
         }
     }
@@ -371,6 +378,18 @@ impl Drop for SledStore {
 }
 
 /// A mutation whose checks read the referrer index, which must be current (nothing staged).
+/// Puts refusal record `r` (numbered already) into `batch`, with the stored sequence, and
+/// drops the oldest beyond `MAX_REFUSALS`.
+fn stage_refusal(batch: &mut Batch, r: Refusal) -> Result<(), StoreError> {
+    let seq = r.seq;
+    batch.insert(&keys::refusal(seq)[..], record::encode_refusal(&r)?);
+    batch.insert(keys::META_REFUSAL_SEQ, &seq.to_be_bytes());
+    if seq > MAX_REFUSALS {
+        batch.remove(&keys::refusal(seq - MAX_REFUSALS)[..]);
+    }
+    Ok(())
+}
+
 fn needs_index(m: &Mutation) -> bool {
     m.checks
         .iter()
@@ -839,8 +858,9 @@ impl Inner {
             let isolated = match &q {
                 Queued::Mutation { mutation, .. } => needs_index(mutation),
                 Queued::Aux { write, .. } => write.mutation.as_ref().is_some_and(needs_index),
-                // A change set is applied as a batch of its own, so its failure drops only it.
-                Queued::Set { .. } => true,
+                // A change set is applied as a batch of its own, so its failure drops only it;
+                // a token write too, since it holds the refusal sequence while it is applied.
+                Queued::Set { .. } | Queued::Tokens { .. } => true,
             };
             if isolated && !staged.is_empty() {
                 self.apply_staged(
@@ -899,6 +919,11 @@ impl Inner {
                         }
                     }
                 }
+                Queued::Tokens { write, slot } => {
+                    // `staged` is empty here: a batch of its own.
+                    self.apply_tokens(w, write, slot, head);
+                    head = w.head;
+                }
                 Queued::Set { mutations, slot } => {
                     // `staged` is empty here: the set is its own batch.
                     let mut set_head = head;
@@ -955,6 +980,42 @@ impl Inner {
             }
         }
         self.apply_staged(w, batch, staged, head);
+    }
+
+    /// Applies a token write and its audit entry as one batch. The refusal sequence is held
+    /// from numbering the entry until the batch is applied, so entries (and the stored
+    /// sequence) are written in order, as `record_refusal` writes them.
+    fn apply_tokens(&self, w: &mut WriterState, write: TokenWrite, slot: AuxSlot, head: [u8; 32]) {
+        let mut seq = lock(&self.refusals);
+        let mut batch = Batch::default();
+        let mut next = *seq;
+        let staged = (|| {
+            for t in &write.put {
+                batch.insert(keys::token(&t.hash), record::encode_token(t)?);
+            }
+            for hash in &write.delete {
+                batch.remove(keys::token(hash));
+            }
+            if let Some(mut r) = write.audit {
+                next += 1;
+                r.seq = next;
+                stage_refusal(&mut batch, r)?;
+            }
+            Ok::<(), StoreError>(())
+        })();
+        if let Err(e) = staged {
+            let _ = slot.send(Err(e));
+            return;
+        }
+        let answer = Staged {
+            answer: Answer::Aux(slot),
+            revision: None,
+            publish: None,
+        };
+        self.apply_staged(w, batch, vec![answer], head);
+        if !self.poisoned.load(Ordering::SeqCst) {
+            *seq = next;
+        }
     }
 
     /// Checks an auxiliary write's guards, stages its mutation (if any), then its puts. Nothing
@@ -1132,11 +1193,7 @@ impl Store for SledStore {
         *seq += 1;
         r.seq = *seq;
         let mut batch = Batch::default();
-        batch.insert(&keys::refusal(*seq)[..], record::encode_refusal(&r)?);
-        batch.insert(keys::META_REFUSAL_SEQ, &seq.to_be_bytes());
-        if *seq > MAX_REFUSALS {
-            batch.remove(&keys::refusal(*seq - MAX_REFUSALS)[..]);
-        }
+        stage_refusal(&mut batch, r)?;
         inner.snapshots.apply(&inner.tree, batch)?;
         drop(seq);
         inner.request_flush();
@@ -1153,34 +1210,12 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn put_token(&self, t: StoredToken) -> Result<u64, StoreError> {
-        let inner = &*self.inner;
-        // Through the snapshot gate so a concurrent backup sees it or not, never half.
-        let mut batch = Batch::default();
-        batch.insert(keys::token(&t.hash), record::encode_token(&t)?);
-        inner.snapshots.apply(&inner.tree, batch)?;
-        let revision = lock(&inner.writer).revision;
-        inner.flush_once().map_err(|f| StoreError::Io(f.why))?;
-        Ok(revision)
-    }
-
-    fn put_tokens(&self, ts: Vec<StoredToken>) -> Result<(), StoreError> {
-        let inner = &*self.inner;
-        let mut batch = Batch::default();
-        for t in &ts {
-            batch.insert(keys::token(&t.hash), record::encode_token(t)?);
+    fn commit_tokens(&self, w: TokenWrite) -> PendingAux {
+        let (slot, answer) = oneshot::channel();
+        if let Some(tx) = &self.submit {
+            let _ = tx.send(Queued::Tokens { write: w, slot });
         }
-        // Through the snapshot gate, as every tree write, so a concurrent backup stays exact.
-        inner.snapshots.apply(&inner.tree, batch)?;
-        inner.flush_once().map_err(|f| StoreError::Io(f.why))
-    }
-
-    fn delete_token(&self, hash: &str) -> Result<(), StoreError> {
-        let inner = &*self.inner;
-        let mut batch = Batch::default();
-        batch.remove(keys::token(hash));
-        inner.snapshots.apply(&inner.tree, batch)?;
-        inner.flush_once().map_err(|f| StoreError::Io(f.why))
+        PendingAux::new(answer)
     }
 
     fn backup(&self, attachment: &[u8], out: &mut dyn std::io::Write) -> Result<u64, StoreError> {
