@@ -951,7 +951,7 @@ impl Agents {
                     .await
                     .map_err(|e| crate::store_map::api_error("device", device, e))?;
                 if sections != 0 {
-                    self.inventory.observed_signal().changed(&id, sections);
+                    self.inventory.drift().observed(&id, sections);
                 }
                 self.live_map().insert(
                     id,
@@ -1079,7 +1079,7 @@ impl Agents {
             }
         }
         let sections = if full {
-            crate::inventory::ObservedSignal::ALL
+            crate::drift::Notifier::ALL
         } else {
             parts.iter().fold(0u32, |m, (n, _)| m | (1u32 << n))
         };

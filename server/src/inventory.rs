@@ -13,6 +13,7 @@ use muster::selector::Selector;
 use prost::Message;
 use tokio::sync::mpsc;
 
+mod cleanup;
 mod guards;
 
 use crate::limits::Limits;
@@ -112,56 +113,10 @@ pub struct Inventory {
     /// Flips to true when the server stops, so open watch streams end instead of holding the
     /// graceful shutdown open (clients resume from their last revision elsewhere).
     stopping: tokio::sync::watch::Sender<bool>,
-    /// Devices whose observed facts changed since the drift engine last looked.
-    observed: ObservedSignal,
+    /// Where observed-state changes are sent to the drift engine.
+    drift: crate::drift::Notifier,
     /// Caps on refusal records, watch streams and verifies (`inventory/guards.rs`).
     guards: guards::Guards,
-}
-
-/// Devices whose observed facts changed (agent reports, ingested facts), coalesced: a device
-/// reporting many times before the drift engine wakes is recomputed once.
-#[derive(Debug, Default)]
-pub struct ObservedSignal {
-    /// Device id → bit set of the facts sections that changed (bit n = section n).
-    dirty: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    notify: tokio::sync::Notify,
-    /// Bumped on every signal; the engine reports which value it has caught up with.
-    requested: std::sync::atomic::AtomicU64,
-}
-
-impl ObservedSignal {
-    /// Every section: the whole of a device's observed state may have changed.
-    pub const ALL: u32 = u32::MAX;
-
-    /// Marks sections of a device's observed facts as changed (`ALL` when unsure).
-    pub fn changed(&self, device_id: &str, sections: u32) {
-        *self
-            .dirty
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(device_id.to_string())
-            .or_insert(0) |= sections;
-        self.requested
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    /// The devices marked since the last call, and the signal count they cover.
-    pub fn take(&self) -> (std::collections::HashMap<String, u32>, u64) {
-        let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        let upto = self.requested.load(std::sync::atomic::Ordering::SeqCst);
-        (std::mem::take(&mut *d), upto)
-    }
-
-    /// How many signals were given so far.
-    pub fn requested(&self) -> u64 {
-        self.requested.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Resolves when a device is marked (or was marked since the last wait).
-    pub async fn notified(&self) {
-        self.notify.notified().await;
-    }
 }
 
 /// One resource of a change set, prepared: what will happen to it and the write that does it.
@@ -211,9 +166,15 @@ fn page_size(requested: u32) -> usize {
 }
 
 impl Inventory {
-    /// An inventory over `store`, sealing credentials with `secrets`, with default limits.
-    pub fn new(store: Arc<dyn Store>, secrets: SecretBox, clock: SharedClock) -> Self {
-        Self::with_limits(store, secrets, Limits::default(), clock)
+    /// An inventory over `store`, sealing credentials with `secrets`, with default limits;
+    /// observed-state changes go to the drift engine through `drift`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        secrets: SecretBox,
+        clock: SharedClock,
+        drift: crate::drift::Notifier,
+    ) -> Self {
+        Self::with_limits(store, secrets, Limits::default(), clock, drift)
     }
 
     /// An inventory with the given limits (from the server config).
@@ -222,13 +183,14 @@ impl Inventory {
         secrets: SecretBox,
         limits: Limits,
         clock: SharedClock,
+        drift: crate::drift::Notifier,
     ) -> Self {
         Self {
             store,
             secrets,
             clock,
             stopping: tokio::sync::watch::channel(false).0,
-            observed: ObservedSignal::default(),
+            drift,
             guards: guards::Guards::new(limits),
         }
     }
@@ -243,9 +205,9 @@ impl Inventory {
         self.clock.now_unix_nanos()
     }
 
-    /// Where changes of observed state are signalled (to the drift engine).
-    pub fn observed_signal(&self) -> &ObservedSignal {
-        &self.observed
+    /// Where changes of observed state are sent (to the drift engine).
+    pub fn drift(&self) -> &crate::drift::Notifier {
+        &self.drift
     }
 
     /// Validates one resource of a change set and works out its write, without writing.
@@ -918,7 +880,7 @@ impl Inventory {
                     checks,
                     change: Self::change_meta(who, "delete", ctx, self.now_unix_nanos()),
                 };
-                match self.commit(kind, name, m).await {
+                match self.commit_delete(kind, name, &old_obj.id, m).await {
                     Err(ApiError::Conflict { .. }) if expected == 0 && attempt < WRITE_RETRIES => {
                         attempt += 1
                     }
