@@ -53,11 +53,7 @@ impl PlanPool {
         let before = self.admitted.fetch_add(1, Ordering::AcqRel);
         let admitted = Admitted(Arc::clone(&self.admitted));
         if before >= PLAN_WORKERS + PLAN_QUEUE {
-            return Err(ApiError::ResourceExhausted(format!(
-                "planner busy: {before} plans or applies are running or queued (at most {} \
-                 run and {PLAN_QUEUE} wait); retry shortly",
-                PLAN_WORKERS
-            )));
+            return Err(busy(before));
         }
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
@@ -70,6 +66,39 @@ impl PlanPool {
         .await
         .map_err(|e| ApiError::Internal(format!("{what} task failed: {e}")))?
     }
+
+    /// Runs `job` as a task holding a worker until it ends, for work split between this pool
+    /// and another thread (a plan's preparation here, then its evaluation by the drift
+    /// engine): the whole of it counts as one worker, and a client that gives up does not free
+    /// the worker before the work is done.
+    pub async fn run_async<T, F>(&self, what: &str, job: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        let before = self.admitted.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(Arc::clone(&self.admitted));
+        if before >= PLAN_WORKERS + PLAN_QUEUE {
+            return Err(busy(before));
+        }
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(format!("planner pool closed: {e}")))?;
+        tokio::spawn(async move {
+            let _held = (permit, admitted);
+            job.await
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("{what} task failed: {e}")))?
+    }
+}
+
+fn busy(before: usize) -> ApiError {
+    ApiError::ResourceExhausted(format!(
+        "planner busy: {before} plans or applies are running or queued (at most {PLAN_WORKERS} \
+         run and {PLAN_QUEUE} wait); retry shortly"
+    ))
 }
 
 #[cfg(test)]

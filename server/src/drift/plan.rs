@@ -200,19 +200,25 @@ impl Planner {
         self.drift.caught_up(CATCH_UP).await;
         let this = self.clone();
         let who = who.clone();
-        let (resources, change) = self
-            .pool
-            .run("plan", move || {
-                let prepared = this.prepare(&who, resources, &ChangeContext::default())?;
-                Ok((
-                    Self::resources_pb(&prepared),
-                    Self::planned_change(&prepared),
-                ))
+        // Preparation on a blocking thread, evaluation on the engine's: one worker for both,
+        // so a plan never keeps two cores busy while Gets wait.
+        self.pool
+            .run_async("plan", async move {
+                let drift = this.drift.clone();
+                let (resources, change) = tokio::task::spawn_blocking(move || {
+                    let prepared = this.prepare(&who, resources, &ChangeContext::default())?;
+                    Ok::<_, ApiError>((
+                        Self::resources_pb(&prepared),
+                        Self::planned_change(&prepared),
+                    ))
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("plan task failed: {e}")))??;
+                let mut resp = drift.plan(change, include_unchanged).await?;
+                resp.resources = resources;
+                Ok(resp)
             })
-            .await?;
-        let mut resp = self.drift.plan(change, include_unchanged).await?;
-        resp.resources = resources;
-        Ok(resp)
+            .await
     }
 
     /// Writes every resource as one atomic change set, or nothing; refused when profiles of
@@ -255,7 +261,14 @@ impl Planner {
                     "the drift engine is still taking in earlier changes, so conflicts cannot be checked yet; retry shortly".into(),
                 ));
             }
-            let plan = self.drift.plan(change, false).await?;
+            let drift = self.drift.clone();
+            let plan = self
+                .pool
+                .run_async(
+                    "conflict check",
+                    async move { drift.plan(change, false).await },
+                )
+                .await?;
             if let Some(c) = plan.conflicts.first() {
                 return Err(ApiError::FailedPrecondition(format!(
                     "profiles {} have equal priority {} and set {} of device {:?} differently{}; \
