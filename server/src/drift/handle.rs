@@ -177,9 +177,12 @@ impl DriftEngine {
         let mut progress = self.progress.clone();
         let mut status = self.status.clone();
         let caught = async {
+            // Status first: a stopped engine's progress may cover everything, yet it answers
+            // nothing.
             tokio::select! {
-                r = progress.wait_for(|p| p.revision >= want.revision && p.observed >= want.observed) => r.is_ok(),
+                biased;
                 _ = status.wait_for(|s| matches!(s, EngineStatus::Failed(_) | EngineStatus::Stopped)) => false,
+                r = progress.wait_for(|p| p.revision >= want.revision && p.observed >= want.observed) => r.is_ok(),
             }
         };
         tokio::time::timeout(limit, caught).await.unwrap_or(false)
