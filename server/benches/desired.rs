@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 use common::{BoxError, ms, pct, scale};
 use muster::pb::{self, resource::Resource as R};
 use muster::selector::Selector;
-use muster_server::drift_engine::DriftEngine;
-use muster_server::inventory::{ChangeContext, Inventory, ObservedSignal};
+use muster_server::drift::{self, DriftEngine, Notifier, Planner};
+use muster_server::inventory::{ChangeContext, Inventory};
 use muster_server::model::secrets::SecretBox;
 use muster_server::model::{Principal, Role};
 use muster_server::observed;
-use muster_server::planning::Planner;
 use muster_server::store::{AuxWrite, SledStore, Store, StoreOptions};
 use prost::Message;
 
@@ -126,13 +125,15 @@ async fn run() -> Result<(), BoxError> {
         &StoreOptions::default(),
     )?);
     let secrets = SecretBox::from_key(rand::random());
+    let (notifier, mailbox) = drift::mailbox();
     let inventory = Arc::new(Inventory::new(
         Arc::clone(&store),
         secrets,
         muster::clock::system(),
+        notifier,
     ));
-    let engine = DriftEngine::start(Arc::clone(&inventory));
-    let planner = Planner::new(Arc::clone(&inventory), Arc::clone(&engine));
+    let engine = DriftEngine::start(Arc::clone(&inventory), mailbox);
+    let planner = Planner::new(Arc::clone(&inventory), engine.clone());
     let who = Principal::new("bench", Role::Admin);
 
     // The fleet, in change sets of 5,000.
@@ -169,7 +170,7 @@ async fn run() -> Result<(), BoxError> {
             .await?;
     }
     for id in &ids {
-        inventory.observed_signal().changed(id, ObservedSignal::ALL);
+        inventory.drift().observed(id, Notifier::ALL);
     }
     settle(&engine).await;
     println!(
@@ -190,7 +191,9 @@ async fn run() -> Result<(), BoxError> {
         settle(&engine).await;
         let total = t.elapsed();
         let pass = engine.last_pass();
-        let summary = engine.drift(&Selector::default(), "", true);
+        let summary = engine
+            .drift(Selector::default(), String::new(), true)
+            .await?;
         drifting = summary.drifting;
         println!(
             "profile change {round}: revision {} -> {} devices recomputed in {} (compute), {} drift writes in {}, apply to caught up {}; {} drifting",
@@ -224,14 +227,18 @@ async fn run() -> Result<(), BoxError> {
     let mut summaries = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        let s = engine.drift(&Selector::default(), "", true);
+        let s = engine
+            .drift(Selector::default(), String::new(), true)
+            .await?;
         summaries.push(t.elapsed());
         assert_eq!(s.devices as usize, n);
     }
     let mut full = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let s = engine.drift(&Selector::default(), "", false);
+        let s = engine
+            .drift(Selector::default(), String::new(), false)
+            .await?;
         full.push(t.elapsed());
         let _ = s.encode_to_vec().len();
     }

@@ -292,8 +292,7 @@ async fn ingest_one(
     .map_err(|e| crate::store_map::api_error("device", &h.device, e))?;
     let sections: Vec<u32> = hashes.iter().map(|(s, _)| u32::from(s.number())).collect();
     // A full report: drift looks at every section again.
-    inv.observed_signal()
-        .changed(&id, crate::inventory::ObservedSignal::ALL);
+    inv.drift().observed(&id, crate::drift::Notifier::ALL);
     tracing::debug!(device = %h.device, device_id = %id, ?sections, origin = %req.origin, "agentless facts stored");
     Ok(pb::IngestedHost {
         device: h.device.clone(),

@@ -12,9 +12,7 @@ pub mod auth;
 pub mod aux_keys;
 pub mod campaign;
 pub mod config;
-pub mod desired;
 pub mod drift;
-pub mod drift_engine;
 pub mod export;
 pub mod grpc;
 pub mod health;
@@ -29,7 +27,6 @@ pub mod model;
 pub mod observed;
 pub mod pki;
 pub mod plan_pool;
-pub mod planning;
 pub mod refusal_limit;
 pub mod scope;
 pub mod set_order;
@@ -119,7 +116,7 @@ pub struct Server {
     config: Config,
     shared: Shared,
     agents: Arc<Agents>,
-    drift: Arc<drift_engine::DriftEngine>,
+    drift: drift::DriftEngine,
     ca: Arc<AgentCa>,
     metrics: Arc<Metrics>,
     /// Set when a bootstrap admin token was written at this start.
@@ -164,11 +161,13 @@ impl Server {
                 global_per_window: config.refusals_global_per_window,
             },
         };
+        let (notifier, mailbox) = drift::mailbox();
         let inventory = Arc::new(Inventory::with_limits(
             Arc::clone(&store),
             keys.secrets,
             limits,
             clock,
+            notifier,
         ));
         let ca = Arc::new(keys.ca);
         let settings = AgentSettings {
@@ -186,7 +185,7 @@ impl Server {
                 .map_err(ServeError::Agents)?,
         );
         let metrics = Arc::new(Metrics::new(store));
-        let drift = drift_engine::DriftEngine::start(Arc::clone(&inventory));
+        let drift = drift::DriftEngine::start(Arc::clone(&inventory), mailbox);
         Ok(Self {
             config,
             shared: Shared {
@@ -255,10 +254,7 @@ impl Server {
         .max_decoding_message_size(backstop);
         let config_svc = ConfigServiceServer::new(grpc::config::ConfigApi {
             shared: self.shared.clone(),
-            planner: planning::Planner::new(
-                Arc::clone(&self.shared.inventory),
-                Arc::clone(&self.drift),
-            ),
+            planner: drift::Planner::new(Arc::clone(&self.shared.inventory), self.drift.clone()),
         })
         .max_decoding_message_size(backstop);
         let export = ExportServiceServer::new(grpc::export::ExportApi(self.shared.clone()))
@@ -299,6 +295,12 @@ impl Server {
             Duration::from_millis(self.config.agent_report_interval_ms.clamp(100, 30_000) / 2),
         ));
         let refusals = tokio::spawn(sweep_refusals(Arc::clone(&self.shared.inventory)));
+        // ConfigService is NOT_SERVING while the drift engine cannot answer.
+        let drift_health = tokio::spawn(grpc::health::follow_drift_engine(
+            self.drift.clone(),
+            health.clone(),
+            Arc::clone(&self.metrics),
+        ));
         let metrics_task = listeners
             .metrics
             .map(|l| tokio::spawn(metrics::serve_metrics(l, Arc::clone(&self.metrics))));
@@ -383,6 +385,8 @@ impl Server {
             tracing::warn!(error = %e, "could not persist token last-used times at shutdown");
         }
         refusals.abort();
+        drift_health.abort();
+        self.drift.shutdown();
         // Floods of windows still open are summarised now rather than lost.
         self.shared.inventory.flush_refusal_summaries();
         result.map_err(ServeError::from)

@@ -58,6 +58,8 @@ pub struct Metrics {
     flush_seconds: Gauge<f64, AtomicU64>,
     last_flush_seconds: Gauge<f64, AtomicU64>,
     connections: ConnectionMetrics,
+    drift_engine_ready: Gauge,
+    drift_engine_failed: Gauge,
     store: Arc<dyn Store>,
 }
 
@@ -142,6 +144,18 @@ impl Metrics {
             "Accepts that failed for want of file descriptors (EMFILE/ENFILE), then backed off",
             connections.descriptor_exhausted.clone(),
         );
+        let drift_engine_ready = Gauge::default();
+        let drift_engine_failed = Gauge::default();
+        registry.register(
+            "drift_engine_ready",
+            "1 while the drift engine answers drift and plan queries (0 while loading or failed)",
+            drift_engine_ready.clone(),
+        );
+        registry.register(
+            "drift_engine_failed",
+            "1 when the drift engine could not load the store or stopped on an error: ConfigService is NOT_SERVING",
+            drift_engine_failed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -152,8 +166,22 @@ impl Metrics {
             flush_seconds,
             last_flush_seconds,
             connections,
+            drift_engine_ready,
+            drift_engine_failed,
             store,
         }
+    }
+
+    /// Records the drift engine's status.
+    pub fn set_drift_engine(&self, status: &crate::drift::EngineStatus) {
+        use crate::drift::EngineStatus as S;
+        let (ready, failed) = match status {
+            S::Running => (1, 0),
+            S::Failed(_) => (0, 1),
+            S::Loading | S::Stopped => (0, 0),
+        };
+        self.drift_engine_ready.set(ready);
+        self.drift_engine_failed.set(failed);
     }
 
     /// The accept loops' counters.

@@ -74,6 +74,43 @@ impl PlanPool {
         T: Send + 'static,
         F: FnOnce() -> Result<T, ApiError> + Send + 'static,
     {
+        let admitted = self.admit(who)?;
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(format!("planner pool closed: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            let _held = (permit, admitted);
+            job()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("{what} task failed: {e}")))?
+    }
+
+    /// Runs `job` as a task holding a worker until it ends, for work split between this pool
+    /// and another thread (a plan's preparation here, then its evaluation by the drift
+    /// engine): the whole of it counts as one worker, and a client that gives up does not free
+    /// the worker before the work is done. Admitted like `run`, for `who`.
+    pub async fn run_async<T, F>(&self, who: &str, what: &str, job: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        let admitted = self.admit(who)?;
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::Internal(format!("planner pool closed: {e}")))?;
+        tokio::spawn(async move {
+            let _held = (permit, admitted);
+            job.await
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("{what} task failed: {e}")))?
+    }
+
+    /// A place for one job of `who`: within the principal's share and the pool's queue.
+    fn admit(&self, who: &str) -> Result<Admitted, ApiError> {
         {
             let mut m = self
                 .by_principal
@@ -96,23 +133,17 @@ impl PlanPool {
             who: who.to_string(),
         };
         if before >= PLAN_WORKERS + PLAN_QUEUE {
-            return Err(ApiError::ResourceExhausted(format!(
-                "planner busy: {before} plans or applies are running or queued (at most {} \
-                 run and {PLAN_QUEUE} wait); retry shortly",
-                PLAN_WORKERS
-            )));
+            return Err(busy(before));
         }
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| ApiError::Internal(format!("planner pool closed: {e}")))?;
-        tokio::task::spawn_blocking(move || {
-            let _held = (permit, admitted);
-            job()
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("{what} task failed: {e}")))?
+        Ok(admitted)
     }
+}
+
+fn busy(before: usize) -> ApiError {
+    ApiError::ResourceExhausted(format!(
+        "planner busy: {before} plans or applies are running or queued (at most {PLAN_WORKERS} \
+         run and {PLAN_QUEUE} wait); retry shortly"
+    ))
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl Agents {
                     .await
                     .map_err(|e| crate::store_map::api_error("device", device, e))?;
                 if sections != 0 {
-                    self.inventory.observed_signal().changed(&id, sections);
+                    self.inventory.drift().observed(&id, sections);
                 }
                 self.live_map().insert(
                     id,

@@ -5,9 +5,9 @@ use tonic::{Request, Response, Status};
 
 use super::status::to_status;
 use super::{Shared, context};
+use crate::drift::Planner;
 use crate::model::Permission;
 use crate::model::resource::kind_of;
-use crate::planning::Planner;
 
 /// gRPC face of plan, atomic apply and drift.
 #[derive(Debug, Clone)]

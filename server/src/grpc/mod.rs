@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod edge;
 pub mod export;
+pub mod health;
 pub mod inventory;
 pub mod methods;
 pub mod status;

@@ -27,7 +27,6 @@ use muster::pb::ResourceKind;
 
 mod audit;
 mod delete;
-mod drift_feed;
 mod guards;
 mod inputs;
 mod prepare;
@@ -39,7 +38,6 @@ mod watch;
 mod write;
 
 pub use audit::{AuditParams, refusal_class, refusal_kind};
-pub use drift_feed::ObservedSignal;
 pub use inputs::{ApplyInput, CreateInput, DeleteInput, GetInput, UpdateInput, WatchParams};
 pub use prepare::PreparedWrite;
 pub use read::ListParams;
@@ -113,8 +111,8 @@ pub struct Inventory {
     /// Flips to true when the server stops, so open watch streams end instead of holding the
     /// graceful shutdown open (clients resume from their last revision elsewhere).
     stopping: tokio::sync::watch::Sender<bool>,
-    /// Devices whose observed facts changed since the drift engine last looked.
-    observed: ObservedSignal,
+    /// Where observed-state changes are sent to the drift engine.
+    drift: crate::drift::Notifier,
     /// Caps on refusal records, watch streams and verifies (`inventory/guards.rs`).
     guards: guards::Guards,
 }
@@ -126,9 +124,20 @@ impl std::fmt::Debug for Inventory {
 }
 
 impl Inventory {
-    /// An inventory over `store`, sealing credentials with `secrets`, with default limits.
-    pub fn new(store: Arc<dyn Store>, secrets: SecretBox, clock: SharedClock) -> Self {
-        Self::with_limits(store, secrets, Limits::default(), clock)
+    /// Where observed-state changes are sent (the drift engine's mailbox).
+    pub fn drift(&self) -> &crate::drift::Notifier {
+        &self.drift
+    }
+
+    /// An inventory over `store`, sealing credentials with `secrets`, with default limits;
+    /// observed-state changes go to the drift engine through `drift`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        secrets: SecretBox,
+        clock: SharedClock,
+        drift: crate::drift::Notifier,
+    ) -> Self {
+        Self::with_limits(store, secrets, Limits::default(), clock, drift)
     }
 
     /// An inventory with the given limits (from the server config).
@@ -137,13 +146,14 @@ impl Inventory {
         secrets: SecretBox,
         limits: Limits,
         clock: SharedClock,
+        drift: crate::drift::Notifier,
     ) -> Self {
         Self {
             store,
             secrets,
             clock,
             stopping: tokio::sync::watch::channel(false).0,
-            observed: ObservedSignal::default(),
+            drift,
             guards: guards::Guards::new(limits),
         }
     }

@@ -23,7 +23,12 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &Default::default()).unwrap();
     let clock = ManualClock::at_unix_nanos(T0);
-    let inv = Inventory::new(Arc::new(store), SecretBox::from_key([7; 32]), clock.clone());
+    let inv = Inventory::new(
+        Arc::new(store),
+        SecretBox::from_key([7; 32]),
+        clock.clone(),
+        crate::drift::mailbox().0,
+    );
     Fixture {
         inv: Arc::new(inv),
         clock,

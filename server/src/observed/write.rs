@@ -46,7 +46,7 @@ pub fn facts_write(
         Vec::new()
     };
     let changed = if full {
-        crate::inventory::ObservedSignal::ALL
+        crate::drift::Notifier::ALL
     } else {
         Section::mask(written.iter().map(|(s, _)| *s))
     };

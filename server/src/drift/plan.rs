@@ -8,9 +8,10 @@ use std::time::Duration;
 use muster::pb::{self, ResourceKind, resource::Resource as R};
 use muster::selector::Selector;
 
-use crate::desired::CompiledProfile;
-use crate::drift::{self as driftlib, NOT_REPORTED};
-use crate::drift_engine::{DriftEngine, PlannedChange, PlannedDevice};
+use super::compare::{self, NOT_REPORTED};
+use super::desired::CompiledProfile;
+use super::handle::DriftEngine;
+use super::query::{PlannedChange, PlannedDevice};
 use crate::inventory::{ApplyAction, ChangeContext, Inventory, PreparedWrite};
 use crate::model::{ApiError, Principal, kind_name};
 use crate::plan_pool::PlanPool;
@@ -27,7 +28,7 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Planner {
     pub inventory: Arc<Inventory>,
-    pub drift: Arc<DriftEngine>,
+    pub drift: DriftEngine,
     /// Where the CPU-heavy preparation and planning run, off the async workers.
     pool: PlanPool,
 }
@@ -99,7 +100,7 @@ fn locate(index: usize, r: &pb::Resource, e: ApiError) -> ApiError {
 
 impl Planner {
     /// A planner over `inventory` and `drift`, with its own bounded pool.
-    pub fn new(inventory: Arc<Inventory>, drift: Arc<DriftEngine>) -> Self {
+    pub fn new(inventory: Arc<Inventory>, drift: DriftEngine) -> Self {
         Self {
             inventory,
             drift,
@@ -200,12 +201,22 @@ impl Planner {
         let this = self.clone();
         let who = who.clone();
         let name = who.name.clone();
+        // Preparation on a blocking thread, evaluation on the engine's: one worker for both,
+        // so a plan never keeps two cores busy while Gets wait.
         self.pool
-            .run(&name, "plan", move || {
-                let prepared = this.prepare(&who, resources, &ChangeContext::default())?;
-                let change = Self::planned_change(&prepared);
-                let mut resp = this.drift.plan(&change, include_unchanged)?;
-                resp.resources = Self::resources_pb(&prepared);
+            .run_async(&name, "plan", async move {
+                let drift = this.drift.clone();
+                let (resources, change) = tokio::task::spawn_blocking(move || {
+                    let prepared = this.prepare(&who, resources, &ChangeContext::default())?;
+                    Ok::<_, ApiError>((
+                        Self::resources_pb(&prepared),
+                        Self::planned_change(&prepared),
+                    ))
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("plan task failed: {e}")))??;
+                let mut resp = drift.plan(change, include_unchanged).await?;
+                resp.resources = resources;
                 Ok(resp)
             })
             .await
@@ -245,16 +256,17 @@ impl Planner {
             })
             .await?;
         if !change.profiles.is_empty() || !change.devices.is_empty() {
-            if !self.drift.caught_up(CATCH_UP).await {
+            // A stopped engine answers the conflict check below with UNAVAILABLE.
+            if !self.drift.caught_up(CATCH_UP).await && self.drift.answering() {
                 return Err(ApiError::Aborted(
                     "the drift engine is still taking in earlier changes, so conflicts cannot be checked yet; retry shortly".into(),
                 ));
             }
-            let drift = Arc::clone(&self.drift);
+            let drift = self.drift.clone();
             let plan = self
                 .pool
-                .run(&who.name, "conflict check", move || {
-                    drift.plan(&change, false)
+                .run_async(&who.name, "conflict check", async move {
+                    drift.plan(change, false).await
                 })
                 .await?;
             if let Some(c) = plan.conflicts.first() {
@@ -300,12 +312,9 @@ impl Planner {
         let selector = Selector::parse(&req.selector)
             .map_err(|e| ApiError::invalid("selector", e.to_string()))?;
         self.drift.caught_up(CATCH_UP).await;
-        let drift = Arc::clone(&self.drift);
-        let prefix = req.field_prefix.clone();
-        let summary_only = req.summary_only;
-        tokio::task::spawn_blocking(move || drift.drift(&selector, &prefix, summary_only))
+        self.drift
+            .drift(selector, req.field_prefix.clone(), req.summary_only)
             .await
-            .map_err(|e| ApiError::Internal(format!("drift task failed: {e}")))
     }
 
     /// Makes the observed value of a drifting field the device's own desired value.
@@ -325,15 +334,7 @@ impl Planner {
             return Err(e);
         }
         self.drift.caught_up(CATCH_UP).await;
-        // The drift state's lock may be held by a running plan for seconds: wait off-worker.
-        let (drift, d, f) = (
-            Arc::clone(&self.drift),
-            device.to_string(),
-            field.to_string(),
-        );
-        let item = tokio::task::spawn_blocking(move || drift.item(&d, &f))
-            .await
-            .map_err(|e| ApiError::Internal(format!("drift lookup failed: {e}")))?;
+        let item = self.drift.item(device, field).await?;
         let item = item.ok_or_else(|| {
             ApiError::FailedPrecondition(format!(
                 "device {device:?} has no drift in field {field:?}; see `muster drift -l` for its fields"
@@ -395,7 +396,7 @@ fn adopt(d: &mut pb::Device, field: &str, observed: &str) -> Result<(), ApiError
     }
     let spec = d.spec.get_or_insert_with(Default::default);
     if let Some(name) = field.strip_prefix("packages.") {
-        let req = driftlib::accepted_requirement(name, observed);
+        let req = compare::accepted_requirement(name, observed);
         spec.packages.retain(|p| p.name != name);
         spec.packages.push(req);
         spec.packages.sort_by(|a, b| a.name.cmp(&b.name));
@@ -434,4 +435,108 @@ fn adopt(d: &mut pb::Device, field: &str, observed: &str) -> Result<(), ApiError
 
 fn unknown_field(field: &str) -> ApiError {
     ApiError::invalid("field", format!("{field:?} cannot be adopted"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(kind: &str, name: &str) -> pb::Resource {
+        let meta = Some(pb::ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        });
+        pb::Resource {
+            resource: Some(match kind {
+                "profile" => R::Profile(pb::Profile {
+                    meta,
+                    ..Default::default()
+                }),
+                _ => R::Device(pb::Device {
+                    meta,
+                    ..Default::default()
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn set_sizes_are_checked_before_any_work() {
+        let e = check_size(&[]).unwrap_err();
+        assert!(e.to_string().contains("nothing to do"), "{e}");
+        let many: Vec<pb::Resource> = (0..=MAX_SET_PROFILES)
+            .map(|i| named("profile", &format!("p{i}")))
+            .collect();
+        let e = check_size(&many).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("at most {MAX_SET_PROFILES}")),
+            "{e}"
+        );
+        assert!(check_size(&many[..MAX_SET_PROFILES]).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_resource_of_the_set_they_are_about() {
+        let r = named("device", "web-1");
+        let e = locate(3, &r, ApiError::invalid("meta.labels", "bad"));
+        let ApiError::InvalidArgument { field, .. } = e else {
+            panic!("kind changed")
+        };
+        assert_eq!(field, "resources[3] (device \"web-1\").meta.labels");
+        let e = locate(0, &r, ApiError::FailedPrecondition("rack missing".into()));
+        assert!(e.to_string().starts_with("resources[0] (device"), "{e}");
+        // Others pass through unchanged.
+        assert!(matches!(
+            locate(0, &r, ApiError::ShuttingDown),
+            ApiError::ShuttingDown
+        ));
+    }
+
+    #[test]
+    fn accepting_drift_writes_the_observed_value_as_the_device_own() {
+        let mut d = pb::Device::default();
+        adopt(&mut d, "kernel", "6.1.0-13-amd64").unwrap();
+        adopt(&mut d, "sysctl.vm.swappiness", "10").unwrap();
+        adopt(&mut d, "ntp_servers", "a,b").unwrap();
+        adopt(&mut d, "power", "off").unwrap();
+        adopt(&mut d, "inventory.serial", "SN1").unwrap();
+        adopt(&mut d, "packages.openssl", "3.0.1").unwrap();
+        adopt(&mut d, "packages.telnet", compare::NOT_INSTALLED).unwrap();
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.kernel, "6.1.0-13-amd64");
+        assert_eq!(spec.sysctl["vm.swappiness"], "10");
+        assert_eq!(spec.ntp_servers, ["a", "b"]);
+        assert_eq!(spec.power, pb::PowerState::PowerOff as i32);
+        assert_eq!(d.serial, "SN1");
+        let pkgs: Vec<(&str, i32)> = spec
+            .packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.r#match))
+            .collect();
+        assert_eq!(
+            pkgs,
+            [
+                ("openssl", pb::VersionMatch::Exact as i32),
+                ("telnet", pb::VersionMatch::Absent as i32)
+            ]
+        );
+        // Accepting again replaces, never duplicates.
+        adopt(&mut d, "packages.openssl", "3.0.2").unwrap();
+        assert_eq!(d.spec.as_ref().unwrap().packages.len(), 2);
+    }
+
+    #[test]
+    fn rules_and_unknown_fields_cannot_be_adopted() {
+        let mut d = pb::Device::default();
+        let rule = adopt(&mut d, "expect.facts.cpu.cores", "8").unwrap_err();
+        assert!(matches!(rule, ApiError::FailedPrecondition(_)), "{rule:?}");
+        for field in ["inventory.color", "nonsense", "power"] {
+            let e = adopt(&mut d, field, "sideways").unwrap_err();
+            assert!(
+                matches!(e, ApiError::InvalidArgument { .. }),
+                "{field}: {e:?}"
+            );
+        }
+    }
 }

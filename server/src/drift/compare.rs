@@ -1,5 +1,5 @@
 //! Drift: where a device's observed state differs from its effective desired state, and why.
-//! Pure: the engine (`drift_engine`) feeds it cached views and keeps its memory.
+//! Pure: the engine (`engine`) feeds it cached views and keeps its memory.
 //!
 //! The *cause* of a difference needs history, which `Memory` holds per device: the desired
 //! value of every field at the last evaluation. A difference that appears while the desired
@@ -13,7 +13,7 @@ use muster::pb::{self, PowerState, VersionMatch};
 use muster::version::{self, PackageFormat};
 use serde_json::Value;
 
-use crate::desired::{Effective, Want, power_text};
+use super::desired::{Effective, Want, power_text};
 
 /// What a drift item says when the agent never reported the value.
 pub const NOT_REPORTED: &str = "(not reported)";
@@ -395,7 +395,7 @@ pub fn accepted_requirement(name: &str, observed: &str) -> pb::PackageRequiremen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{CompiledProfile, Source, effective, fields_of};
+    use crate::drift::desired::{CompiledProfile, Source, effective, fields_of};
 
     fn ts(s: i64) -> pbjson_types::Timestamp {
         pbjson_types::Timestamp {
