@@ -11,6 +11,7 @@ pub mod agents;
 pub mod auth;
 pub mod aux_keys;
 pub mod campaign;
+pub mod campaigns;
 pub mod config;
 pub mod drift;
 pub mod export;
@@ -45,6 +46,7 @@ use muster::clock::SharedClock;
 use muster::pb::admin_service_server::AdminServiceServer;
 use muster::pb::agent_service_server::AgentServiceServer;
 use muster::pb::audit_service_server::AuditServiceServer;
+use muster::pb::campaign_service_server::CampaignServiceServer;
 use muster::pb::config_service_server::ConfigServiceServer;
 use muster::pb::export_service_server::ExportServiceServer;
 use muster::pb::inventory_service_server::InventoryServiceServer;
@@ -121,6 +123,9 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// Set when a bootstrap admin token was written at this start.
     pub created_admin_token: Option<PathBuf>,
+    /// The campaign engine's executor and observer (None: the defaults).
+    campaign_executor: Option<Arc<dyn campaigns::executor::Executor>>,
+    campaign_observer: Option<Arc<dyn campaigns::observe::Observer>>,
 }
 
 impl Server {
@@ -198,7 +203,21 @@ impl Server {
             ca,
             metrics,
             created_admin_token,
+            campaign_executor: None,
+            campaign_observer: None,
         })
+    }
+
+    /// Runs campaign steps through `executor` (tests and benchmarks: the in-process one).
+    pub fn with_campaign_executor(mut self, e: Arc<dyn campaigns::executor::Executor>) -> Self {
+        self.campaign_executor = Some(e);
+        self
+    }
+
+    /// Observes hosts for campaigns through `o` (benchmarks: simulated agents).
+    pub fn with_campaign_observer(mut self, o: Arc<dyn campaigns::observe::Observer>) -> Self {
+        self.campaign_observer = Some(o);
+        self
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
@@ -231,6 +250,25 @@ impl Server {
         health
             .set_serving::<ExportServiceServer<grpc::export::ExportApi>>()
             .await;
+        health
+            .set_serving::<CampaignServiceServer<grpc::campaign::CampaignApi>>()
+            .await;
+        let (campaign_engine, campaign_task) = campaigns::Campaigns::start(
+            Arc::clone(&self.shared.inventory),
+            campaigns::Parts {
+                executor: self
+                    .campaign_executor
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(campaigns::executor::UnconfiguredExecutor)),
+                observer: self.campaign_observer.clone().unwrap_or_else(|| {
+                    Arc::new(campaigns::observe::StoreObserver {
+                        inventory: Arc::clone(&self.shared.inventory),
+                        drift: Arc::clone(&self.drift),
+                    })
+                }),
+                lease: Arc::new(campaigns::lease::SingleNodeLease),
+            },
+        );
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(muster::FILE_DESCRIPTOR_SET)
@@ -259,6 +297,11 @@ impl Server {
         .max_decoding_message_size(backstop);
         let export = ExportServiceServer::new(grpc::export::ExportApi(self.shared.clone()))
             .max_decoding_message_size(backstop);
+        let campaign_svc = CampaignServiceServer::new(grpc::campaign::CampaignApi {
+            shared: self.shared.clone(),
+            campaigns: campaign_engine.clone(),
+        })
+        .max_decoding_message_size(backstop);
 
         let c = &self.config;
         let handshake_timeout = Duration::from_millis(c.handshake_timeout_ms.max(1));
@@ -362,6 +405,7 @@ impl Server {
             .add_service(agent)
             .add_service(config_svc)
             .add_service(export)
+            .add_service(campaign_svc)
             .serve_with_incoming_shutdown(incoming, shutdown);
         let result = tokio::select! {
             r = serve => r,
@@ -374,6 +418,9 @@ impl Server {
             t.abort();
         }
         sweeper.abort();
+        // The engine finishes its round (writes made durable) and stops.
+        campaign_engine.shutdown();
+        let _ = campaign_task.await;
         token_persister.abort();
         // The last "last used" times, which the minutely task has not written yet.
         if let Err(e) = self

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod campaign;
 pub mod config;
 pub mod edge;
 pub mod export;

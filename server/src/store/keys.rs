@@ -11,6 +11,9 @@
 //! | `m`    | name                                  | store metadata                          |
 //! | `a`    | chosen by the layer above             | auxiliary records (observed facts, ...) |
 //!
+//! Auxiliary prefixes in use (owner): `ob/`, `ox/`, `ol` (observed.rs), `ag/` (agents.rs),
+//! `km` (keys/), `dr/`, `dr-followed` (drift engine), `cp/` (campaigns/records.rs).
+//!
 //! An object's body is stored once, as the `after` of the change record at the object's revision:
 //! sled charges ~20-35 us per 4 KB value, so writing it twice (object and event) halved the
 //! write rate. The name, label and field indexes live in memory, rebuilt from the `o` records at

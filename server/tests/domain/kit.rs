@@ -10,6 +10,7 @@ use muster::client::Bearer;
 use muster::clock::ManualClock;
 use muster::pb::admin_service_client::AdminServiceClient;
 use muster::pb::audit_service_client::AuditServiceClient;
+use muster::pb::campaign_service_client::CampaignServiceClient;
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use muster_server::config::{Config, TokenConfig};
 use muster_server::{Listeners, Server};
@@ -22,6 +23,14 @@ use tonic::transport::Channel;
 
 /// The admin token every kit server accepts (configured, not bootstrapped).
 pub const ADMIN_TOKEN: &str = "kit-admin-0123456789abcdef0123456789abcdef";
+
+/// Campaign engine parts for a kit server (None: the server's defaults), and the clock.
+#[derive(Default)]
+pub struct Campaign {
+    pub executor: Option<Arc<dyn muster_server::campaigns::executor::Executor>>,
+    pub observer: Option<Arc<dyn muster_server::campaigns::observe::Observer>>,
+    pub clock: Option<Arc<ManualClock>>,
+}
 
 /// An authenticated channel.
 pub type Authed = InterceptedService<Channel, Bearer>;
@@ -47,7 +56,20 @@ impl TestServer {
 
     /// Starts a server after `tweak` adjusted its config.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        Self::start_full(tweak, Campaign::default(), None).await
+    }
+
+    /// Starts a server with campaign parts, on `dir` (a previous server's, to restart it) or
+    /// a new directory.
+    pub async fn start_full(
+        tweak: impl FnOnce(&mut Config),
+        parts: Campaign,
+        dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Self> {
+        let dir = match dir {
+            Some(d) => d,
+            None => tempfile::tempdir()?,
+        };
         let mut config = Config {
             data_dir: dir.path().join("data"),
             // Durability is the e2e suite's business; the domain tests want speed.
@@ -62,8 +84,14 @@ impl TestServer {
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let clock = ManualClock::starting_now();
-        let server = Server::open_with_clock(config, clock.clone()).await?;
+        let clock = parts.clock.unwrap_or_else(ManualClock::starting_now);
+        let mut server = Server::open_with_clock(config, clock.clone()).await?;
+        if let Some(e) = parts.executor {
+            server = server.with_campaign_executor(e);
+        }
+        if let Some(o) = parts.observer {
+            server = server.with_campaign_observer(o);
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(
             Listeners {
@@ -108,6 +136,33 @@ impl TestServer {
     /// Moves the server's clock forward.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    pub fn campaigns(&self, token: &str) -> CampaignServiceClient<Authed> {
+        CampaignServiceClient::new(self.authed(token))
+    }
+
+    /// A copy of the data directory as it is on disk now, as a crash would leave it (the
+    /// server keeps running; a second one can be started on the copy). In-process servers
+    /// cannot be restarted on their own directory: background tasks keep the store open
+    /// until the process ends.
+    pub fn crash_copy(&self) -> anyhow::Result<tempfile::TempDir> {
+        fn copy(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            std::fs::create_dir_all(to)?;
+            for e in std::fs::read_dir(from)? {
+                let e = e?;
+                let target = to.join(e.file_name());
+                if e.file_type()?.is_dir() {
+                    copy(&e.path(), &target)?;
+                } else {
+                    std::fs::copy(e.path(), target)?;
+                }
+            }
+            Ok(())
+        }
+        let dir = tempfile::tempdir()?;
+        copy(self._dir.path(), dir.path())?;
+        Ok(dir)
     }
 
     /// Stops the server and waits until it has.

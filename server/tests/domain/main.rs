@@ -2,5 +2,6 @@
 //! time-dependent behaviour is tested by moving the clock, not by sleeping.
 #![allow(clippy::unwrap_used)]
 
+mod campaigns;
 mod kit;
 mod tokens;
