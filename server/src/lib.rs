@@ -263,7 +263,6 @@ impl Server {
                 observer: self.campaign_observer.clone().unwrap_or_else(|| {
                     Arc::new(campaigns::observe::StoreObserver {
                         inventory: Arc::clone(&self.shared.inventory),
-                        drift: Arc::clone(&self.drift),
                     })
                 }),
                 lease: Arc::new(campaigns::lease::SingleNodeLease),

@@ -2,8 +2,8 @@
 //! campaign's desired fields and `verify` rules hold on the observed facts. A small interface
 //! so the engine knows nothing of the observed layer's records or the drift engine's caches;
 //! [`StoreObserver`] is the real one (the observed records through `observed::load`, drift
-//! through the pure `drift::evaluate`, and the drift engine's public `items_of` for the soak's
-//! "new drift" test).
+//! through the pure `drift::compare::evaluate`, and the drift items the drift engine wrote
+//! into the device's observed state for the soak's "new drift" test).
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use muster::pb;
 
-use crate::desired::{self, Effective};
-use crate::drift::{self, Declared};
-use crate::drift_engine::{self, DriftEngine};
+use crate::drift::compare::{self, Declared};
+use crate::drift::desired::{self, Effective};
 use crate::inventory::Inventory;
 use crate::model::ApiError;
 
@@ -66,7 +65,6 @@ pub trait Observer: Send + Sync + Debug + 'static {
 #[derive(Debug)]
 pub struct StoreObserver {
     pub inventory: Arc<Inventory>,
-    pub drift: Arc<DriftEngine>,
 }
 
 /// Health ranks for "did it get worse": OK < WARNING < UNKNOWN < CRITICAL.
@@ -112,22 +110,20 @@ impl Observer for StoreObserver {
                     l.items
                         .iter()
                         .map(|p| (p.name.clone(), p.version.clone()))
-                        .collect::<drift::PackageSet>(),
+                        .collect::<compare::PackageSet>(),
                 )
             });
-            let view = drift_engine::view_of(&stored.facts, packages, expect.needs_json);
-            o.unmet = drift::evaluate(&expect.eff, &Declared::default(), &view)
+            let view = crate::drift::view_of(&stored.facts, packages, expect.needs_json);
+            o.unmet = compare::evaluate(&expect.eff, &Declared::default(), &view)
                 .into_iter()
                 .map(|f| format!("{}: want {}, saw {}", f.field, f.desired, f.observed))
                 .collect();
         }
-        o.drift = self
-            .drift
-            .items_of(host)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| i.field)
-            .collect();
+        o.drift = d
+            .status
+            .as_ref()
+            .map(|s| s.drift.iter().map(|i| i.field.clone()).collect())
+            .unwrap_or_default();
         Ok(Some(o))
     }
 }
