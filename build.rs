@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/muster/v1/agent.proto",
         "proto/muster/v1/config.proto",
         "proto/muster/v1/export.proto",
+        "proto/muster/v1/campaign.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

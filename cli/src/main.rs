@@ -15,6 +15,7 @@ mod errors;
 mod kinds;
 mod manifest;
 mod output;
+mod safe;
 
 fn main() -> ExitCode {
     let matches = args::Cli::command().get_matches();
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
 fn fail(e: &anyhow::Error) -> ExitCode {
     let message = format!("{e:#}");
     let one_line: Vec<&str> = message.split_whitespace().collect();
-    eprintln!("error: {}", one_line.join(" "));
+    // A status message may quote host-supplied text: no escape sequence reaches the terminal.
+    eprintln!("error: {}", safe::line(&one_line.join(" ")));
     ExitCode::FAILURE
 }
