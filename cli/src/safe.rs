@@ -162,7 +162,10 @@ mod tests {
     fn json_stays_json() {
         let v = serde_json::json!({"out": "\u{1b}[2J \u{9b}1m \u{202e}x \u{7f}"});
         let s = json(&serde_json::to_string(&v).unwrap());
-        assert!(!s.chars().any(|c| c.is_control() || is_bidi_control(c)), "{s:?}");
+        assert!(
+            !s.chars().any(|c| c.is_control() || is_bidi_control(c)),
+            "{s:?}"
+        );
         let back: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(back, v, "the escapes decode to the same value");
     }
@@ -180,13 +183,17 @@ mod tests {
         yaml_value(&mut fixed);
         let s = yaml(&serde_yaml_ng::to_string(&fixed).unwrap());
         assert!(
-            !s.chars().any(|c| (c.is_control() && c != '\n') || is_bidi_control(c)),
+            !s.chars()
+                .any(|c| (c.is_control() && c != '\n') || is_bidi_control(c)),
             "{s:?}"
         );
         // Real control characters survive the round trip (the emitter escaped them).
         let back: serde_yaml_ng::Value = serde_yaml_ng::from_str(&s).unwrap();
         let out = back.get("out\\u{202e}").and_then(|v| v.as_str()).unwrap();
-        assert!(out.starts_with("\u{1b}[2J \u{9b}1m \\x85nel \\u{202e}x"), "{out:?}");
+        assert!(
+            out.starts_with("\u{1b}[2J \u{9b}1m \\x85nel \\u{202e}x"),
+            "{out:?}"
+        );
     }
 
     #[test]

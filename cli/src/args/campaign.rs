@@ -14,7 +14,12 @@ pub enum CampaignCommand {
     /// Create campaigns (state DRAFT) from a manifest of `kind: Campaign` documents.
     Create {
         /// YAML or JSON manifest file, `-` for standard input.
-        #[arg(short = 'f', long = "filename", visible_alias = "file", value_name = "FILE")]
+        #[arg(
+            short = 'f',
+            long = "filename",
+            visible_alias = "file",
+            value_name = "FILE"
+        )]
         file: PathBuf,
         #[command(flatten)]
         change: ChangeArgs,
@@ -27,7 +32,12 @@ pub enum CampaignCommand {
         #[arg(required_unless_present = "file", conflicts_with = "file")]
         name: Option<String>,
         /// A manifest holding one campaign, planned as a dry run.
-        #[arg(short = 'f', long = "filename", visible_alias = "file", value_name = "FILE")]
+        #[arg(
+            short = 'f',
+            long = "filename",
+            visible_alias = "file",
+            value_name = "FILE"
+        )]
         file: Option<PathBuf>,
         /// Output format (`table` is the server's text).
         #[arg(short, long, value_enum, default_value_t = StreamFormat::Table)]
@@ -39,7 +49,12 @@ pub enum CampaignCommand {
     /// the campaign is a DRAFT again.
     Edit {
         /// YAML or JSON manifest holding the campaign (named by its `meta.name`).
-        #[arg(short = 'f', long = "filename", visible_alias = "file", value_name = "FILE")]
+        #[arg(
+            short = 'f',
+            long = "filename",
+            visible_alias = "file",
+            value_name = "FILE"
+        )]
         file: PathBuf,
         #[command(flatten)]
         change: ChangeArgs,
@@ -190,4 +205,241 @@ pub enum WindowCommand {
         #[arg(short, long, value_enum, default_value_t = StreamFormat::Table)]
         output: StreamFormat,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn parse(args: &[&str]) -> CampaignCommand {
+        let mut argv = vec!["muster", "campaign"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Campaign { command },
+                ..
+            }) => command,
+            Ok(other) => panic!("{:?}", other.command),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn fails(args: &[&str]) -> String {
+        let mut argv = vec!["muster", "campaign"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn writes_take_reason_and_ticket() {
+        match parse(&[
+            "create",
+            "-f",
+            "c.yaml",
+            "--reason",
+            "CVE-2024-1",
+            "--ticket",
+            "OPS-7",
+        ]) {
+            CampaignCommand::Create { file, change } => {
+                assert_eq!(file, PathBuf::from("c.yaml"));
+                assert_eq!(change.reason.as_deref(), Some("CVE-2024-1"));
+                assert_eq!(change.ticket.as_deref(), Some("OPS-7"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for verb in ["submit", "promote", "start", "pause", "resume", "abort"] {
+            let c = parse(&[verb, "kernel", "--reason", "r", "--ticket", "T-1"]);
+            let a = match c {
+                CampaignCommand::Submit(a)
+                | CampaignCommand::Promote(a)
+                | CampaignCommand::Start(a)
+                | CampaignCommand::Pause(a)
+                | CampaignCommand::Resume(a)
+                | CampaignCommand::Abort(a) => a,
+                other => panic!("{verb}: {other:?}"),
+            };
+            assert_eq!(a.name, "kernel", "{verb}");
+            assert_eq!(a.change.ticket.as_deref(), Some("T-1"), "{verb}");
+        }
+        match parse(&["edit", "--file", "c.json", "--reason", "fix window"]) {
+            CampaignCommand::Edit { file, change } => {
+                assert_eq!(file, PathBuf::from("c.json"));
+                assert_eq!(change.reason.as_deref(), Some("fix window"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn approve_needs_the_digest() {
+        match parse(&["approve", "kernel", "--digest", "abc", "--ticket", "CHG-1"]) {
+            CampaignCommand::Approve {
+                name,
+                digest,
+                change,
+            } => {
+                assert_eq!((name.as_str(), digest.as_str()), ("kernel", "abc"));
+                assert_eq!(change.ticket.as_deref(), Some("CHG-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(fails(&["approve", "kernel"]).contains("--digest"));
+    }
+
+    #[test]
+    fn plan_by_name_or_file() {
+        assert!(matches!(
+            parse(&["plan", "kernel"]),
+            CampaignCommand::Plan {
+                name: Some(_),
+                file: None,
+                output: StreamFormat::Table
+            }
+        ));
+        assert!(matches!(
+            parse(&["plan", "-f", "-", "-o", "json"]),
+            CampaignCommand::Plan {
+                name: None,
+                file: Some(_),
+                output: StreamFormat::Json
+            }
+        ));
+        fails(&["plan"]);
+        fails(&["plan", "kernel", "-f", "x.yaml"]);
+    }
+
+    #[test]
+    fn reads_and_formats() {
+        assert!(matches!(
+            parse(&["get", "kernel", "-o", "wide"]),
+            CampaignCommand::Get {
+                output: Format::Wide,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["list", "-o", "yaml"]),
+            CampaignCommand::List {
+                output: Format::Yaml
+            }
+        ));
+        assert!(matches!(
+            parse(&["watch", "kernel"]),
+            CampaignCommand::Watch {
+                output: StreamFormat::Table,
+                ..
+            }
+        ));
+        for (flag, want) in [
+            ("table", ReportFormat::Table),
+            ("json", ReportFormat::Json),
+            ("yaml", ReportFormat::Yaml),
+            ("markdown", ReportFormat::Markdown),
+            ("md", ReportFormat::Markdown),
+        ] {
+            match parse(&["report", "kernel", "-o", flag]) {
+                CampaignCommand::Report { output, .. } => assert_eq!(output, want, "{flag}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        fails(&["report", "kernel", "-o", "html"]);
+    }
+
+    #[test]
+    fn host_actions_and_output() {
+        for (verb, want) in [("retry", 0), ("mark-failed", 1), ("rollback", 2)] {
+            let c = parse(&[
+                "host",
+                verb,
+                "kernel",
+                "web-07",
+                "--reason",
+                "checked by hand",
+            ]);
+            let (got, a) = match c {
+                CampaignCommand::Host {
+                    command: HostCommand::Retry(a),
+                } => (0, a),
+                CampaignCommand::Host {
+                    command: HostCommand::MarkFailed(a),
+                } => (1, a),
+                CampaignCommand::Host {
+                    command: HostCommand::Rollback(a),
+                } => (2, a),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(got, want, "{verb}");
+            assert_eq!((a.campaign.as_str(), a.host.as_str()), ("kernel", "web-07"));
+            assert_eq!(a.change.reason.as_deref(), Some("checked by hand"));
+        }
+        fails(&["host", "retry", "kernel"]);
+        match parse(&[
+            "output",
+            "kernel",
+            "web-07",
+            "--step",
+            "install",
+            "--attempt",
+            "2",
+            "--raw",
+        ]) {
+            CampaignCommand::Output {
+                campaign,
+                host,
+                step,
+                attempt,
+                raw,
+            } => {
+                assert_eq!((campaign.as_str(), host.as_str()), ("kernel", "web-07"));
+                assert_eq!(step.as_deref(), Some("install"));
+                assert_eq!(attempt, Some(2));
+                assert!(raw);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_commands() {
+        let cli = Cli::try_parse_from([
+            "muster", "window", "next", "web-01", "--for", "2h", "--slots", "5",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Window {
+                command:
+                    WindowCommand::Next {
+                        device,
+                        need,
+                        slots,
+                        output,
+                    },
+            } => {
+                assert_eq!(device, "web-01");
+                assert_eq!(need, Some(Duration::from_secs(7200)));
+                assert_eq!(slots, 5);
+                assert_eq!(output, StreamFormat::Table);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["muster", "window", "list", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Window {
+                command: WindowCommand::List {
+                    output: StreamFormat::Json
+                }
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["muster", "window", "next", "web-01", "--slots", "0"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["muster", "window", "next", "web-01", "--for", "soon"]).is_err()
+        );
+    }
 }

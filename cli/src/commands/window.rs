@@ -70,7 +70,11 @@ fn schedule_text(w: &pb::Window) -> String {
     let mut parts = Vec::new();
     if !w.cron.is_empty() {
         let d = output::duration(w.duration.as_ref()).unwrap_or_else(|| "?".into());
-        let tz = if w.timezone.is_empty() { "UTC" } else { &w.timezone };
+        let tz = if w.timezone.is_empty() {
+            "UTC"
+        } else {
+            &w.timezone
+        };
         parts.push(format!("{} {tz} ({d})", w.cron));
     }
     match w.ranges.len() {
@@ -107,7 +111,11 @@ fn name_of(w: &pb::Window) -> String {
 }
 
 /// Every window's state at `now`, sorted by name; with `labels`, whether each selects them.
-pub fn rows(windows: &[pb::Window], now: i64, labels: Option<&HashMap<String, String>>) -> Vec<WindowRow> {
+pub fn rows(
+    windows: &[pb::Window],
+    now: i64,
+    labels: Option<&HashMap<String, String>>,
+) -> Vec<WindowRow> {
     let mut out: Vec<WindowRow> = windows
         .iter()
         .map(|w| {
@@ -116,7 +124,12 @@ pub fn rows(windows: &[pb::Window], now: i64, labels: Option<&HashMap<String, St
                     state_of(&intervals(&s, now), now),
                     labels.map(|l| s.selects(|k| l.get(k).map(String::as_str))),
                 ),
-                Err(e) => (WindowState::Invalid { error: e.to_string() }, None),
+                Err(e) => (
+                    WindowState::Invalid {
+                        error: e.to_string(),
+                    },
+                    None,
+                ),
             };
             WindowRow {
                 name: name_of(w),
@@ -365,7 +378,8 @@ async fn windows(clients: &Clients) -> Result<Vec<pb::Window>> {
 fn encoded<T: Serialize>(value: &T, format: StreamFormat) -> Result<String> {
     Ok(match format {
         StreamFormat::Json => {
-            let mut s = safe::json(&serde_json::to_string_pretty(value).context("cannot encode JSON")?);
+            let mut s =
+                safe::json(&serde_json::to_string_pretty(value).context("cannot encode JSON")?);
             s.push('\n');
             s
         }
@@ -396,7 +410,10 @@ pub async fn run(clients: &Clients, command: WindowCommand) -> Result<()> {
         } => {
             let resource = super::fetch(clients, Kind::Device, &device).await?;
             let Some(R::Device(d)) = resource.resource else {
-                bail!("the server answered with something other than device {}", safe::line(&device));
+                bail!(
+                    "the server answered with something other than device {}",
+                    safe::line(&device)
+                );
             };
             let labels = d.meta.map(|m| m.labels).unwrap_or_default();
             let view = next(
@@ -448,8 +465,14 @@ mod tests {
             }),
             selector: selector.into(),
             ranges: vec![pb::TimeRange {
-                start: Some(pbjson_types::Timestamp { seconds: from, nanos: 0 }),
-                end: Some(pbjson_types::Timestamp { seconds: to, nanos: 0 }),
+                start: Some(pbjson_types::Timestamp {
+                    seconds: from,
+                    nanos: 0,
+                }),
+                end: Some(pbjson_types::Timestamp {
+                    seconds: to,
+                    nanos: 0,
+                }),
             }],
             freeze,
             ..Default::default()
@@ -465,21 +488,38 @@ mod tests {
             // Open right now: 08:00-14:00 UTC today.
             range("hotfix", "env=prod", NOW - 7200, NOW + 4 * 3600, false),
             // Freezes the web fleet Wednesday night (month-end close).
-            range("month-end", "role=web", NOW + 2 * 86_400 - 36_000, NOW + 2 * 86_400 + 7_200, true),
+            range(
+                "month-end",
+                "role=web",
+                NOW + 2 * 86_400 - 36_000,
+                NOW + 2 * 86_400 + 7_200,
+                true,
+            ),
             window("broken", "role=web", "0 25 * * *", 1, false),
         ]
     }
 
     fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     #[test]
     fn list_shows_now_and_next() {
         let rows = rows(&fleet(), NOW, None);
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["broken", "hotfix", "month-end", "nightly-web", "weekend-db"]);
-        assert_eq!(rows[1].state, WindowState::Open { until: NOW + 4 * 3600 });
+        assert_eq!(
+            names,
+            ["broken", "hotfix", "month-end", "nightly-web", "weekend-db"]
+        );
+        assert_eq!(
+            rows[1].state,
+            WindowState::Open {
+                until: NOW + 4 * 3600
+            }
+        );
         // 02:00 Berlin tomorrow = 00:00 UTC on 2024-05-07.
         assert_eq!(
             rows[3].state,
@@ -502,12 +542,22 @@ mod tests {
         assert!(v.frozen_now.is_none());
         let text = render_next(&v, NOW);
         insta::assert_snapshot!("window_next_web", text);
-        assert!(text.starts_with("device/web-01 may be changed now\n"), "{text}");
+        assert!(
+            text.starts_with("device/web-01 may be changed now\n"),
+            "{text}"
+        );
         // The db window does not select it and is not listed.
         assert!(!text.contains("weekend-db"), "{text}");
 
         // Needing 5 hours, nothing fits (every slot is 4 h).
-        let v = next("web-01", &fleet(), &web, NOW, Duration::from_secs(5 * 3600), 3);
+        let v = next(
+            "web-01",
+            &fleet(),
+            &web,
+            NOW,
+            Duration::from_secs(5 * 3600),
+            3,
+        );
         assert!(v.slots.is_empty());
         assert!(render_next(&v, NOW).contains("no slot for 5h in the next 30 days"));
     }
@@ -519,9 +569,16 @@ mod tests {
         let web = labels(&[("role", "web"), ("env", "prod")]);
         let v = next("web-01", &ws, &web, NOW, Duration::ZERO, 2);
         assert_eq!(v.frozen_now, Some(("incident".to_string(), NOW + 3600)));
-        assert_eq!(v.slots[0], (NOW + 3600, NOW + 4 * 3600), "the rest of hotfix after the freeze");
+        assert_eq!(
+            v.slots[0],
+            (NOW + 3600, NOW + 4 * 3600),
+            "the rest of hotfix after the freeze"
+        );
         let text = render_next(&v, NOW);
-        assert!(text.starts_with("device/web-01 is FROZEN by incident until 2024-05-06T11:00:00Z"), "{text}");
+        assert!(
+            text.starts_with("device/web-01 is FROZEN by incident until 2024-05-06T11:00:00Z"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -531,7 +588,10 @@ mod tests {
         let web = labels(&[("role", "web")]);
         let v = next("web-01", &ws, &web, NOW, Duration::ZERO, 3);
         assert!(v.slots.is_empty(), "{:?}", v.slots);
-        assert_eq!(v.frozen_now.as_ref().map(|f| f.0.as_str()), Some("bad-freeze"));
+        assert_eq!(
+            v.frozen_now.as_ref().map(|f| f.0.as_str()),
+            Some("bad-freeze")
+        );
     }
 
     #[test]

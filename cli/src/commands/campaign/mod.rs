@@ -75,7 +75,9 @@ pub async fn run(clients: &Clients, command: CampaignCommand, loaded: Loaded) ->
                     campaign: Some(campaign),
                     context: Some(super::change_context(&change)),
                 };
-                let r = clients.unary(svc().create(clients.request(request))).await?;
+                let r = clients
+                    .unary(svc().create(clients.request(request)))
+                    .await?;
                 output::println(&table::action_line(&r, "created"))?;
             }
             Ok(())
@@ -100,7 +102,11 @@ pub async fn run(clients: &Clients, command: CampaignCommand, loaded: Loaded) ->
             let Some(campaign) = loaded.0.into_iter().next() else {
                 bail!("no campaign in the file");
             };
-            let name = campaign.meta.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            let name = campaign
+                .meta
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
             let request = pb::EditCampaignRequest {
                 name,
                 spec: campaign.spec,
@@ -125,14 +131,26 @@ pub async fn run(clients: &Clients, command: CampaignCommand, loaded: Loaded) ->
                 digest,
                 context: Some(super::change_context(&change)),
             };
-            let r = clients.unary(svc().approve(clients.request(request))).await?;
+            let r = clients
+                .unary(svc().approve(clients.request(request)))
+                .await?;
             output::println(&table::action_line(&r, "approved"))
         }
-        CampaignCommand::Promote(a) => print_action(clients, &a, "promoted", |s, r| Box::pin(s.promote(r))).await,
-        CampaignCommand::Start(a) => print_action(clients, &a, "started", |s, r| Box::pin(s.start(r))).await,
-        CampaignCommand::Pause(a) => print_action(clients, &a, "paused", |s, r| Box::pin(s.pause(r))).await,
-        CampaignCommand::Resume(a) => print_action(clients, &a, "resumed", |s, r| Box::pin(s.resume(r))).await,
-        CampaignCommand::Abort(a) => print_action(clients, &a, "aborted", |s, r| Box::pin(s.abort(r))).await,
+        CampaignCommand::Promote(a) => {
+            print_action(clients, &a, "promoted", |s, r| Box::pin(s.promote(r))).await
+        }
+        CampaignCommand::Start(a) => {
+            print_action(clients, &a, "started", |s, r| Box::pin(s.start(r))).await
+        }
+        CampaignCommand::Pause(a) => {
+            print_action(clients, &a, "paused", |s, r| Box::pin(s.pause(r))).await
+        }
+        CampaignCommand::Resume(a) => {
+            print_action(clients, &a, "resumed", |s, r| Box::pin(s.resume(r))).await
+        }
+        CampaignCommand::Abort(a) => {
+            print_action(clients, &a, "aborted", |s, r| Box::pin(s.abort(r))).await
+        }
         CampaignCommand::Get { name, output } => {
             let request = pb::GetCampaignRequest {
                 name,
@@ -161,7 +179,9 @@ pub async fn run(clients: &Clients, command: CampaignCommand, loaded: Loaded) ->
         CampaignCommand::Watch { name, output } => watch::run(clients, &name, output).await,
         CampaignCommand::Report { name, output } => {
             let request = pb::CampaignReportRequest { name };
-            let r = clients.unary(svc().report(clients.request(request))).await?;
+            let r = clients
+                .unary(svc().report(clients.request(request)))
+                .await?;
             output::print(&report::render(&r, output)?)
         }
         CampaignCommand::Host { command } => {
@@ -180,7 +200,9 @@ pub async fn run(clients: &Clients, command: CampaignCommand, loaded: Loaded) ->
                 context: Some(super::change_context(&a.change)),
             };
             let mut s = svc();
-            let r = clients.unary(call(&mut s, clients.request(request))).await?;
+            let r = clients
+                .unary(call(&mut s, clients.request(request)))
+                .await?;
             output::println(&table::host_action_line(&r, &a.host, verb))
         }
         CampaignCommand::Output {
@@ -194,12 +216,16 @@ pub async fn run(clients: &Clients, command: CampaignCommand, loaded: Loaded) ->
 }
 
 type Svc = pb::campaign_service_client::CampaignServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, muster::client::Bearer>,
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        muster::client::Bearer,
+    >,
 >;
 type Answer<'a> = std::pin::Pin<
     Box<
-        dyn std::future::Future<Output = Result<tonic::Response<pb::CampaignResponse>, tonic::Status>>
-            + Send
+        dyn std::future::Future<
+                Output = Result<tonic::Response<pb::CampaignResponse>, tonic::Status>,
+            > + Send
             + 'a,
     >,
 >;
@@ -217,7 +243,9 @@ async fn action(
         context: Some(context(&a.change)),
     };
     let mut svc = clients.campaign.clone();
-    clients.unary(call(&mut svc, clients.request(request))).await
+    clients
+        .unary(call(&mut svc, clients.request(request)))
+        .await
 }
 
 async fn print_action(
@@ -254,9 +282,9 @@ fn print_one(r: &pb::CampaignResponse, format: Format, clients: &Clients) -> Res
                 clients.now(),
             ))
         }
-        Format::Json => output::println(&safe::json(
-            &crate::manifest::to_json_pretty(&crate::manifest::render(&resource())?)?,
-        )),
+        Format::Json => output::println(&safe::json(&crate::manifest::to_json_pretty(
+            &crate::manifest::render(&resource())?,
+        )?)),
         Format::Yaml => output::print(&safe::yaml(&crate::manifest::to_yaml(
             &crate::manifest::render(&resource())?,
         )?)),
@@ -264,5 +292,128 @@ fn print_one(r: &pb::CampaignResponse, format: Format, clients: &Clients) -> Res
             let name = r.summary.as_ref().map(|s| s.name.as_str()).unwrap_or("");
             output::println(&format!("{}/{}", Kind::Campaign, safe::line(name)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::output::StreamFormat;
+
+    const MANIFEST: &str = r#"
+kind: Campaign
+meta:
+  name: openssl-3.0.13
+spec:
+  selector: role=web,env=prod
+  description: CVE-2024-0727
+  desired:
+    packages:
+      - {name: openssl, version: "3.0.13-1"}
+  steps:
+    - name: install
+      ssh_command: apt-get install -y openssl=3.0.13-1
+      timeout: 300s
+    - name: reboot
+      reboot: true
+      timeout: 900s
+  verify:
+    - {path: "packages.openssl", op: ">=", value: "3.0.13-1"}
+  rollback:
+    - name: downgrade
+      sshCommand: apt-get install -y --allow-downgrades openssl=3.0.11-1
+      timeout: 300s
+  strategy:
+    canary_count: 2
+    canary_soak: 1800s
+    batch_size: {percent: 25}
+    max_concurrency: 5
+    failure_threshold: {hosts: 3}
+    max_per_rack: 1
+  windows: [nightly-web]
+  approval: {required: 2}
+"#;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn create(path: &Path) -> CampaignCommand {
+        CampaignCommand::Create {
+            file: path.to_path_buf(),
+            change: ChangeArgs {
+                reason: None,
+                ticket: None,
+            },
+        }
+    }
+
+    #[test]
+    fn campaign_manifests_load() {
+        let f = file(MANIFEST);
+        let loaded = match preload(&create(f.path())) {
+            Ok(l) => l,
+            Err(e) => panic!("{e:#}"),
+        };
+        let c = &loaded.0[0];
+        assert_eq!(c.meta.as_ref().unwrap().name, "openssl-3.0.13");
+        let spec = c.spec.as_ref().unwrap();
+        assert_eq!(spec.steps.len(), 2);
+        assert_eq!(
+            spec.steps[0].action,
+            Some(pb::campaign_step::Action::SshCommand(
+                "apt-get install -y openssl=3.0.13-1".into()
+            ))
+        );
+        assert_eq!(
+            spec.steps[1].action,
+            Some(pb::campaign_step::Action::Reboot(true))
+        );
+        assert_eq!(spec.steps[0].timeout.as_ref().map(|d| d.seconds), Some(300));
+        let st = spec.strategy.as_ref().unwrap();
+        assert_eq!(
+            st.batch_size.as_ref().and_then(|c| c.value),
+            Some(pb::count::Value::Percent(25))
+        );
+        assert_eq!(
+            st.failure_threshold.as_ref().and_then(|c| c.value),
+            Some(pb::count::Value::Hosts(3))
+        );
+        assert_eq!(spec.approval.as_ref().map(|a| a.required), Some(2));
+    }
+
+    #[test]
+    fn other_kinds_and_counts_are_refused() {
+        let f = file("kind: Device\nmeta: {name: web-01}\n");
+        let err = format!("{:#}", preload(&create(f.path())).unwrap_err());
+        assert!(
+            err.contains("document 1 is device/web-01, not a Campaign"),
+            "{err}"
+        );
+        assert!(err.contains("muster apply -f"), "{err}");
+
+        let two = file(&format!(
+            "{MANIFEST}\n---\n{}",
+            MANIFEST.replace("openssl-3.0.13", "b")
+        ));
+        assert_eq!(preload(&create(two.path())).unwrap().0.len(), 2);
+        let plan = CampaignCommand::Plan {
+            name: None,
+            file: Some(two.path().to_path_buf()),
+            output: StreamFormat::Table,
+        };
+        let err = preload(&plan).unwrap_err().to_string();
+        assert!(
+            err.contains("exactly one campaign, the file holds 2"),
+            "{err}"
+        );
+
+        let typo = file(&MANIFEST.replace("ssh_command", "ssh_comand"));
+        let err = format!("{:#}", preload(&create(typo.path())).unwrap_err());
+        assert!(err.contains("ssh_comand"), "{err}");
     }
 }

@@ -172,7 +172,9 @@ pub fn bar(ok: u32, bad: u32, busy: u32, size: u32, width: usize) -> String {
         let cum = |n: u32| (u64::from(n) * width as u64 / u64::from(size)) as usize;
         let a = cum(ok);
         let b = cum(ok + bad).max(a + usize::from(bad > 0)).min(width);
-        let c = cum(ok + bad + busy).max(b + usize::from(busy > 0)).min(width);
+        let c = cum(ok + bad + busy)
+            .max(b + usize::from(busy > 0))
+            .min(width);
         out.push_str(&"#".repeat(a));
         out.push_str(&"x".repeat(b - a));
         out.push_str(&">".repeat(c - b));
@@ -252,9 +254,18 @@ pub fn frame(p: &Progress, now: SystemTime, width: usize) -> String {
             fleet_wave += 1;
             format!("wave {fleet_wave}")
         };
-        let marker = if i64::from(s.wave) == i as i64 { '▶' } else { ' ' };
+        let marker = if i64::from(s.wave) == i as i64 {
+            '▶'
+        } else {
+            ' '
+        };
         let mut detail = Vec::new();
-        for (n, word) in [(ok, "ok"), (bad, "failed"), (busy, "running"), (pending, "pending")] {
+        for (n, word) in [
+            (ok, "ok"),
+            (bad, "failed"),
+            (busy, "running"),
+            (pending, "pending"),
+        ] {
             if n > 0 {
                 detail.push(format!("{n} {word}"));
             }
@@ -266,8 +277,11 @@ pub fn frame(p: &Progress, now: SystemTime, width: usize) -> String {
             detail.join(", ")
         ));
     }
-    let failing: Vec<(&String, &Host)> =
-        p.hosts.iter().filter(|(_, h)| is_failing(h.state)).collect();
+    let failing: Vec<(&String, &Host)> = p
+        .hosts
+        .iter()
+        .filter(|(_, h)| is_failing(h.state))
+        .collect();
     if !failing.is_empty() {
         lines.push(String::new());
         lines.push(format!("failing ({}):", failing.len()));
@@ -486,8 +500,14 @@ mod tests {
         let f = frame(&p, now(), 100);
         insta::assert_snapshot!("watch_frame_failure", f);
         assert!(!f.contains('\u{1b}'), "{f:?}");
-        assert!(f.contains("failures 1 of 1 allowed (halts at failure 2)"), "{f}");
-        assert!(f.contains("web-03 FAILED: step install: exited 1\\x1b[2J"), "{f}");
+        assert!(
+            f.contains("failures 1 of 1 allowed (halts at failure 2)"),
+            "{f}"
+        );
+        assert!(
+            f.contains("web-03 FAILED: step install: exited 1\\x1b[2J"),
+            "{f}"
+        );
     }
 
     #[test]
@@ -497,7 +517,10 @@ mod tests {
         p.note = "reconnecting after UNAVAILABLE: connection refused".into();
         for width in [20usize, 40, 200] {
             for line in frame(&p, now(), width).lines() {
-                assert!(console::measure_text_width(line) <= width, "{width}: {line:?}");
+                assert!(
+                    console::measure_text_width(line) <= width,
+                    "{width}: {line:?}"
+                );
             }
         }
     }
@@ -566,7 +589,10 @@ mod tests {
             parse_host_state("HOST_NEEDS_ATTENTION"),
             Some(pb::HostState::HostNeedsAttention)
         );
-        assert_eq!(parse_host_state("rolled_back"), Some(pb::HostState::HostRolledBack));
+        assert_eq!(
+            parse_host_state("rolled_back"),
+            Some(pb::HostState::HostRolledBack)
+        );
         assert_eq!(parse_host_state("UNSPECIFIED"), None);
         assert_eq!(parse_host_state("bogus"), None);
     }

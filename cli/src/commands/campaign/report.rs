@@ -176,7 +176,8 @@ pub fn table(r: &pb::CampaignReport) -> String {
                     duration(s.duration.as_ref()),
                     format_time(s.started_at.as_ref())
                 );
-                for (label, text) in [("stdout", &s.stdout_excerpt), ("stderr", &s.stderr_excerpt)] {
+                for (label, text) in [("stdout", &s.stdout_excerpt), ("stderr", &s.stderr_excerpt)]
+                {
                     let lines = excerpt(text);
                     if lines.is_empty() {
                         continue;
@@ -248,8 +249,14 @@ fn md_row(o: &mut String, cells: &[String]) {
 }
 
 fn md_table(o: &mut String, header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
-    md_row(o, &header.iter().map(|h| (*h).to_string()).collect::<Vec<_>>());
-    md_row(o, &header.iter().map(|_| "---".to_string()).collect::<Vec<_>>());
+    md_row(
+        o,
+        &header.iter().map(|h| (*h).to_string()).collect::<Vec<_>>(),
+    );
+    md_row(
+        o,
+        &header.iter().map(|_| "---".to_string()).collect::<Vec<_>>(),
+    );
     for row in rows {
         md_row(o, &row);
     }
@@ -281,7 +288,15 @@ pub fn markdown(r: &pb::CampaignReport) -> String {
     o.push_str("\n## Hosts\n\n");
     md_table(
         &mut o,
-        &["Host", "Wave", "State", "Started (UTC)", "Finished (UTC)", "Duration", "Message"],
+        &[
+            "Host",
+            "Wave",
+            "State",
+            "Started (UTC)",
+            "Finished (UTC)",
+            "Duration",
+            "Message",
+        ],
         r.hosts.iter().map(|h| {
             vec![
                 md(&h.device),
@@ -298,10 +313,22 @@ pub fn markdown(r: &pb::CampaignReport) -> String {
     if !with_steps.is_empty() {
         o.push_str("\n## Steps\n");
         for h in with_steps {
-            let _ = writeln!(o, "\n### {} ({})\n", md(&h.device), host_state_name(h.state));
+            let _ = writeln!(
+                o,
+                "\n### {} ({})\n",
+                md(&h.device),
+                host_state_name(h.state)
+            );
             md_table(
                 &mut o,
-                &["Phase", "Step", "Attempt", "Outcome", "Started (UTC)", "Duration"],
+                &[
+                    "Phase",
+                    "Step",
+                    "Attempt",
+                    "Outcome",
+                    "Started (UTC)",
+                    "Duration",
+                ],
                 h.steps.iter().map(|s| {
                     vec![
                         md(&s.phase),
@@ -314,7 +341,8 @@ pub fn markdown(r: &pb::CampaignReport) -> String {
                 }),
             );
             for s in &h.steps {
-                for (label, text) in [("stdout", &s.stdout_excerpt), ("stderr", &s.stderr_excerpt)] {
+                for (label, text) in [("stdout", &s.stdout_excerpt), ("stderr", &s.stderr_excerpt)]
+                {
                     let lines = excerpt(text);
                     if lines.is_empty() {
                         continue;
@@ -342,7 +370,11 @@ pub fn markdown(r: &pb::CampaignReport) -> String {
     }
     o.push_str("\n## Timeline\n\n");
     if r.transitions_omitted > 0 {
-        let _ = writeln!(o, "_{} older transitions omitted._\n", r.transitions_omitted);
+        let _ = writeln!(
+            o,
+            "_{} older transitions omitted._\n",
+            r.transitions_omitted
+        );
     }
     md_table(
         &mut o,
@@ -470,10 +502,34 @@ mod tests {
             transitions: vec![
                 transition(999_990, "", "SCHEDULED", "RUNNING", "started by alice"),
                 transition(1_000_000, "web-01", "PENDING", "RUNNING", ""),
-                transition(1_000_250, "web-01", "VERIFYING", "SUCCEEDED", "drift closed"),
-                transition(1_000_600, "web_02[x](http://evil)", "RUNNING", "FAILED", "step install: exited 100"),
-                transition(1_000_700, "web_02[x](http://evil)", "ROLLING_BACK", "ROLLED_BACK", ""),
-                transition(1_000_800, "", "RUNNING", "COMPLETED", "completed with 1 failure"),
+                transition(
+                    1_000_250,
+                    "web-01",
+                    "VERIFYING",
+                    "SUCCEEDED",
+                    "drift closed",
+                ),
+                transition(
+                    1_000_600,
+                    "web_02[x](http://evil)",
+                    "RUNNING",
+                    "FAILED",
+                    "step install: exited 100",
+                ),
+                transition(
+                    1_000_700,
+                    "web_02[x](http://evil)",
+                    "ROLLING_BACK",
+                    "ROLLED_BACK",
+                    "",
+                ),
+                transition(
+                    1_000_800,
+                    "",
+                    "RUNNING",
+                    "COMPLETED",
+                    "completed with 1 failure",
+                ),
             ],
             transitions_omitted: 3,
         }
@@ -499,7 +555,10 @@ mod tests {
         assert_inert(&s);
         insta::assert_snapshot!("report_markdown", s);
         // The output's own ``` cannot close the fence.
-        assert!(s.contains("````text\nReading package lists...\n```\n# not a heading\n````"), "{s}");
+        assert!(
+            s.contains("````text\nReading package lists...\n```\n# not a heading\n````"),
+            "{s}"
+        );
         // Markdown in a host name stays text.
         assert!(s.contains("web\\_02\\[x\\](http://evil)"), "{s}");
         assert!(!s.contains("](http://evil)|"), "{s}");
@@ -512,7 +571,11 @@ mod tests {
         assert_inert(&json);
         insta::assert_snapshot!("report_json", json);
         let back: pb::CampaignReport = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, sample(), "JSON keeps the exact report, escapes decoded");
+        assert_eq!(
+            back,
+            sample(),
+            "JSON keeps the exact report, escapes decoded"
+        );
         let yaml = render(&sample(), ReportFormat::Yaml).unwrap();
         assert_inert(&yaml);
         let back: pb::CampaignReport = serde_yaml_ng::from_str(&yaml).unwrap();

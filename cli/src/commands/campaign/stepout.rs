@@ -25,7 +25,13 @@ pub fn select<'a>(
         bail!(
             "host {} is not in campaign {}",
             safe::line(host),
-            safe::line(report.summary.as_ref().map(|s| s.name.as_str()).unwrap_or(""))
+            safe::line(
+                report
+                    .summary
+                    .as_ref()
+                    .map(|s| s.name.as_str())
+                    .unwrap_or("")
+            )
         );
     };
     let steps: Vec<&pb::StepReport> = h
@@ -35,7 +41,11 @@ pub fn select<'a>(
         .filter(|s| attempt.is_none_or(|a| s.attempt == a))
         .collect();
     if steps.is_empty() {
-        let mut names: Vec<String> = h.steps.iter().map(|s| safe::line(&s.step).into_owned()).collect();
+        let mut names: Vec<String> = h
+            .steps
+            .iter()
+            .map(|s| safe::line(&s.step).into_owned())
+            .collect();
         names.dedup();
         if names.is_empty() {
             bail!("host {} has run no step yet", safe::line(host));
@@ -106,7 +116,9 @@ pub async fn run(
     raw: bool,
 ) -> Result<()> {
     if raw && std::io::stdout().is_terminal() {
-        bail!("--raw writes the host's bytes unchanged: redirect standard output to a file or a pipe");
+        bail!(
+            "--raw writes the host's bytes unchanged: redirect standard output to a file or a pipe"
+        );
     }
     let request = pb::CampaignReportRequest {
         name: campaign.to_string(),
@@ -128,7 +140,12 @@ pub async fn run(
             intent: s.intent.clone(),
         };
         let out = clients
-            .unary(clients.campaign.clone().step_output(clients.request(request)))
+            .unary(
+                clients
+                    .campaign
+                    .clone()
+                    .step_output(clients.request(request)),
+            )
             .await?;
         if raw {
             return write_raw(&out);
@@ -143,7 +160,8 @@ pub async fn run(
 
 fn write_raw(out: &pb::StepOutputResponse) -> Result<()> {
     let parts = |c: Option<&pb::CapturedOutput>| {
-        c.map(|c| (c.head.clone(), c.tail.clone())).unwrap_or_default()
+        c.map(|c| (c.head.clone(), c.tail.clone()))
+            .unwrap_or_default()
     };
     let (head, tail) = parts(out.stdout.as_ref());
     let mut stdout = std::io::stdout().lock();
@@ -204,10 +222,20 @@ mod tests {
         let s = select(&r, "web-01", Some("install"), Some(2)).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].intent, "i-install-2");
-        let err = select(&r, "web-01", Some("reboot"), None).unwrap_err().to_string();
-        assert_eq!(err, "host web-01 has no such step attempt (steps run: install, restart)");
-        let err = select(&r, "web-9\u{1b}[2J", None, None).unwrap_err().to_string();
-        assert!(err.starts_with("host web-9\\x1b[2J is not in campaign"), "{err}");
+        let err = select(&r, "web-01", Some("reboot"), None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "host web-01 has no such step attempt (steps run: install, restart)"
+        );
+        let err = select(&r, "web-9\u{1b}[2J", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("host web-9\\x1b[2J is not in campaign"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -215,7 +243,8 @@ mod tests {
         let r = report();
         let out = pb::StepOutputResponse {
             stdout: Some(pb::CapturedOutput {
-                head: b"Reading package lists...\n\x1b[2J\x1b]0;pwned\x07progress\r50%\rdone\n".to_vec(),
+                head: b"Reading package lists...\n\x1b[2J\x1b]0;pwned\x07progress\r50%\rdone\n"
+                    .to_vec(),
                 tail: b"Setting up openssl (3.0.13-1)\n\xff\n".to_vec(),
                 truncated: 81_920,
             }),
@@ -226,9 +255,16 @@ mod tests {
             }),
         };
         let text = render("web-01", &r.hosts[0].steps[1], &out);
-        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
         insta::assert_snapshot!("step_output", text);
-        let empty = render("web-01", &r.hosts[0].steps[0], &pb::StepOutputResponse::default());
+        let empty = render(
+            "web-01",
+            &r.hosts[0].steps[0],
+            &pb::StepOutputResponse::default(),
+        );
         assert_eq!(
             empty,
             "=== web-01 step install #1: exited 1\n--- stdout: (empty)\n--- stderr: (empty)\n"

@@ -96,9 +96,18 @@ pub fn action_line(r: &pb::CampaignResponse, verb: &str) -> String {
         .summary
         .as_ref()
         .map(|s| s.state)
-        .or_else(|| r.campaign.as_ref().and_then(|c| c.status.as_ref()).map(|st| st.state))
+        .or_else(|| {
+            r.campaign
+                .as_ref()
+                .and_then(|c| c.status.as_ref())
+                .map(|st| st.state)
+        })
         .unwrap_or(0);
-    let mut line = format!("campaign/{} {verb} ({})", safe::line(name), state_name(state));
+    let mut line = format!(
+        "campaign/{} {verb} ({})",
+        safe::line(name),
+        state_name(state)
+    );
     if !s.message.is_empty() {
         line.push_str(&format!(": {}", safe::line(&s.message)));
     }
@@ -115,7 +124,11 @@ pub fn submitted(r: &pb::CampaignResponse) -> String {
         .and_then(|c| c.status.as_ref())
         .map(|s| s.digest.as_str())
         .unwrap_or("");
-    let name = r.summary.as_ref().map(|s| s.name.as_str()).unwrap_or("NAME");
+    let name = r
+        .summary
+        .as_ref()
+        .map(|s| s.name.as_str())
+        .unwrap_or("NAME");
     let name = safe::line(name);
     if !digest.is_empty() {
         out.push_str(&format!("digest: {}\n", safe::line(digest)));
@@ -172,7 +185,13 @@ fn render_rows(
         header.push("AGE");
     }
     if wide {
-        header.extend(["HOSTS", "WINDOW-CLOSES", "CREATED-BY", "APPROVED-BY", "MESSAGE"]);
+        header.extend([
+            "HOSTS",
+            "WINDOW-CLOSES",
+            "CREATED-BY",
+            "APPROVED-BY",
+            "MESSAGE",
+        ]);
     }
     let mut table = output::new_table(header);
     for (s, created) in rows {
@@ -264,10 +283,10 @@ fn plan_facts(r: &pb::PlanCampaignResponse) -> String {
         .iter()
         .map(|w| {
             if w.canary {
-                format!("canary ({} hosts)", w.size)
+                format!("canary ({})", output::count(w.size, "host", "hosts"))
             } else {
                 fleet += 1;
-                format!("wave {fleet} ({} hosts)", w.size)
+                format!("wave {fleet} ({})", output::count(w.size, "host", "hosts"))
             }
         })
         .collect();
@@ -297,7 +316,11 @@ fn plan_facts(r: &pb::PlanCampaignResponse) -> String {
         out.push_str("Skipped:\n");
         let mut t = output::new_table(["  DEVICE", "CODE", "REASON"]);
         for s in &p.skipped {
-            t.add_row([format!("  {}", cell(&s.device)), cell(&s.code), cell(&s.reason)]);
+            t.add_row([
+                format!("  {}", cell(&s.device)),
+                cell(&s.code),
+                cell(&s.reason),
+            ]);
         }
         out.push_str(&output::table_to_string(&t));
     }
@@ -383,7 +406,10 @@ mod tests {
             }),
             summary: Some(summary("kernel-6.1")),
         };
-        assert_eq!(action_line(&r, "started"), "campaign/kernel-6.1 started (RUNNING)");
+        assert_eq!(
+            action_line(&r, "started"),
+            "campaign/kernel-6.1 started (RUNNING)"
+        );
         assert_eq!(
             host_action_line(&r, "web-07", "retried"),
             "host web-07 of campaign/kernel-6.1 retried (now RUNNING)"

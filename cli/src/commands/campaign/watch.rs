@@ -31,7 +31,12 @@ enum Sink {
 }
 
 impl Sink {
-    fn show(&mut self, p: &Progress, m: Option<&pb::CampaignProgress>, clients: &Clients) -> Result<()> {
+    fn show(
+        &mut self,
+        p: &Progress,
+        m: Option<&pb::CampaignProgress>,
+        clients: &Clients,
+    ) -> Result<()> {
         match self {
             Sink::Live { term, lines } => {
                 let width = usize::from(term.size().1);
@@ -77,7 +82,10 @@ pub async fn run(clients: &Clients, name: &str, format: StreamFormat) -> Result<
             name: name.to_string(),
             summary_only: false,
         };
-        let mut view = match clients.unary(clients.campaign.clone().get(clients.request(request))).await {
+        let mut view = match clients
+            .unary(clients.campaign.clone().get(clients.request(request)))
+            .await
+        {
             Ok(r) => Progress::from_response(&r),
             Err(e) if retryable_error(&e) => {
                 eprintln!("watch: {}; retrying", safe::line(&e.to_string()));
@@ -122,7 +130,9 @@ async fn follow(
     };
     let mut stream = match clients.campaign.clone().watch(request).await {
         Ok(r) => r.into_inner(),
-        Err(status) if retryable(&status) => return Ok(Ended::Broken(RpcError(status).to_string())),
+        Err(status) if retryable(&status) => {
+            return Ok(Ended::Broken(RpcError(status).to_string()));
+        }
         Err(status) => return Err(RpcError(status).into()),
     };
     view.note.clear();
