@@ -78,7 +78,7 @@ pub enum CampaignCommand {
     Pause(CampaignAction),
     /// Resume a paused or halted campaign.
     Resume(CampaignAction),
-    /// Abort: no new host starts; hosts in flight finish and roll back as configured.
+    /// Abort: the campaign ends and no new host starts (terminal: it cannot be resumed).
     Abort(CampaignAction),
     /// Show one campaign: state, hosts done, failures against the budget, wave, waiting.
     Get {

@@ -44,9 +44,17 @@ pub struct WindowRow {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum WindowState {
     /// Open now, until `until`.
-    Open { until: i64 },
+    Open {
+        #[serde(serialize_with = "rfc3339")]
+        until: i64,
+    },
     /// Next opens at `at`, until `until`.
-    Opens { at: i64, until: i64 },
+    Opens {
+        #[serde(serialize_with = "rfc3339")]
+        at: i64,
+        #[serde(serialize_with = "rfc3339")]
+        until: i64,
+    },
     /// Does not open within the horizon.
     Never,
     /// Cannot be evaluated.
@@ -59,11 +67,33 @@ pub struct NextView {
     pub device: String,
     pub windows: Vec<WindowRow>,
     /// `[start, end)` slots, Unix seconds, the first ones at least `need` long.
+    #[serde(serialize_with = "slot_list")]
     pub slots: Vec<(i64, i64)>,
     /// A freeze selecting the device that is open now: name and end.
+    #[serde(skip)]
     pub frozen_now: Option<(String, i64)>,
+    /// The longest slot within the horizon, in seconds (for "none fits: the longest is 4h").
+    pub longest_slot_seconds: i64,
+    /// Intervals are cut here (now + 30 days).
+    #[serde(serialize_with = "rfc3339")]
     pub horizon_end: i64,
     pub need_seconds: u64,
+}
+
+fn rfc3339<S: serde::Serializer>(secs: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&instant(*secs))
+}
+
+fn slot_list<S: serde::Serializer>(slots: &[(i64, i64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(slots.len()))?;
+    for &(from, until) in slots {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("from", instant(from));
+        m.insert("until", instant(until));
+        seq.serialize_element(&m)?;
+    }
+    seq.end()
 }
 
 fn schedule_text(w: &pb::Window) -> String {
@@ -199,10 +229,10 @@ pub fn next(
             Ok(s) if s.selects(get) => {
                 let iv = intervals(&s, now);
                 if w.freeze {
-                    if let Some(&(_, b)) = iv.first().filter(|(a, _)| *a <= now) {
-                        if frozen_now.as_ref().is_none_or(|(_, e)| b > *e) {
-                            frozen_now = Some((name_of(w), b));
-                        }
+                    if let Some(&(_, b)) = iv.first().filter(|(a, _)| *a <= now)
+                        && frozen_now.as_ref().is_none_or(|(_, e)| b > *e)
+                    {
+                        frozen_now = Some((name_of(w), b));
                     }
                     frozen.extend(iv);
                 } else {
@@ -219,7 +249,9 @@ pub fn next(
     }
     let need_seconds = need.as_secs();
     let need_i = i64::try_from(need_seconds).unwrap_or(i64::MAX);
-    let slots = subtract(&union(open), &union(frozen))
+    let all = subtract(&union(open), &union(frozen));
+    let longest_slot_seconds = all.iter().map(|&(s, e)| e - s).max().unwrap_or(0);
+    let slots = all
         .into_iter()
         .filter(|&(s, e)| e - s >= need_i)
         .take(count)
@@ -229,6 +261,7 @@ pub fn next(
         windows: rows(windows, now, Some(labels)),
         slots,
         frozen_now,
+        longest_slot_seconds,
         horizon_end,
         need_seconds,
     }
@@ -253,15 +286,16 @@ fn state_text(s: &WindowState, now: i64, horizon_end: i64) -> String {
     };
     match s {
         WindowState::Open { until: e } => format!("OPEN {}", until(*e)),
+        WindowState::Opens { at, until: e } if *e >= horizon_end => format!(
+            "opens {} (in {}), open past the 30-day horizon",
+            instant(*at),
+            span(now, *at)
+        ),
         WindowState::Opens { at, until: e } => format!(
             "opens {} (in {}) for {}",
             instant(*at),
             span(now, *at),
-            if *e >= horizon_end {
-                "beyond the horizon".to_string()
-            } else {
-                span(*at, *e)
-            }
+            span(*at, *e)
         ),
         WindowState::Never => "does not open in the next 30 days".to_string(),
         WindowState::Invalid { error } => format!("invalid: {}", safe::line(error)),
@@ -312,10 +346,18 @@ pub fn render_next(v: &NextView, now: i64) -> String {
         let _ = writeln!(o, "device/{device} may not be changed now{need}");
     }
     if v.slots.is_empty() {
-        let _ = writeln!(
-            o,
-            "no slot{need} in the next 30 days: no maintenance window selecting it is open outside a freeze"
-        );
+        if v.longest_slot_seconds > 0 {
+            let _ = writeln!(
+                o,
+                "no slot{need} in the next 30 days: the longest is {}",
+                span(0, v.longest_slot_seconds)
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "no slot in the next 30 days: no maintenance window selecting it opens outside a freeze"
+            );
+        }
     } else {
         o.push_str("\nNext slots (window open, no freeze):\n");
         let mut t = output::new_table(["  FROM", "UNTIL", "LENGTH", "STARTS"]);
@@ -559,7 +601,16 @@ mod tests {
             3,
         );
         assert!(v.slots.is_empty());
-        assert!(render_next(&v, NOW).contains("no slot for 5h in the next 30 days"));
+        assert!(
+            render_next(&v, NOW).contains("no slot for 5h in the next 30 days: the longest is 4h"),
+            "{}",
+            render_next(&v, NOW)
+        );
+        let json = encoded(&v, StreamFormat::Json).unwrap();
+        assert!(
+            json.contains("\"horizon_end\": \"2024-06-05T10:00:00Z\""),
+            "{json}"
+        );
     }
 
     #[test]

@@ -67,6 +67,21 @@ fn load(file: &Path) -> Result<Vec<pb::Campaign>> {
 
 /// Runs one campaign subcommand.
 pub async fn run(clients: &Clients, command: CampaignCommand, loaded: Loaded) -> Result<()> {
+    dispatch(clients, command, loaded).await.map_err(|e| {
+        let unimplemented = e
+            .downcast_ref::<crate::errors::RpcError>()
+            .is_some_and(|r| r.code() == tonic::Code::Unimplemented);
+        if unimplemented {
+            anyhow::anyhow!(
+                "UNIMPLEMENTED: this server has no campaign service (a musterd older than this muster?)"
+            )
+        } else {
+            e
+        }
+    })
+}
+
+async fn dispatch(clients: &Clients, command: CampaignCommand, loaded: Loaded) -> Result<()> {
     let svc = || clients.campaign.clone();
     match command {
         CampaignCommand::Create { change, .. } => {
@@ -274,7 +289,7 @@ fn print_one(r: &pb::CampaignResponse, format: Format, clients: &Clients) -> Res
                 .campaign
                 .as_ref()
                 .and_then(|c| c.meta.as_ref())
-                .and_then(|m| m.created_at.clone());
+                .and_then(|m| m.created_at);
             let summary = r.summary.clone().unwrap_or_default();
             output::print(&table::summaries_with_age(
                 &[(summary, created)],

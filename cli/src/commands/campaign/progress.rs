@@ -233,7 +233,7 @@ pub fn frame(p: &Progress, now: SystemTime, width: usize) -> String {
         budget.push_str(&format!("   {w}"));
     }
     lines.push(budget);
-    let counts = s.counts.clone().unwrap_or_default();
+    let counts = s.counts.unwrap_or_default();
     lines.push(format!(
         "hosts {}/{} done: {}",
         finished(&counts),
@@ -359,7 +359,7 @@ pub fn plain_line(p: &Progress, m: &pb::CampaignProgress) -> String {
 /// `campaign kernel-6.1 RUNNING wave 2/4: 12 succeeded, 1 failed; failures 1/3`.
 pub fn summary_line(p: &Progress) -> String {
     let s = &p.summary;
-    let counts = s.counts.clone().unwrap_or_default();
+    let counts = s.counts.unwrap_or_default();
     let mut line = format!("campaign {} {}", safe::line(&s.name), state_name(s.state));
     if let Some(w) = p.wave_label() {
         line.push_str(&format!(" {w}"));

@@ -110,7 +110,7 @@ fn header_lines(r: &pb::CampaignReport) -> Vec<(String, String)> {
         ("State".to_string(), state),
         (
             "Hosts".to_string(),
-            counts_line(&s.counts.clone().unwrap_or_default()),
+            counts_line(&s.counts.unwrap_or_default()),
         ),
         (
             "Failures".to_string(),

@@ -195,7 +195,7 @@ fn render_rows(
     }
     let mut table = output::new_table(header);
     for (s, created) in rows {
-        let counts = s.counts.clone().unwrap_or_default();
+        let counts = s.counts.unwrap_or_default();
         let mut row = vec![
             cell(&s.name),
             state_name(s.state).to_string(),
