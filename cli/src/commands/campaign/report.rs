@@ -475,7 +475,7 @@ mod tests {
                 pb::HostReport {
                     device: "web_02[x](http://evil)".into(),
                     state: pb::HostState::HostRolledBack as i32,
-                    message: "step install: exited 100".into(),
+                    message: "step install: exited 100\u{1b}[1A".into(),
                     canary: false,
                     wave: 1,
                     started_at: ts(1_000_400),
