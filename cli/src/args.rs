@@ -9,6 +9,11 @@ use clap_complete::Shell;
 use crate::kinds::Kind;
 use crate::output::{Format, StreamFormat};
 
+mod campaign;
+pub use campaign::{
+    CampaignAction, CampaignCommand, HostAction, HostCommand, ReportFormat, WindowCommand,
+};
+
 /// muster: inspect and change the fleet inventory.
 #[derive(Debug, Parser)]
 #[command(name = "muster", version, about, propagate_version = true)]
@@ -70,6 +75,16 @@ pub enum Command {
     Watch(WatchArgs),
     /// Search the audit trail; `audit verify` checks its hash chain.
     Audit(AuditArgs),
+    /// Patch campaigns: create, plan, approve, run, watch and report staged rollouts.
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
+    /// Maintenance windows and freezes: which are open, and when a device may next be changed.
+    Window {
+        #[command(subcommand)]
+        command: WindowCommand,
+    },
     /// Agent enrollment: tokens, approvals, identities.
     Agent {
         #[command(subcommand)]

@@ -11,6 +11,7 @@ use muster::clock::SharedClock;
 use muster::pb::admin_service_client::AdminServiceClient;
 use muster::pb::agent_service_client::AgentServiceClient;
 use muster::pb::audit_service_client::AuditServiceClient;
+use muster::pb::campaign_service_client::CampaignServiceClient;
 use muster::pb::config_service_client::ConfigServiceClient;
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use tonic::service::interceptor::InterceptedService;
@@ -38,6 +39,8 @@ pub struct Clients {
     pub admin: AdminServiceClient<Svc>,
     /// Agent enrollment.
     pub agent: AgentServiceClient<Svc>,
+    /// Patch campaigns.
+    pub campaign: CampaignServiceClient<Svc>,
     timeout: Duration,
     /// Ages and "in 3h" in tables are relative to it.
     clock: SharedClock,
@@ -58,7 +61,9 @@ impl Clients {
                 .max_decoding_message_size(MAX_DECODING_BYTES),
             admin: AdminServiceClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(MAX_DECODING_BYTES),
-            agent: AgentServiceClient::with_interceptor(channel, auth)
+            agent: AgentServiceClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(MAX_DECODING_BYTES),
+            campaign: CampaignServiceClient::with_interceptor(channel, auth)
                 .max_decoding_message_size(MAX_DECODING_BYTES),
             timeout: settings.timeout,
             clock: muster::clock::system(),

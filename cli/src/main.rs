@@ -15,6 +15,7 @@ mod errors;
 mod kinds;
 mod manifest;
 mod output;
+mod safe;
 
 fn main() -> ExitCode {
     let matches = args::Cli::command().get_matches();
@@ -46,8 +47,27 @@ fn main() -> ExitCode {
 
 /// Prints the error as exactly one line.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    let message = format!("{e:#}");
-    let one_line: Vec<&str> = message.split_whitespace().collect();
-    eprintln!("error: {}", one_line.join(" "));
+    eprintln!("error: {}", one_line(e));
     ExitCode::FAILURE
+}
+
+/// The error chain on one line; a status message may quote host-supplied text, so no escape
+/// sequence reaches the terminal.
+fn one_line(e: &anyhow::Error) -> String {
+    let message = format!("{e:#}");
+    let words: Vec<&str> = message.split_whitespace().collect();
+    safe::line(&words.join(" ")).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_are_one_inert_line() {
+        let status = tonic::Status::failed_precondition("host web-07\u{1b}]0;x\u{7} is\nRUNNING");
+        let e = anyhow::Error::new(crate::errors::RpcError(status)).context("campaign retry");
+        assert_eq!(
+            super::one_line(&e),
+            "campaign retry: FAILED_PRECONDITION: host web-07\\x1b]0;x\\x07 is RUNNING"
+        );
+    }
 }

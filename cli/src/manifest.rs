@@ -160,13 +160,13 @@ fn to_document(index: usize, value: Value) -> Result<Document> {
             type_name(&other)
         ),
         None => bail!(
-            "document {index}: missing `kind` (one of Site, Rack, Device, Profile, Window, Credential)"
+            "document {index}: missing `kind` (one of Site, Rack, Device, Profile, Window, Credential, Campaign)"
         ),
     };
     let kind = Kind::from_manifest_name(&kind_name).ok_or_else(|| {
         anyhow!(
             "document {index}: unknown kind {kind_name:?} (expected one of Site, Rack, Device, \
-             Profile, Window, Credential)"
+             Profile, Window, Credential, Campaign)"
         )
     })?;
     let label = if name.is_empty() {

@@ -152,12 +152,13 @@ pub fn table_to_string(table: &Table) -> String {
     s
 }
 
-/// `-` for empty cells, so columns stay splittable by whitespace.
+/// `-` for empty cells, so columns stay splittable by whitespace; control characters (the
+/// server's strings may come from hosts) are escaped, see [`crate::safe`].
 pub fn cell(s: &str) -> String {
     if s.is_empty() {
         "-".to_string()
     } else {
-        s.to_string()
+        crate::safe::line(s).into_owned()
     }
 }
 
@@ -204,6 +205,16 @@ pub fn age(ts: Option<&pbjson_types::Timestamp>, now: SystemTime) -> String {
         s if s < 3600 => format!("{}m", s / 60),
         s if s < 86_400 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86_400),
+    }
+}
+
+/// A duration in seconds, short: `45s`, `12m`, `1h 12m`, `3d 4h`.
+pub fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60).replace(" 0s", ""),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60).replace(" 0m", ""),
+        s => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600).replace(" 0h", ""),
     }
 }
 

@@ -12,6 +12,7 @@ mod admin;
 mod agent;
 mod apply;
 mod audit;
+mod campaign;
 mod delete;
 mod describe;
 mod drift;
@@ -20,6 +21,7 @@ mod plan;
 mod token;
 mod watch;
 mod whoami;
+mod window;
 
 /// Fetches one resource by kind and name (get and describe).
 async fn fetch(
@@ -53,6 +55,10 @@ pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
         Command::Plan(args) => Some(apply::load_file(&args.file)?),
         _ => None,
     };
+    let campaigns = match &cli.command {
+        Command::Campaign { command } => campaign::preload(command)?,
+        _ => campaign::Loaded::default(),
+    };
     let settings = config::resolve(&cli.global, sources)?;
     let clients = Clients::connect(&settings).await?;
     match cli.command {
@@ -72,6 +78,8 @@ pub async fn run(cli: Cli, sources: Sources) -> Result<()> {
                 },
         } => admin::backup(&clients, &to, passphrase_file.as_deref()).await,
         Command::Whoami => whoami::run(&clients).await,
+        Command::Campaign { command } => campaign::run(&clients, command, campaigns).await,
+        Command::Window { command } => window::run(&clients, command).await,
         Command::Agent { command } => agent::run(&clients, command).await,
         Command::Token { command } => token::run(&clients, command).await,
         Command::Completion { .. } | Command::Version => Ok(()),
