@@ -208,7 +208,7 @@ impl LimitedBody {
                 &format!("{} refused: {message}", a.method),
             );
         }
-        Status::resource_exhausted(message)
+        super::status::to_status(crate::model::ApiError::ResourceExhausted(message))
     }
 }
 
