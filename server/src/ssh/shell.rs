@@ -68,10 +68,10 @@ mod tests {
         )
         .unwrap();
         assert!(
-            line.starts_with("exec timeout --kill-after=5s 7s sh -c "),
+            line.starts_with("exec timeout --kill-after=5s 2s sh -c "),
             "{line}"
         );
-        let word = line.trim_start_matches("exec timeout --kill-after=5s 7s sh -c ");
+        let word = line.trim_start_matches("exec timeout --kill-after=5s 2s sh -c ");
         assert_eq!(
             shlex::split(word).unwrap(),
             vec!["echo 'a' $HOME; rm -rf /x".to_string()]
