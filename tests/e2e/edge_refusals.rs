@@ -83,7 +83,9 @@ async fn refusals_at_the_edge_name_the_field_and_are_audited() {
         };
         assert_eq!(status.code(), code, "{verb}: {status:?}");
         assert!(status.message().contains(message), "{verb}: {status:?}");
-        let recorded = trail.iter().any(|c| c.verb == verb && c.message.contains(message));
+        let recorded = trail
+            .iter()
+            .any(|c| c.verb == verb && c.message.contains(message));
         if code == Code::NotFound {
             // "Not there" is an answer, not a refused attempt: a poller must not write to the
             // audit trail on every try.

@@ -12,6 +12,7 @@ mod ansible;
 mod ansible_ingest_health;
 mod api;
 mod backup;
+mod campaign_cli;
 mod cli;
 mod desired;
 mod device_delete;
