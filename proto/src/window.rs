@@ -200,6 +200,42 @@ pub fn in_window<'a>(
     open
 }
 
+/// Sorted, merged union of half-open `[start, end)` intervals.
+pub fn union_intervals(mut v: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    v.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// `a` minus `b`; both sorted and disjoint.
+pub fn subtract_intervals(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut j = 0;
+    for &(mut s, e) in a {
+        while j < b.len() && b[j].1 <= s {
+            j += 1;
+        }
+        let mut k = j;
+        while k < b.len() && b[k].0 < e {
+            if b[k].0 > s {
+                out.push((s, b[k].0));
+            }
+            s = s.max(b[k].1);
+            k += 1;
+        }
+        if s < e {
+            out.push((s, e));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -335,5 +371,24 @@ mod tests {
             Schedule::parse(&window("0 2 * * *", 0, "")),
             Err(WindowError::Duration { .. })
         ));
+    }
+    #[test]
+    fn subtraction_cuts_holes_and_edges() {
+        let a = [(0, 10), (20, 30)];
+        assert_eq!(
+            subtract_intervals(&a, &[(5, 7)]),
+            vec![(0, 5), (7, 10), (20, 30)]
+        );
+        assert_eq!(subtract_intervals(&a, &[(8, 22)]), vec![(0, 8), (22, 30)]);
+        assert_eq!(subtract_intervals(&a, &[(-5, 40)]), vec![]);
+        assert_eq!(subtract_intervals(&a, &[]), a.to_vec());
+    }
+
+    #[test]
+    fn unions_merge_touching_and_overlapping_intervals() {
+        assert_eq!(
+            union_intervals(vec![(5, 7), (0, 3), (3, 4)]),
+            vec![(0, 4), (5, 7)]
+        );
     }
 }

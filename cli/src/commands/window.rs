@@ -4,6 +4,7 @@
 //! campaign scheduler uses) and the device's labels. Time is the client's injected clock.
 //! The computation and the rendering are pure; `run` only fetches.
 
+use muster::window::{subtract_intervals, union_intervals};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,39 +176,6 @@ pub fn rows(
     out
 }
 
-/// Sorted union.
-fn union(mut v: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-    v.sort_unstable();
-    let mut out: Vec<(i64, i64)> = Vec::with_capacity(v.len());
-    for (s, e) in v {
-        match out.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
-}
-
-/// `a` minus `b`, both sorted and disjoint.
-fn subtract(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    let mut out = Vec::with_capacity(a.len());
-    for &(mut s, e) in a {
-        for &(bs, be) in b {
-            if be <= s || bs >= e {
-                continue;
-            }
-            if bs > s {
-                out.push((s, bs));
-            }
-            s = s.max(be);
-        }
-        if s < e {
-            out.push((s, e));
-        }
-    }
-    out
-}
-
 /// When a device with `labels` may next be changed: at most `count` slots at least `need`
 /// long. A window that cannot be evaluated is taken on the safe side (the Ansible bridge's
 /// rule): a broken maintenance window opens nothing, a broken freeze is closed all the time.
@@ -249,7 +217,7 @@ pub fn next(
     }
     let need_seconds = need.as_secs();
     let need_i = i64::try_from(need_seconds).unwrap_or(i64::MAX);
-    let all = subtract(&union(open), &union(frozen));
+    let all = subtract_intervals(&union_intervals(open), &union_intervals(frozen));
     let longest_slot_seconds = all.iter().map(|&(s, e)| e - s).max().unwrap_or(0);
     let slots = all
         .into_iter()

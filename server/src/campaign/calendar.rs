@@ -7,6 +7,7 @@
 
 use muster::selector::Selector;
 use muster::window::Schedule;
+use muster::window::{subtract_intervals, union_intervals};
 
 use super::Labels;
 
@@ -84,42 +85,6 @@ impl Slots {
     }
 }
 
-/// `a` minus `b`; both sorted and disjoint.
-fn subtract(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    let mut out = Vec::with_capacity(a.len());
-    let mut j = 0;
-    for &(mut s, e) in a {
-        while j < b.len() && b[j].1 <= s {
-            j += 1;
-        }
-        let mut k = j;
-        while k < b.len() && b[k].0 < e {
-            if b[k].0 > s {
-                out.push((s, b[k].0));
-            }
-            s = s.max(b[k].1);
-            k += 1;
-        }
-        if s < e {
-            out.push((s, e));
-        }
-    }
-    out
-}
-
-/// Sorted, merged union.
-fn union(mut v: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-    v.sort_unstable();
-    let mut out: Vec<(i64, i64)> = Vec::with_capacity(v.len());
-    for (s, e) in v {
-        match out.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
-}
-
 impl Calendar {
     /// Lays out `schedules` over `[from, until)`.
     pub fn new(schedules: &[Schedule], from: i64, until: i64) -> Self {
@@ -173,7 +138,7 @@ impl Calendar {
         let open = if any_time {
             vec![(self.from, self.until)]
         } else {
-            union(
+            union_intervals(
                 self.entries
                     .iter()
                     .filter(|e| !e.freeze && (names.is_empty() || names.contains(&e.name)))
@@ -182,7 +147,7 @@ impl Calendar {
                     .collect(),
             )
         };
-        let frozen = union(
+        let frozen = union_intervals(
             self.entries
                 .iter()
                 .filter(|e| e.freeze)
@@ -191,7 +156,7 @@ impl Calendar {
                 .collect(),
         );
         Slots {
-            intervals: subtract(&open, &frozen),
+            intervals: subtract_intervals(&open, &frozen),
         }
     }
 
@@ -213,15 +178,6 @@ impl Calendar {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subtraction_cuts_holes_and_edges() {
-        let a = [(0, 10), (20, 30)];
-        assert_eq!(subtract(&a, &[(5, 7)]), vec![(0, 5), (7, 10), (20, 30)]);
-        assert_eq!(subtract(&a, &[(8, 22)]), vec![(0, 8), (22, 30)]);
-        assert_eq!(subtract(&a, &[(-5, 40)]), vec![]);
-        assert_eq!(subtract(&a, &[]), a.to_vec());
-    }
 
     #[test]
     fn fit_boundaries() {

@@ -168,14 +168,7 @@ fn a_broken_freeze_closes_everything() {
     );
 }
 
-#[test]
-fn interval_arithmetic() {
-    assert_eq!(union(vec![(5, 7), (0, 3), (3, 4)]), vec![(0, 4), (5, 7)]);
-    let a = [(0, 10), (20, 30)];
-    assert_eq!(subtract(&a, &[(5, 7)]), vec![(0, 5), (7, 10), (20, 30)]);
-    assert_eq!(subtract(&a, &[(8, 22)]), vec![(0, 8), (22, 30)]);
-    assert_eq!(subtract(&a, &[(-5, 40)]), vec![]);
-}
+// Interval union and subtraction are muster::window's (tested there).
 
 #[test]
 fn hostile_names_are_escaped() {
