@@ -152,6 +152,23 @@ impl Agents {
         changed
     }
 
+    /// The device `name` while it is still the one with id `id` (deleted or re-created: its
+    /// liveness is forgotten and `None`).
+    pub(super) fn live_device(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<(crate::store::StoredObject, pb::Resource)>, ApiError> {
+        let found = self
+            .inventory
+            .load_device(name)?
+            .filter(|(o, _)| o.id == id);
+        if found.is_none() {
+            self.live_map().remove(id);
+        }
+        Ok(found)
+    }
+
     async fn mark_silent(
         &self,
         id: &str,
@@ -159,12 +176,7 @@ impl Agents {
         last: i64,
         now: i64,
     ) -> Result<bool, ApiError> {
-        let Some((obj, body)) = self
-            .inventory
-            .load_device(name)?
-            .filter(|(o, _)| o.id == id)
-        else {
-            self.live_map().remove(id);
+        let Some((obj, body)) = self.live_device(id, name)? else {
             return Ok(false);
         };
         let status = body_status(&body);

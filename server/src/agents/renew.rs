@@ -454,12 +454,7 @@ impl Agents {
         not_after_nanos: i64,
         now: i64,
     ) -> Result<bool, ApiError> {
-        let Some((obj, body)) = self
-            .inventory
-            .load_device(name)?
-            .filter(|(o, _)| o.id == id)
-        else {
-            self.live_map().remove(id);
+        let Some((obj, body)) = self.live_device(id, name)? else {
             return Ok(false);
         };
         let status = super::body_status(&body);
