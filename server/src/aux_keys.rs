@@ -29,6 +29,11 @@ pub const AGENT_DEVICE: &str = "ag/dev/";
 pub const AGENT_PENDING: &str = "ag/pend/";
 /// Fingerprints of the key files the store was set up with (`keys`).
 pub const KEY_FILES: &str = "km";
+/// Campaign records: campaign, hosts, step output, by campaign id (`campaigns`).
+pub const CAMPAIGN_RECORDS: &str = "cp/";
+/// The campaign layer of a device's desired state, `<device id>/<campaign id>` (`campaigns`
+/// writes it, the drift engine reads it; see `drift::overlays`).
+pub const CAMPAIGN_OVERLAY: &str = "co/";
 
 /// What an auxiliary key is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +113,16 @@ pub const REGISTRY: &[AuxPrefix] = &[
         owner: "keys",
         keyed: Keyed::Single,
     },
+    AuxPrefix {
+        prefix: CAMPAIGN_RECORDS,
+        owner: "campaigns",
+        keyed: Keyed::OwnerFinds,
+    },
+    AuxPrefix {
+        prefix: CAMPAIGN_OVERLAY,
+        owner: "campaigns",
+        keyed: Keyed::DeviceId,
+    },
 ];
 
 /// A key under `prefix`.
@@ -130,7 +145,8 @@ pub struct DeviceRecords {
 }
 
 /// Every auxiliary record of device `name` (id `id`): observed facts, report metadata,
-/// drift memory, enrollment tokens, identities, held enrollments and its enrollment state.
+/// drift memory, campaign layers, enrollment tokens, identities, held enrollments and its
+/// enrollment state.
 pub fn device_records(
     store: &dyn Store,
     name: &str,
@@ -146,6 +162,12 @@ pub fn device_records(
             .map(|(k, _)| k),
     );
     out.keys.push(key(DRIFT_MEMORY, id));
+    out.keys.extend(
+        store
+            .aux_scan(&crate::drift::overlays::device_prefix(id))?
+            .into_iter()
+            .map(|(k, _)| k),
+    );
     let enrollment = crate::agents::enrollment_records(store, name, id)?;
     out.keys.extend(enrollment.keys);
     out.guards.extend(enrollment.guards);

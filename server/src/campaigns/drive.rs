@@ -74,7 +74,7 @@ impl Engine {
         if next.is_terminal() {
             h.data.finished_nanos = now;
         }
-        h.state = next;
+        let from = std::mem::replace(&mut h.state, next);
         h.data.state = (&h.state).into();
         push_bounded(
             &mut h.data.transitions,
@@ -90,6 +90,8 @@ impl Engine {
             .unwrap_or_default();
         let run = &self.runs[name];
         self.broadcast(run, &t, &host);
+        let to = run.hosts[i].state.clone();
+        self.overlay_host(name, i, &from, &to);
         Ok(())
     }
 
@@ -131,6 +133,7 @@ impl Engine {
         let run = &self.runs[name];
         self.broadcast(run, &t, "");
         self.queue_resource(name, who, verb, ctx);
+        self.overlay_campaign(name);
         Ok(())
     }
 

@@ -277,6 +277,10 @@ pub struct ResourceWrite {
     pub body: pb::Campaign,
     pub data: Vec<u8>,
     pub meta: ChangeMeta,
+    /// Further records written in its batch (the campaign's desired-state layers it removes).
+    pub aux: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// A completion's profile: written with it as one change set.
+    pub keep: Option<super::overlay::Keep>,
 }
 
 /// What a round has to write and do once durable.
@@ -286,6 +290,8 @@ pub struct Round {
     pub puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub dispatch: Vec<(String, usize, StepRequest)>,
     pub replies: Vec<(ReplyTx, Result<Reply, ApiError>)>,
+    /// Desired-state layers put or removed, for the drift engine once durable.
+    pub overlays: Vec<super::overlay::Notice>,
 }
 
 /// The engine's state: owned by its task alone.
@@ -372,6 +378,7 @@ impl Engine {
         let round = std::mem::take(&mut self.round);
         match self.write(round.resources, round.puts).await {
             Ok(()) => {
+                self.notify_overlays(round.overlays);
                 for (tx, r) in round.replies {
                     let _ = tx.send(r);
                 }
@@ -399,6 +406,7 @@ impl Engine {
     ) -> Result<(), ApiError> {
         let store = Arc::clone(self.inventory.store());
         let mut last_batch = None;
+        let mut last_set = None;
         for w in resources {
             let Some(run) = self.runs.get_mut(&w.name) else {
                 continue;
@@ -427,10 +435,28 @@ impl Engine {
                 checks: Vec::new(),
                 change: w.meta,
             };
+            let mut puts = vec![(records::campaign_key(&meta.id), Some(w.data))];
+            puts.extend(w.aux);
+            if let Some(keep) = w.keep {
+                // The kept profile and the completion: one change set, with the records.
+                let names = [
+                    (ResourceKind::Profile, keep.profile),
+                    (ResourceKind::Campaign, meta.name.clone()),
+                ];
+                let revs = self
+                    .inventory
+                    .commit_set_with(vec![keep.mutation, m], &names, puts)
+                    .await?;
+                if let Some(rev) = revs.last() {
+                    run.revision = *rev;
+                    last_set = Some(*rev);
+                }
+                continue;
+            }
             let applied = store
                 .commit_aux(AuxWrite {
                     guards: vec![],
-                    puts: vec![(records::campaign_key(&meta.id), Some(w.data))],
+                    puts,
                     mutation: Some(m),
                 })
                 .applied()
@@ -455,6 +481,11 @@ impl Engine {
         }
         if let Some(b) = last_batch {
             store::wait_durable_batch(&*store, b)
+                .await
+                .map_err(crate::inventory::store_error)?;
+        }
+        if let Some(rev) = last_set {
+            store::wait_durable(&*store, rev)
                 .await
                 .map_err(crate::inventory::store_error)?;
         }
@@ -523,6 +554,8 @@ impl Engine {
             name: name.to_string(),
             body,
             data,
+            aux: Vec::new(),
+            keep: None,
             meta: ChangeMeta {
                 principal: who.to_string(),
                 verb: verb.to_string(),

@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod lease;
 pub mod load;
 pub mod observe;
+pub mod overlay;
 pub mod records;
 pub mod resume;
 pub mod view;

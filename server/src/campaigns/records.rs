@@ -18,7 +18,7 @@ use crate::campaign::state::{CampaignState, HaltReason, PauseReason};
 use crate::model::ApiError;
 
 /// The aux key prefix of every campaign record (registered in `store/keys.rs`).
-pub const PREFIX: &str = "cp/";
+pub const PREFIX: &str = crate::aux_keys::CAMPAIGN_RECORDS;
 /// Transitions kept per host record, and in the campaign record.
 pub const MAX_HOST_TRANSITIONS: usize = 32;
 pub const MAX_CAMPAIGN_TRANSITIONS: usize = 256;

@@ -1,5 +1,11 @@
-//! Effective desired state: what a device should be once its profiles (by priority) and then
-//! its own spec are laid over each other. Pure: no store, no gRPC.
+//! Effective desired state: what a device should be once its profiles (by priority), then
+//! its own spec, then the campaigns rolling a change out to it are laid over each other.
+//! Pure: no store, no gRPC.
+//!
+//! A campaign's layer is on top: while a campaign is changing a host, the change is what the
+//! host should become (its drift on those fields is *pending*), whatever the profiles or the
+//! device's own spec said before. It exists only between the campaign reaching the host and
+//! the campaign ending (kept as a profile on completion, dropped on rollback or abort).
 //!
 //! A spec is flattened into *fields* ("os.release", "packages.openssl", "sysctl.vm.swappiness",
 //! "expect.facts.cpu.cores", ...), the unit of precedence, of conflicts and of drift. Lists
@@ -83,6 +89,8 @@ pub fn power_text(p: PowerState) -> &'static str {
 pub enum Source {
     Device,
     Profile(String),
+    /// A campaign rolling its change out to the device (by campaign name).
+    Campaign(String),
 }
 
 impl fmt::Display for Source {
@@ -90,6 +98,7 @@ impl fmt::Display for Source {
         match self {
             Source::Device => f.write_str("device"),
             Source::Profile(p) => write!(f, "profile/{p}"),
+            Source::Campaign(c) => write!(f, "campaign/{c}"),
         }
     }
 }
@@ -202,12 +211,46 @@ pub struct Conflict {
     pub priority: i32,
 }
 
+/// One campaign's change as laid over a host it has reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// The campaign's name (the source drift names).
+    pub campaign: String,
+    /// When the campaign reached the host (Unix nanoseconds): of two campaigns changing one
+    /// field of a host, the one that reached it later wins.
+    pub since_nanos: i64,
+    pub fields: Vec<(String, Want)>,
+}
+
+impl Overlay {
+    /// From the campaign's partial desired state.
+    pub fn new(campaign: &str, since_nanos: i64, spec: &pb::DesiredState) -> Self {
+        Self {
+            campaign: campaign.to_string(),
+            since_nanos,
+            fields: fields_of(spec),
+        }
+    }
+}
+
 /// The effective desired state of a device with `labels` and its own `fields`, given every
 /// profile (in any order), and the conflicts found on the way.
 pub fn effective(
     profiles: &[&CompiledProfile],
     labels: &BTreeMap<String, String>,
     own: &[(String, Want)],
+) -> (Effective, Vec<Conflict>) {
+    layered(profiles, labels, own, &[])
+}
+
+/// `effective`, with the campaigns that have reached the device laid on top (in the order
+/// they reached it). A campaign's field does not settle a conflict between profiles: the
+/// conflict is in the profiles and comes back when the campaign's layer goes.
+pub fn layered(
+    profiles: &[&CompiledProfile],
+    labels: &BTreeMap<String, String>,
+    own: &[(String, Want)],
+    overlays: &[&Overlay],
 ) -> (Effective, Vec<Conflict>) {
     let mut chosen: Vec<&CompiledProfile> = profiles
         .iter()
@@ -226,7 +269,7 @@ pub fn effective(
             {
                 let other = match &existing.source {
                     Source::Profile(n) => n.clone(),
-                    Source::Device => String::new(),
+                    Source::Device | Source::Campaign(_) => String::new(),
                 };
                 let c = conflicts.entry(field.clone()).or_insert_with(|| Conflict {
                     field: field.clone(),
@@ -265,6 +308,23 @@ pub fn effective(
         );
         // The device's own value settles any tie between its profiles.
         conflicts.remove(field);
+    }
+    let mut overlays = overlays.to_vec();
+    overlays.sort_by(|a, b| {
+        a.since_nanos
+            .cmp(&b.since_nanos)
+            .then(a.campaign.cmp(&b.campaign))
+    });
+    for o in overlays {
+        for (field, want) in &o.fields {
+            eff.insert(
+                field.clone(),
+                Setting {
+                    want: want.clone(),
+                    source: Source::Campaign(o.campaign.clone()),
+                },
+            );
+        }
     }
     (eff, conflicts.into_values().collect())
 }
@@ -406,6 +466,96 @@ mod tests {
         let (eff, conflicts) = effective(&[&a, &b], &labels(&[("site", "fra1")]), &own);
         assert!(conflicts.is_empty());
         assert_eq!(eff["ntp_servers"].want, Want::List(vec!["ntp3".into()]));
+    }
+
+    #[test]
+    fn a_campaign_layer_wins_over_profiles_and_the_device_and_goes_with_it() {
+        let base = profile(
+            "base",
+            10,
+            "",
+            pb::DesiredState {
+                packages: vec![pkg("openssl", "3.0.1", VersionMatch::Exact)],
+                timezone: "UTC".into(),
+                ..Default::default()
+            },
+        );
+        let own = fields_of(&pb::DesiredState {
+            packages: vec![pkg("openssl", "3.0.0", VersionMatch::Exact)],
+            ..Default::default()
+        });
+        let change = pb::DesiredState {
+            packages: vec![pkg("openssl", "3.0.2", VersionMatch::Exact)],
+            ..Default::default()
+        };
+        let patch = Overlay::new("patch-openssl", 100, &change);
+        let l = labels(&[]);
+        let (eff, _) = layered(&[&base], &l, &own, &[&patch]);
+        assert_eq!(
+            eff["packages.openssl"].source,
+            Source::Campaign("patch-openssl".into())
+        );
+        assert_eq!(eff["packages.openssl"].want.to_string(), "= 3.0.2");
+        assert_eq!(
+            eff["packages.openssl"].source.to_string(),
+            "campaign/patch-openssl"
+        );
+        // Fields the campaign does not carry stay where they came from.
+        assert_eq!(eff["timezone"].source, Source::Profile("base".into()));
+        // Without the layer (rolled back, aborted): the previous value is back.
+        let (eff, _) = layered(&[&base], &l, &own, &[]);
+        assert_eq!(eff["packages.openssl"].source, Source::Device);
+        assert_eq!(eff["packages.openssl"].want.to_string(), "= 3.0.0");
+        assert_eq!(
+            layered(&[&base], &l, &own, &[]),
+            effective(&[&base], &l, &own)
+        );
+        // Two campaigns on one field: the one that reached the host later wins, in any order.
+        let later = Overlay::new(
+            "patch-again",
+            200,
+            &pb::DesiredState {
+                packages: vec![pkg("openssl", "3.0.3", VersionMatch::Exact)],
+                ..Default::default()
+            },
+        );
+        for order in [[&patch, &later], [&later, &patch]] {
+            let (eff, _) = layered(&[&base], &l, &own, &order);
+            assert_eq!(eff["packages.openssl"].want.to_string(), "= 3.0.3");
+        }
+    }
+
+    #[test]
+    fn a_campaign_layer_does_not_hide_a_conflict_between_profiles() {
+        let a = profile(
+            "a",
+            5,
+            "",
+            pb::DesiredState {
+                timezone: "UTC".into(),
+                ..Default::default()
+            },
+        );
+        let b = profile(
+            "b",
+            5,
+            "",
+            pb::DesiredState {
+                timezone: "CET".into(),
+                ..Default::default()
+            },
+        );
+        let o = Overlay::new(
+            "tz",
+            1,
+            &pb::DesiredState {
+                timezone: "UTC".into(),
+                ..Default::default()
+            },
+        );
+        let (eff, conflicts) = layered(&[&a, &b], &labels(&[]), &[], &[&o]);
+        assert_eq!(eff["timezone"].source, Source::Campaign("tz".into()));
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub enum Event {
     DesiredChanged { upto: u64 },
     /// Recompute a device without re-reading anything (its drift write lost a race).
     Recompute { device_id: String },
+    /// A campaign's layer of a device's desired state was durably put (`Some`) or removed
+    /// (`None`): the campaign reached the host, or rolled it back, aborted or completed.
+    Overlay {
+        device_id: String,
+        campaign_id: String,
+        overlay: Option<super::desired::Overlay>,
+    },
     /// A question, answered on its reply channel after the pending events are taken in.
     Ask(Query),
     /// Stop after the current pass.
@@ -125,6 +132,8 @@ struct Batch {
     observed: HashMap<String, u32>,
     observed_events: u64,
     recompute: Vec<String>,
+    /// Campaign layers put or removed, in arrival order.
+    overlays: Vec<(String, String, Option<super::desired::Overlay>)>,
     desired: bool,
     /// The newest durable revision announced.
     upto: u64,
@@ -147,6 +156,15 @@ impl Batch {
                 self.upto = self.upto.max(upto);
             }
             Event::Recompute { device_id } => self.recompute.push(device_id),
+            Event::Overlay {
+                device_id,
+                campaign_id,
+                overlay,
+            } => {
+                self.overlays.push((device_id, campaign_id, overlay));
+                // Counted with the observed changes, so `caught_up` waits for it too.
+                self.observed_events += 1;
+            }
             Event::Ask(q) => self.queries.push(q),
             Event::Shutdown => self.shutdown = true,
         }
@@ -341,7 +359,10 @@ impl Task {
                     ))
                 }),
                 Event::Shutdown => return,
-                Event::Observed { .. } | Event::DesiredChanged { .. } | Event::Recompute { .. } => {}
+                Event::Observed { .. }
+                | Event::DesiredChanged { .. }
+                | Event::Recompute { .. }
+                | Event::Overlay { .. } => {}
             }
         }
     }
@@ -460,6 +481,9 @@ fn pass(
     }
     for id in batch.recompute {
         st.recompute_later(id, &mut dirty);
+    }
+    for (device, campaign, overlay) in batch.overlays {
+        st.overlay(device, campaign, overlay, &mut dirty);
     }
     if let Err(e) = st.follow(store, upto, &mut dirty) {
         tracing::error!(error = %e, "cannot read the event log for drift");

@@ -39,6 +39,22 @@ impl Notifier {
         });
     }
 
+    /// A campaign's layer of a device's desired state was durably put (`Some`) or removed.
+    /// Send only once the write is durable: the engine writes drift from it.
+    pub fn overlay(
+        &self,
+        device_id: &str,
+        campaign_id: &str,
+        overlay: Option<super::desired::Overlay>,
+    ) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.send(Event::Overlay {
+            device_id: device_id.to_string(),
+            campaign_id: campaign_id.to_string(),
+            overlay,
+        });
+    }
+
     pub(super) fn send(&self, ev: Event) -> bool {
         self.tx.send(ev).is_ok()
     }

@@ -13,6 +13,7 @@ pub mod compare;
 pub mod desired;
 pub mod engine;
 pub mod handle;
+pub mod overlays;
 pub mod plan;
 mod query;
 mod state;

@@ -230,7 +230,9 @@ fn desired_rows(st: &State, change: &PlannedChange) -> (Vec<Row>, Vec<pb::Profil
     for (name, id) in subjects {
         let current = id.as_ref().and_then(|i| st.devices.get(i));
         let planned = planned_by_name.get(name.as_str()).copied();
-        let before_eff = current.map(|e| desired::effective(&before, &e.labels, &e.own).0);
+        // A campaign's layer stays over the device whatever the change (it is not part of it).
+        let layers = id.as_ref().map(|i| st.overlays_of(i)).unwrap_or_default();
+        let before_eff = current.map(|e| desired::layered(&before, &e.labels, &e.own, &layers).0);
         let subject = match (planned, current) {
             (Some(p), _) => Subject {
                 labels: &p.labels,
@@ -244,7 +246,7 @@ fn desired_rows(st: &State, change: &PlannedChange) -> (Vec<Row>, Vec<pb::Profil
             },
             (None, None) => continue,
         };
-        let (after_eff, cs) = desired::effective(&after, subject.labels, subject.own);
+        let (after_eff, cs) = desired::layered(&after, subject.labels, subject.own, &layers);
         for c in cs {
             conflicts.push(pb::ProfileConflict {
                 device: name.clone(),

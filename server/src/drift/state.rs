@@ -9,7 +9,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::compare::{self, Declared, Memory, ObservedView};
-use super::desired::{self, CompiledProfile, Want};
+use super::desired::{self, CompiledProfile, Overlay, Want};
 use super::views::{self, PackageSets, RELEVANT};
 use super::{memory_key, store_err};
 use crate::model::{ApiError, kind_id};
@@ -141,6 +141,9 @@ pub(super) struct State {
     /// Event-log revision consumed so far.
     pub followed: u64,
     pub package_sets: PackageSets,
+    /// Campaign layers: device id → campaign id → layer (kept apart from `devices`, so a
+    /// layer that arrives before the engine has followed the device's creation is not lost).
+    pub overlays: HashMap<String, BTreeMap<String, Overlay>>,
 }
 
 impl State {
@@ -157,6 +160,7 @@ impl State {
             .unwrap_or(revision);
         let mut state = State {
             followed: resume,
+            overlays: super::overlays::load(store)?,
             ..State::default()
         };
         for_each_object(store, ResourceKind::Profile, |o| {
@@ -212,6 +216,41 @@ impl State {
         Ok(())
     }
 
+    /// Takes in a campaign's layer of a device, put or removed.
+    pub fn overlay(
+        &mut self,
+        device: String,
+        campaign: String,
+        overlay: Option<Overlay>,
+        dirty: &mut HashSet<String>,
+    ) {
+        match overlay {
+            Some(o) => {
+                self.overlays
+                    .entry(device.clone())
+                    .or_default()
+                    .insert(campaign, o);
+            }
+            None => {
+                if let Some(m) = self.overlays.get_mut(&device) {
+                    m.remove(&campaign);
+                    if m.is_empty() {
+                        self.overlays.remove(&device);
+                    }
+                }
+            }
+        }
+        self.recompute_later(device, dirty);
+    }
+
+    /// The campaign layers of device `id`.
+    pub fn overlays_of(&self, id: &str) -> Vec<&Overlay> {
+        self.overlays
+            .get(id)
+            .map(|m| m.values().collect())
+            .unwrap_or_default()
+    }
+
     /// Marks a known device for recomputation without re-reading anything.
     pub fn recompute_later(&self, id: String, dirty: &mut HashSet<String>) {
         if self.devices.contains_key(&id) {
@@ -263,6 +302,7 @@ impl State {
             LogChange::DeviceDeleted { id, name } => {
                 // Only the engine's memory: the delete's own batch removed the device's records.
                 self.devices.remove(&id);
+                self.overlays.remove(&id);
                 if self.ids.get(&name) == Some(&id) {
                     self.ids.remove(&name);
                 }
@@ -305,6 +345,7 @@ impl State {
             profiles,
             devices,
             package_sets,
+            overlays,
             ..
         } = self;
         let profiles: Vec<&CompiledProfile> = profiles.values().collect();
@@ -313,7 +354,11 @@ impl State {
             let Some(e) = devices.get_mut(&id) else {
                 continue;
             };
-            let (eff, _) = desired::effective(&profiles, &e.labels, &e.own);
+            let layers: Vec<&Overlay> = overlays
+                .get(&id)
+                .map(|m| m.values().collect())
+                .unwrap_or_default();
+            let (eff, _) = desired::layered(&profiles, &e.labels, &e.own, &layers);
             let needs_json = eff.values().any(|s| matches!(s.want, Want::Expect(_)));
             let reload = match &e.observed {
                 None => true,

@@ -118,6 +118,13 @@ mod tests {
         fn commit_set(&self, ms: Vec<Mutation>) -> PendingSet {
             self.inner.commit_set(ms)
         }
+        fn commit_set_with(
+            &self,
+            ms: Vec<Mutation>,
+            aux: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ) -> PendingSet {
+            self.inner.commit_set_with(ms, aux)
+        }
         fn verify_chain(&self, from: Option<ChainAnchor>) -> Result<ChainReport, StoreError> {
             self.inner.verify_chain(from)
         }

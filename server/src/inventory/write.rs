@@ -207,10 +207,22 @@ impl Inventory {
         ms: Vec<Mutation>,
         names: &[(ResourceKind, String)],
     ) -> Result<Vec<u64>, ApiError> {
+        self.commit_set_with(ms, names, Vec::new()).await
+    }
+
+    /// `commit_set`, with auxiliary records written in the set's batch (a campaign's
+    /// completion removes its hosts' desired-state layers in the change that keeps them as a
+    /// profile).
+    pub(crate) async fn commit_set_with(
+        &self,
+        ms: Vec<Mutation>,
+        names: &[(ResourceKind, String)],
+        aux: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<Vec<u64>, ApiError> {
         if ms.is_empty() {
             return Ok(Vec::new());
         }
-        match self.store.commit_set(ms).revisions().await {
+        match self.store.commit_set_with(ms, aux).revisions().await {
             Ok(revs) => {
                 if let Some(last) = revs.last() {
                     store::wait_durable(&*self.store, *last)

@@ -379,6 +379,14 @@ pub trait Store: Send + Sync + 'static {
     /// revisions and the set recorded in each change, or none is. The answer is every
     /// revision, or the index of the mutation that failed and why.
     fn commit_set(&self, ms: Vec<Mutation>) -> PendingSet;
+    /// `commit_set`, with auxiliary records put (`None`: deleted) in the set's batch: the
+    /// set's changes and the records are applied together or not at all (records without any
+    /// mutation are refused: that is `commit_aux`).
+    fn commit_set_with(
+        &self,
+        ms: Vec<Mutation>,
+        aux: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> PendingSet;
     /// Recomputes the audit hash chain over every durable accepted change, or (with an
     /// anchor) re-hashes the anchor's record and checks only the changes after it.
     fn verify_chain(&self, from: Option<ChainAnchor>) -> Result<ChainReport, StoreError>;

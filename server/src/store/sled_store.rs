@@ -89,6 +89,8 @@ enum Queued {
     },
     Set {
         mutations: Vec<Mutation>,
+        /// Auxiliary records put (or deleted) in the set's batch.
+        aux: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         slot: SetSlot,
     },
     Tokens {

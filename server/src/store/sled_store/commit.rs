@@ -175,7 +175,11 @@ impl Inner {
                     self.apply_tokens(w, write, slot, head);
                     head = w.head;
                 }
-                Queued::Set { mutations, slot } => {
+                Queued::Set {
+                    mutations,
+                    aux,
+                    slot,
+                } => {
                     // `staged` is empty here: the set is its own batch.
                     let mut set_head = head;
                     let mut set_batch = Batch::default();
@@ -206,10 +210,23 @@ impl Inner {
                         Some(f) => {
                             let _ = slot.send(Err(f));
                         }
-                        None if publishes.is_empty() => {
+                        None if publishes.is_empty() && aux.is_empty() => {
                             let _ = slot.send(Ok(Vec::new()));
                         }
+                        None if publishes.is_empty() => {
+                            // Records ride along with changes; alone they are `commit_aux`.
+                            let _ = slot.send(Err((
+                                0,
+                                StoreError::Io("a change set's records need a change".into()),
+                            )));
+                        }
                         None => {
+                            for (key, value) in aux {
+                                match &value {
+                                    Some(v) => set_batch.insert(keys::aux(&key), v.as_slice()),
+                                    None => set_batch.remove(keys::aux(&key)),
+                                }
+                            }
                             let revisions: Vec<u64> = publishes.iter().map(|p| p.0).collect();
                             let mut set_staged: Vec<Staged> = publishes
                                 .into_iter()

@@ -13,10 +13,19 @@ impl Store for SledStore {
     }
 
     fn commit_set(&self, ms: Vec<Mutation>) -> PendingSet {
+        self.commit_set_with(ms, Vec::new())
+    }
+
+    fn commit_set_with(
+        &self,
+        ms: Vec<Mutation>,
+        aux: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> PendingSet {
         let (slot, answer) = oneshot::channel();
         if let Some(tx) = &self.submit {
             let _ = tx.send(Queued::Set {
                 mutations: ms,
+                aux,
                 slot,
             });
         }
