@@ -2,6 +2,7 @@
 //! time-dependent behaviour is tested by moving the clock, not by sleeping.
 #![allow(clippy::unwrap_used)]
 
+mod campaign_desired;
 mod campaigns;
 mod kit;
 mod tokens;
