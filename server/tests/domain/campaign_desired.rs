@@ -349,7 +349,8 @@ async fn changes(s: &TestServer, kind: pb::ResourceKind, name: &str) -> Vec<pb::
 #[tokio::test]
 async fn a_campaign_s_change_is_pending_drift_where_it_reached_and_is_kept_as_a_profile() {
     let exec = InProcessExecutor::new();
-    let s = server(exec, ManualClock::starting_now(), None).await;
+    let clock = ManualClock::starting_now();
+    let s = server(Arc::clone(&exec), Arc::clone(&clock), None).await;
     let approver = fleet(&s, &[("h0", "a"), ("h1", "a"), ("h2", "a")]).await;
     launch(
         &s,
@@ -440,6 +441,14 @@ async fn a_campaign_s_change_is_pending_drift_where_it_reached_and_is_kept_as_a_
     let item = drift(&s).await.remove("h9").expect("h9 drifts");
     assert_eq!(item.source, "profile/campaign-openssl", "{item:?}");
     assert_eq!(item.desired, "= 3.0.2");
+    // Gone from the store too: a restarted drift engine loads no layer for h1.
+    let dir = s.crash_copy().unwrap();
+    s.stop().await.unwrap();
+    let s = server(exec, clock, Some(dir)).await;
+    s.advance(Duration::from_secs(1));
+    report(&s, &["h1"], "3.0.0").await;
+    let item = drift(&s).await.remove("h1").expect("h1 drifts");
+    assert_eq!(item.source, "profile/campaign-openssl", "{item:?}");
     s.stop().await.unwrap();
 }
 
