@@ -249,6 +249,8 @@ async fn a_devices_delete_takes_its_auxiliary_records_and_nothing_else() {
             crate::observed::sel_key(id),
             crate::aux_keys::key(crate::aux_keys::DRIFT_MEMORY, id),
             crate::aux_keys::key(crate::aux_keys::AGENT_DEVICE, name),
+            crate::drift::overlays::key(id, "campaign-1"),
+            crate::drift::overlays::key(id, "campaign-2"),
         ]
     };
     let puts = records(&one, "web-01")
@@ -309,4 +311,62 @@ async fn a_devices_delete_takes_its_auxiliary_records_and_nothing_else() {
         .await
         .unwrap_err();
     assert_eq!(e.to_string(), "device \"web-01\" not found");
+}
+
+/// A change set's records are written with its changes, and not at all when it is refused.
+#[tokio::test]
+async fn a_change_set_writes_its_records_with_it_or_not_at_all() {
+    let f = fixture();
+    let who = admin();
+    let now = f.inv.now_unix_nanos();
+    let ctx = ChangeContext::default();
+    let write = |name: &str, role: &str| {
+        f.inv
+            .prepare_write(&who, device(name, role), &ctx, now)
+            .unwrap()
+            .mutation
+            .unwrap()
+    };
+    let names = [(ResourceKind::Device, "web-01".to_string())];
+    let revs = f
+        .inv
+        .commit_set_with(
+            vec![write("web-01", "web")],
+            &names,
+            vec![(b"t/kept".to_vec(), Some(b"1".to_vec()))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(revs.len(), 1);
+    let store = f.inv.store();
+    assert_eq!(store.aux_get(b"t/kept").unwrap(), Some(b"1".to_vec()));
+    // A set whose change fails (web-01 exists now; the mutation expects it absent) writes
+    // none of its records, puts nor deletes.
+    let stale = write("web-02", "web");
+    let mut again = write("web-01", "db");
+    again.expect = Expect::Absent;
+    let e = f
+        .inv
+        .commit_set_with(
+            vec![stale, again],
+            &[
+                (ResourceKind::Device, "web-02".to_string()),
+                (ResourceKind::Device, "web-01".to_string()),
+            ],
+            vec![
+                (b"t/new".to_vec(), Some(b"2".to_vec())),
+                (b"t/kept".to_vec(), None),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("web-01"), "{e}");
+    assert_eq!(store.aux_get(b"t/new").unwrap(), None);
+    assert_eq!(store.aux_get(b"t/kept").unwrap(), Some(b"1".to_vec()));
+    assert!(
+        f.inv
+            .load(ResourceKind::Device, "web-02")
+            .unwrap()
+            .is_none()
+    );
 }
