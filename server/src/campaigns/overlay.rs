@@ -26,7 +26,9 @@
 //!   operator finds them to roll back or to adopt by a profile. Keeping layers "until someone
 //!   decides" would leave desired state that no command can remove.
 //!
-//! A campaign without `desired` writes no layer and no profile.
+//! A campaign without `desired` writes no layer and no profile. A completion whose profile
+//! cannot be prepared (a campaign name too long for `campaign-<name>`, no priority left
+//! above the highest) completes all the same, says why in its message and drops the layers.
 
 use muster::pb::{self, ResourceKind};
 
@@ -140,26 +142,28 @@ impl Engine {
                 notices.push((device_id, campaign_id.clone(), None));
             }
         }
-        let keep = if completed {
+        let (keep, failed) = if completed {
             match self.keep_profile(name, &selector, desired) {
-                Ok(k) => k,
+                Ok(k) => (k, None),
                 Err(e) => {
                     // The layers go anyway: a completed campaign's layers would have no owner.
-                    let why = format!("its change was not kept as a profile: {e}");
                     tracing::error!(campaign = %name, error = %e, "keeping a campaign's change");
-                    if let Some(run) = self.runs.get_mut(name) {
-                        run.message = if run.message.is_empty() {
-                            why
-                        } else {
-                            format!("{}; {why}", run.message)
-                        };
-                    }
-                    None
+                    (
+                        None,
+                        Some(format!("its change was not kept as a profile: {e}")),
+                    )
                 }
             }
         } else {
-            None
+            (None, None)
         };
+        if let (Some(why), Some(run)) = (&failed, self.runs.get_mut(name)) {
+            run.message = if run.message.is_empty() {
+                why.clone()
+            } else {
+                format!("{}; {why}", run.message)
+            };
+        }
         let Some(w) = self
             .round
             .resources
@@ -169,6 +173,10 @@ impl Engine {
         else {
             return;
         };
+        if let (Some(why), Some(status)) = (failed, w.body.status.as_mut()) {
+            // The resource was queued before this was known: say it there too.
+            status.message = format!("{}; {why}", status.message);
+        }
         w.aux.extend(aux);
         w.keep = keep;
         self.round.overlays.extend(notices);

@@ -567,3 +567,35 @@ async fn a_campaign_without_desired_state_leaves_none() {
     assert!(drift(&s).await.is_empty());
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_change_that_cannot_be_kept_completes_and_says_why() {
+    let exec = InProcessExecutor::new();
+    let s = server(exec, ManualClock::starting_now(), None).await;
+    let approver = fleet(&s, &[("h0", "a")]).await;
+    // A valid campaign name, but "campaign-" + it is over the name limit (253).
+    let name = "x".repeat(250);
+    launch(
+        &s,
+        &approver,
+        &name,
+        campaign_spec("env=prod", Some(openssl("3.0.2"))),
+    )
+    .await;
+    until(&s, &name, |r| {
+        hosts(r)["h0"] == pb::HostState::HostVerifying
+    })
+    .await;
+    s.advance(Duration::from_secs(1));
+    report(&s, &["h0"], "3.0.2").await;
+    let r = until(&s, &name, |r| {
+        campaign_state(r) == pb::CampaignState::Completed
+    })
+    .await;
+    let message = &r.summary.as_ref().unwrap().message;
+    assert!(message.contains("not kept as a profile"), "{message}");
+    // Its layer went with the completion: h0's desired state is `base`'s again.
+    let item = drift(&s).await.remove("h0").expect("h0 drifts from base");
+    assert_eq!(item.source, "profile/base", "{item:?}");
+    s.stop().await.unwrap();
+}
