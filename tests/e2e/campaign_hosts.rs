@@ -198,7 +198,7 @@ async fn a_reboot_waits_for_ssh_and_a_new_boot_id_and_a_host_that_never_returns_
     f.start_hosts("rb", 2).await.unwrap();
     f.set_marker("rb-02", "never-return", true);
     let before: Vec<String> = ["rb-01", "rb-02"].iter().map(|n| f.boot_id(n)).collect();
-    const TIMEOUT: i64 = 8;
+    const TIMEOUT: i64 = 12;
     let mut spec = patch_spec("rb", "2.0", 0, 1);
     spec.desired = None;
     spec.rollback.clear();
@@ -332,4 +332,65 @@ async fn kill_9_mid_campaign_resumes_without_running_a_step_twice() {
         assert_eq!(st.version, "2.0");
     }
     eprintln!("kill -9 cycles: {kills}; retried by hand: {retried:?}");
+}
+
+/// The fleet itself, through the OpenSSH client (no campaign): a session knows its host, the
+/// patch script counts and the agent reports it, and `bin/reboot` from inside a session takes
+/// sshd and the agent down and brings them back with a new boot id the agent reports.
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_hosts_patch_report_and_reboot_over_openssh() {
+    let mut f = CampaignFleet::new(FleetOptions::default()).unwrap();
+    f.start_hosts("fx", 1).await.unwrap();
+    let h = f.host("fx-01").clone();
+    let known = f.dir.path().join("known_hosts");
+    let key = std::fs::read_to_string(h.dir.join("hostkey_ed25519.pub")).unwrap();
+    let key: Vec<&str> = key.split_whitespace().take(2).collect();
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} {}\n", h.port, key.join(" ")),
+    )
+    .unwrap();
+    let ssh = |cmd: &str| {
+        Command::new("ssh")
+            .arg("-i")
+            .arg(&f.client_key)
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+            .args(["-p", &h.port.to_string(), "root@127.0.0.1", cmd])
+            .output()
+            .unwrap()
+    };
+    let o = ssh("\"$MUSTER_TEST_HOST/bin/patch\" apply 3.1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "apply 3.1 on fx-01"
+    );
+    let st = f.state("fx-01");
+    assert_eq!((st.version.as_str(), st.runs), ("3.1", 1));
+    wait_device(&f, "fx-01", "3.1 reported", |d| {
+        muster_tests::campaign_fleet::reported_patch(d).is_some_and(|p| p.version == "3.1")
+    })
+    .await;
+    f.set_marker("fx-01", "fail", true);
+    let o = ssh("\"$MUSTER_TEST_HOST/bin/patch\" apply 3.2");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(f.state("fx-01").version, "3.1");
+    assert_eq!(f.state("fx-01").runs, 2);
+
+    let before = f.boot_id("fx-01");
+    let o = ssh(muster_tests::campaign_fleet::REBOOT_COMMAND);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = wait_device(&f, "fx-01", "new boot id reported", |d| {
+        d.status
+            .as_ref()
+            .is_some_and(|s| !s.boot_id.is_empty() && s.boot_id != before)
+    })
+    .await;
+    assert_eq!(d.status.unwrap().boot_id, f.boot_id("fx-01"));
+    assert_eq!(f.reboots("fx-01"), 1);
+    // sshd came back with the same host key.
+    let o = ssh("echo back");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

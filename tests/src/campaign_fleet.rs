@@ -312,14 +312,15 @@ impl CampaignFleet {
             ),
         )?;
         // The reboot returns at once; in its own session it stops the host, takes a new boot
-        // id and comes back (unless told never to).
+        // id and comes back 2 s later (unless told never to): down long enough for musterd's
+        // probes to see it go.
         write_exec(
             &d.join("bin/reboot"),
             &format!(
                 "#!/bin/sh\nsetsid sh -c 'sleep 0.3; sh {h}/bin/stop; \
                  cat /proc/sys/kernel/random/uuid > {h}/boot_id; \
                  n=$(cat {h}/reboots 2>/dev/null || echo 0); echo $((n + 1)) > {h}/reboots; \
-                 [ -e {h}/never-return ] && exit 0; sleep 1; sh {h}/bin/start' \
+                 [ -e {h}/never-return ] && exit 0; sleep 2; sh {h}/bin/start' \
                  < /dev/null > /dev/null 2>&1 &\necho rebooting\n"
             ),
         )?;
