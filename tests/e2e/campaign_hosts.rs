@@ -2,6 +2,7 @@
 //! seen by the agent's dpkg collector, reboots (the host's sshd and agent go away and come back
 //! with a new boot id, or never come back), and `kill -9` of musterd mid-campaign.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use muster::pb::{self, resource::Resource as R};
 use muster_tests::campaign_fleet::{CampaignFleet, FleetOptions};
 use muster_tests::campaign_kit::{
     campaigns_as, get, host_state, host_states, launch, patch_spec, reboot_step, report, state_of,
-    wait_settled, wait_until,
+    wait_settled,
 };
 use muster_tests::{OPERATOR_TOKEN, VIEWER_TOKEN};
 
@@ -258,32 +259,12 @@ async fn kill_9_mid_campaign_resumes_without_running_a_step_twice() {
             s == pb::HostState::HostRunning || s == pb::HostState::HostVerifying
         }),
     ];
+    let mut retried = BTreeMap::<String, u64>::new();
     let mut kills = 0;
-    for (what, pred) in moments {
-        let mut c = campaigns_as(&f.server, VIEWER_TOKEN).await.unwrap();
-        let hit = wait_until(&mut c, "crash", Duration::from_secs(20), what, |r| {
-            host_states(r).iter().any(|(_, s)| pred(*s))
-                || matches!(
-                    state_of(r),
-                    pb::CampaignState::Completed | pb::CampaignState::Paused
-                )
-        })
-        .await
-        .unwrap();
-        if state_of(&hit) != pb::CampaignState::Running {
-            break;
-        }
-        drop(c);
-        f.server.restart_after_kill9().unwrap();
-        kills += 1;
-    }
-    assert!(kills >= 2, "only {kills} kills landed mid-campaign");
-
-    // Move it on to the end: retry hosts needing attention (a person's decision), resume.
-    let mut retried = std::collections::BTreeMap::<String, u64>::new();
     let deadline = Instant::now() + Duration::from_secs(90);
-    let mut c = campaigns_as(&f.server, OPERATOR_TOKEN).await.unwrap();
+    let mut moment = 0;
     let r = loop {
+        let mut c = campaigns_as(&f.server, OPERATOR_TOKEN).await.unwrap();
         let r = get(&mut c, "crash").await.unwrap();
         let st = state_of(&r);
         if st == pb::CampaignState::Completed {
@@ -293,33 +274,25 @@ async fn kill_9_mid_campaign_resumes_without_running_a_step_twice() {
             !matches!(st, pb::CampaignState::Halted | pb::CampaignState::Aborted),
             "{r:#?}"
         );
-        for (n, s) in host_states(&r) {
-            if s == pb::HostState::HostNeedsAttention {
-                let o = f.server.muster_with(
-                    &[
-                        "campaign", "host", "retry", "crash", &n, "--reason", "checked",
-                    ],
-                    OPERATOR_TOKEN,
-                    None,
-                );
-                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-                *retried.entry(n).or_default() += 1;
-            }
-        }
-        if st == pb::CampaignState::Paused
-            && !host_states(&r)
-                .iter()
-                .any(|(_, s)| *s == pb::HostState::HostNeedsAttention)
-        {
-            let _ = c.resume(muster_tests::campaign_kit::action("crash")).await;
-        }
         assert!(
             Instant::now() < deadline,
             "not completed after {kills} kills: {:?}",
             host_states(&r)
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        move_on(&f, &mut c, &r, &mut retried).await;
+        if let Some((_, pred)) = moments.get(moment)
+            && st == pb::CampaignState::Running
+            && host_states(&r).iter().any(|(_, s)| pred(*s))
+        {
+            drop(c);
+            f.server.restart_after_kill9().unwrap();
+            kills += 1;
+            moment += 1;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert!(kills >= 2, "only {kills} kills landed mid-campaign");
     for n in &names {
         assert_eq!(host_state(&r, n), pb::HostState::HostSucceeded, "{r:#?}");
         let st = f.state(n);
@@ -393,4 +366,32 @@ async fn fleet_hosts_patch_report_and_reboot_over_openssh() {
     // sshd came back with the same host key.
     let o = ssh("echo back");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// What a person does with a campaign the engine paused after a crash: retry each host that
+/// needs attention (with the real CLI), then resume once none is left.
+async fn move_on(
+    f: &CampaignFleet,
+    c: &mut muster_tests::campaign_kit::CampaignClient,
+    r: &pb::CampaignResponse,
+    retried: &mut BTreeMap<String, u64>,
+) {
+    let mut waiting = false;
+    for (n, s) in host_states(r) {
+        if s == pb::HostState::HostNeedsAttention {
+            let o = f.server.muster_with(
+                &[
+                    "campaign", "host", "retry", "crash", &n, "--reason", "checked",
+                ],
+                OPERATOR_TOKEN,
+                None,
+            );
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            *retried.entry(n).or_default() += 1;
+            waiting = true;
+        }
+    }
+    if !waiting && state_of(r) == pb::CampaignState::Paused {
+        let _ = c.resume(muster_tests::campaign_kit::action("crash")).await;
+    }
 }
