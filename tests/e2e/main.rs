@@ -13,6 +13,7 @@ mod ansible_ingest_health;
 mod api;
 mod backup;
 mod campaign_cli;
+mod campaign_ssh_executor;
 mod cli;
 mod desired;
 mod device_delete;
