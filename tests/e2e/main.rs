@@ -16,6 +16,7 @@ mod campaign_cli;
 mod campaign_flow;
 mod campaign_hosts;
 mod campaign_run;
+mod campaign_ssh_executor;
 mod cli;
 mod desired;
 mod device_delete;

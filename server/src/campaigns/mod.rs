@@ -21,6 +21,7 @@ pub mod lease;
 pub mod load;
 pub mod observe;
 pub mod records;
+pub mod remote;
 pub mod resume;
 pub mod view;
 
