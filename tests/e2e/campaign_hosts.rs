@@ -191,11 +191,7 @@ async fn a_real_deb_is_installed_over_ssh_reported_by_dpkg_and_drift_closes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reboot_waits_for_ssh_and_a_new_boot_id_and_a_host_that_never_returns_times_out() {
-    let mut f = CampaignFleet::new(FleetOptions {
-        reboot: true,
-        ..FleetOptions::default()
-    })
-    .unwrap();
+    let mut f = CampaignFleet::new(FleetOptions::default()).unwrap();
     f.start_hosts("rb", 2).await.unwrap();
     f.set_marker("rb-02", "never-return", true);
     let before: Vec<String> = ["rb-01", "rb-02"].iter().map(|n| f.boot_id(n)).collect();

@@ -33,7 +33,8 @@ use crate::{Options, TestServer, bin};
 pub const INTERVAL: &str = "1s";
 /// The credential every fleet device's SSH endpoint names.
 pub const CREDENTIAL: &str = "fleet-ssh-key";
-/// What `reboot` steps run (`[campaigns] reboot_command` of the fleet's musterd).
+/// What `reboot` steps run (`[campaigns] reboot_command` of the fleet's musterd, always set:
+/// never the real `systemctl reboot`).
 pub const REBOOT_COMMAND: &str = "\"$MUSTER_TEST_HOST/bin/reboot\"";
 
 /// One host of the fleet.
@@ -61,8 +62,6 @@ pub struct FleetOptions {
     pub config: String,
     /// Agents also report packages (through the host's own dpkg database).
     pub packages: bool,
-    /// Configure musterd's `[campaigns] reboot_command` to the hosts' `bin/reboot`.
-    pub reboot: bool,
 }
 
 /// A musterd with role tokens and auto-TLS, plus the hosts.
@@ -114,20 +113,6 @@ impl CampaignFleet {
     /// A musterd for campaigns (fails clearly when sshd cannot run here, see `SshFleet`).
     pub fn new(opts: FleetOptions) -> anyhow::Result<Self> {
         require_sshd()?;
-        let server = TestServer::start_with(Options {
-            role_tokens: true,
-            tls_auto: true,
-            args: vec!["--agent-interval".into(), INTERVAL.into()],
-            config: if opts.reboot {
-                format!(
-                    "[campaigns]\nreboot_command = '{REBOOT_COMMAND}'\n{}",
-                    opts.config
-                )
-            } else {
-                opts.config.clone()
-            },
-            ..Options::default()
-        })?;
         let dir = tempfile::tempdir()?;
         let client_key = dir.path().join("client_ed25519");
         keygen(&client_key, "muster-campaign-client")?;
@@ -135,6 +120,20 @@ impl CampaignFleet {
             dir.path().join("client_ed25519.pub"),
             dir.path().join("authorized_keys"),
         )?;
+        // Detached runs live in the fleet's directory, not in root's home (all hosts share it).
+        let runs = dir.path().join("runs");
+        let server = TestServer::start_with(Options {
+            role_tokens: true,
+            tls_auto: true,
+            args: vec!["--agent-interval".into(), INTERVAL.into()],
+            config: format!(
+                "[campaigns]\nrun_dir = '{}'\nssh_connect_timeout_secs = 5\n\
+                 reboot_command = '{REBOOT_COMMAND}'\n{}",
+                runs.display(),
+                opts.config
+            ),
+            ..Options::default()
+        })?;
         Ok(Self {
             server,
             dir,
