@@ -1,23 +1,18 @@
 //! Campaigns against what real hosts do: a real package installed with real dpkg over SSH and
 //! seen by the agent's dpkg collector, reboots (the host's sshd and agent go away and come back
-//! with a new boot id, or never come back), and `kill -9` of musterd mid-campaign.
+//! with a new boot id, or never come back).
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use muster::pb::{self, resource::Resource as R};
+use muster_tests::VIEWER_TOKEN;
 use muster_tests::campaign_fleet::{CampaignFleet, FleetOptions};
 use muster_tests::campaign_kit::{
-    campaigns_as, get, host_state, host_states, launch, patch_spec, reboot_step, report, state_of,
-    wait_settled,
+    campaigns_as, host_state, launch, patch_spec, reboot_step, report, state_of, wait_settled,
 };
-use muster_tests::{OPERATOR_TOKEN, VIEWER_TOKEN};
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// Which host state marks a moment to kill musterd at.
-type HostPred = fn(pb::HostState) -> bool;
 
 /// Builds `muster-hello_VERSION_all.deb` (one data file, no maintainer scripts) in `dir`.
 fn build_deb(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
@@ -234,75 +229,6 @@ async fn a_reboot_waits_for_ssh_and_a_new_boot_id_and_a_host_that_never_returns_
     assert_eq!(rep.summary.unwrap().failures, 1);
 }
 
-/// Kills musterd with SIGKILL at three moments (a step in flight, a host verifying, and
-/// whatever is going on a moment later), restarting it on the same data directory each time.
-/// The campaign completes, and no host's non-idempotent step ran twice: an interrupted step is
-/// either recovered from the host (its detached run) or NEEDS_ATTENTION, which only a person
-/// moves on (here with the real CLI's `campaign host retry`, counted).
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_mid_campaign_resumes_without_running_a_step_twice() {
-    let mut f = CampaignFleet::new(FleetOptions::default()).unwrap();
-    f.start_hosts("kl", 4).await.unwrap();
-    let names: Vec<String> = f.hosts.iter().map(|h| h.name.clone()).collect();
-    let mut spec = patch_spec("kl", "2.0", 2, 4);
-    spec.strategy.as_mut().unwrap().max_concurrency = 2;
-    launch(&f.server, "crash", spec).await.unwrap();
-
-    let moments: [(&str, HostPred); 3] = [
-        ("a step running", |s| s == pb::HostState::HostRunning),
-        ("a host verifying", |s| s == pb::HostState::HostVerifying),
-        ("anything in flight", |s| {
-            s == pb::HostState::HostRunning || s == pb::HostState::HostVerifying
-        }),
-    ];
-    let mut retried = BTreeMap::<String, u64>::new();
-    let mut kills = 0;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut moment = 0;
-    let r = loop {
-        let mut c = campaigns_as(&f.server, OPERATOR_TOKEN).await.unwrap();
-        let r = get(&mut c, "crash").await.unwrap();
-        let st = state_of(&r);
-        if st == pb::CampaignState::Completed {
-            break r;
-        }
-        assert!(
-            !matches!(st, pb::CampaignState::Halted | pb::CampaignState::Aborted),
-            "{r:#?}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "not completed after {kills} kills: {:?}",
-            host_states(&r)
-        );
-        move_on(&f, &mut c, &r, &mut retried).await;
-        if let Some((_, pred)) = moments.get(moment)
-            && st == pb::CampaignState::Running
-            && host_states(&r).iter().any(|(_, s)| pred(*s))
-        {
-            drop(c);
-            f.server.restart_after_kill9().unwrap();
-            kills += 1;
-            moment += 1;
-            continue;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(kills >= 2, "only {kills} kills landed mid-campaign");
-    for n in &names {
-        assert_eq!(host_state(&r, n), pb::HostState::HostSucceeded, "{r:#?}");
-        let st = f.state(n);
-        let retries = retried.get(n).copied().unwrap_or(0);
-        assert!(
-            st.runs >= 1 && st.runs <= 1 + retries,
-            "{n}: the step ran {} times with {retries} retries by a person",
-            st.runs
-        );
-        assert_eq!(st.version, "2.0");
-    }
-    eprintln!("kill -9 cycles: {kills}; retried by hand: {retried:?}");
-}
-
 /// The fleet itself, through the OpenSSH client (no campaign): a session knows its host, the
 /// patch script counts and the agent reports it, and `bin/reboot` from inside a session takes
 /// sshd and the agent down and brings them back with a new boot id the agent reports.
@@ -362,32 +288,4 @@ async fn fleet_hosts_patch_report_and_reboot_over_openssh() {
     // sshd came back with the same host key.
     let o = ssh("echo back");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// What a person does with a campaign the engine paused after a crash: retry each host that
-/// needs attention (with the real CLI), then resume once none is left.
-async fn move_on(
-    f: &CampaignFleet,
-    c: &mut muster_tests::campaign_kit::CampaignClient,
-    r: &pb::CampaignResponse,
-    retried: &mut BTreeMap<String, u64>,
-) {
-    let mut waiting = false;
-    for (n, s) in host_states(r) {
-        if s == pb::HostState::HostNeedsAttention {
-            let o = f.server.muster_with(
-                &[
-                    "campaign", "host", "retry", "crash", &n, "--reason", "checked",
-                ],
-                OPERATOR_TOKEN,
-                None,
-            );
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            *retried.entry(n).or_default() += 1;
-            waiting = true;
-        }
-    }
-    if !waiting && state_of(r) == pb::CampaignState::Paused {
-        let _ = c.resume(muster_tests::campaign_kit::action("crash")).await;
-    }
 }

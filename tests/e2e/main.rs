@@ -13,6 +13,7 @@ mod ansible_ingest_health;
 mod api;
 mod backup;
 mod campaign_cli;
+mod campaign_crash;
 mod campaign_flow;
 mod campaign_hosts;
 mod campaign_run;
