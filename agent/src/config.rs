@@ -73,6 +73,9 @@ pub struct AgentConfig {
     /// as dotted names, e.g. `net.ipv4.conf.all.rp_filter`: desired state can only be checked
     /// against parameters the agent reads.
     pub sysctl_keys: Vec<String>,
+    /// The file the boot id is read from (the kernel's by default); a new id tells musterd the
+    /// host rebooted, so a test host can "reboot" by writing a new one.
+    pub boot_id_file: PathBuf,
     /// Report interval until the server assigns one.
     #[serde(with = "humantime_serde_compat")]
     pub interval: Duration,
@@ -103,6 +106,7 @@ impl Default for AgentConfig {
             external_facts_dir: None,
             packages: true,
             sysctl_keys: Vec::new(),
+            boot_id_file: PathBuf::from(crate::collect::os::DEFAULT_BOOT_ID_FILE),
             interval: Duration::from_secs(60),
             deadlines: Deadlines::default(),
             spool_max_reports: 1000,
@@ -161,6 +165,12 @@ mod tests {
         assert_eq!(c.deadlines.ipmi, Duration::from_secs(2));
         assert_eq!(c.deadlines.smart, Duration::from_secs(30));
         assert!(c.sysctl_keys.is_empty());
+        assert_eq!(
+            c.boot_id_file,
+            PathBuf::from("/proc/sys/kernel/random/boot_id")
+        );
+        let c = AgentConfig::from_toml("boot_id_file = \"/run/test/boot_id\"\n").unwrap();
+        assert_eq!(c.boot_id_file, PathBuf::from("/run/test/boot_id"));
         assert!(AgentConfig::from_toml("intervall = \"1s\"").is_err());
         assert!(AgentConfig::from_toml("interval = \"soon\"").is_err());
     }

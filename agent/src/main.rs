@@ -53,6 +53,9 @@ struct Cli {
     /// `sysctl_keys`. A default list is always read.
     #[arg(long = "sysctl", value_name = "KEY", global = true)]
     sysctl_keys: Vec<String>,
+    /// File to read the boot id from (default: the kernel's /proc/sys/kernel/random/boot_id).
+    #[arg(long, global = true)]
+    boot_id_file: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
@@ -113,6 +116,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     }
     if !cli.sysctl_keys.is_empty() {
         c.sysctl_keys = cli.sysctl_keys.clone();
+    }
+    if let Some(v) = &cli.boot_id_file {
+        c.boot_id_file = v.clone();
     }
     Ok(c)
 }

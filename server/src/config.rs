@@ -51,6 +51,72 @@ pub enum LogFormat {
     Json,
 }
 
+/// The campaign engine's SSH executor (`[campaigns]` in the TOML file).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CampaignsConfig {
+    /// Sent as written to a host on a `reboot` step (never templated); at most 1 KiB.
+    pub reboot_command: String,
+    /// Where detached runs keep their exit code and output on a host: relative to the login
+    /// user's home, or absolute.
+    pub run_dir: String,
+    /// SSH sessions open at once across all campaigns.
+    pub max_ssh_sessions: usize,
+    /// TCP connect, SSH handshake and authentication, seconds.
+    pub ssh_connect_timeout_secs: u64,
+    /// Output kept per stream per step (head and tail), bytes.
+    pub capture_bytes: usize,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        Self {
+            reboot_command: "systemctl reboot".into(),
+            run_dir: ".muster/runs".into(),
+            max_ssh_sessions: 64,
+            ssh_connect_timeout_secs: 20,
+            capture_bytes: 128 * 1024,
+        }
+    }
+}
+
+impl CampaignsConfig {
+    fn validate(&self) -> Result<(), String> {
+        let cmd = &self.reboot_command;
+        if cmd.trim().is_empty()
+            || cmd.len() > crate::campaigns::remote::MAX_REBOOT_COMMAND_BYTES
+            || cmd.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "campaigns.reboot_command must be one line of at most {} bytes",
+                crate::campaigns::remote::MAX_REBOOT_COMMAND_BYTES
+            ));
+        }
+        self.run_dir()
+            .validate()
+            .map_err(|e| format!("campaigns.run_dir: {e}"))?;
+        if !(1..=4096).contains(&self.max_ssh_sessions) {
+            return Err("campaigns.max_ssh_sessions must be between 1 and 4096".into());
+        }
+        if !(1..=600).contains(&self.ssh_connect_timeout_secs) {
+            return Err("campaigns.ssh_connect_timeout_secs must be between 1 and 600".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.capture_bytes) {
+            return Err("campaigns.capture_bytes must be between 1 KiB and 16 MiB".into());
+        }
+        Ok(())
+    }
+
+    /// The run directory as the SSH layer takes it.
+    pub fn run_dir(&self) -> crate::ssh::RunDir {
+        if self.run_dir.starts_with('/') {
+            crate::ssh::RunDir::Absolute(self.run_dir.clone())
+        } else {
+            crate::ssh::RunDir::Home(self.run_dir.clone())
+        }
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -117,6 +183,8 @@ pub struct Config {
     /// beyond it they are counted into one summary per window ("N refused attempts from M
     /// peers"), so many peers together cannot flush the refusal log either.
     pub refusals_global_per_window: u32,
+    /// The campaign engine's SSH executor.
+    pub campaigns: CampaignsConfig,
 }
 
 impl Default for Config {
@@ -153,6 +221,7 @@ impl Default for Config {
             refusals_per_window: 32,
             refusal_window_ms: 10_000,
             refusals_global_per_window: crate::refusal_limit::DEFAULT_GLOBAL_PER_WINDOW,
+            campaigns: CampaignsConfig::default(),
         }
     }
 }
@@ -177,7 +246,7 @@ impl Config {
                 "agent_cert_renew_fraction must be more than 0 and at most 0.5, not {f}"
             ));
         }
-        Ok(())
+        self.campaigns.validate()
     }
 
     /// Parses a TOML config file's text.
@@ -222,5 +291,35 @@ mod tests {
                 .unwrap_err()
                 .contains("agent_cert_validity_secs")
         );
+    }
+
+    #[test]
+    fn campaigns_section() {
+        let c = Config::from_toml(
+            "[campaigns]\nreboot_command = \"/sbin/reboot\"\nrun_dir = \"/var/lib/muster/runs\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.campaigns.reboot_command, "/sbin/reboot");
+        assert!(matches!(
+            c.campaigns.run_dir(),
+            crate::ssh::RunDir::Absolute(_)
+        ));
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            Config::default().campaigns.reboot_command,
+            "systemctl reboot"
+        );
+        for bad in [
+            "reboot_command = \"\"",
+            "reboot_command = \"reboot\\nrm -rf /\"",
+            "run_dir = \"../x\"",
+            "max_ssh_sessions = 0",
+        ] {
+            let c = Config::from_toml(&format!("[campaigns]\n{bad}\n")).unwrap();
+            assert!(c.validate().unwrap_err().contains("campaigns."), "{bad}");
+        }
+        let long = format!("[campaigns]\nreboot_command = \"{}\"\n", "x".repeat(1025));
+        assert!(Config::from_toml(&long).unwrap().validate().is_err());
+        assert!(Config::from_toml("[campaigns]\nreboot = 1\n").is_err());
     }
 }

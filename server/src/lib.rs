@@ -103,6 +103,8 @@ pub enum ServeError {
     Listener(std::io::Error),
     #[error("background task failed: {0}")]
     Join(String),
+    #[error("campaign executor: {0}")]
+    Campaigns(String),
 }
 
 /// Listeners bound by the caller (so tests can bind port 0 and know the port first).
@@ -208,7 +210,8 @@ impl Server {
         })
     }
 
-    /// Runs campaign steps through `executor` (tests and benchmarks: the in-process one).
+    /// Runs campaign steps through `executor` instead of over SSH (tests and benchmarks: the
+    /// in-process one).
     pub fn with_campaign_executor(mut self, e: Arc<dyn campaigns::executor::Executor>) -> Self {
         self.campaign_executor = Some(e);
         self
@@ -256,10 +259,16 @@ impl Server {
         let (campaign_engine, campaign_task) = campaigns::Campaigns::start(
             Arc::clone(&self.shared.inventory),
             campaigns::Parts {
-                executor: self
-                    .campaign_executor
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(campaigns::executor::UnconfiguredExecutor)),
+                executor: match self.campaign_executor.clone() {
+                    Some(e) => e,
+                    None => Arc::new(
+                        campaigns::remote::SshStepExecutor::from_config(
+                            &self.config.campaigns,
+                            Arc::clone(&self.shared.inventory),
+                        )
+                        .map_err(|e| ServeError::Campaigns(e.to_string()))?,
+                    ),
+                },
                 observer: self.campaign_observer.clone().unwrap_or_else(|| {
                     Arc::new(campaigns::observe::StoreObserver {
                         inventory: Arc::clone(&self.shared.inventory),

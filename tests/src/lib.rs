@@ -4,6 +4,8 @@
 // The kit waits on real processes (ports, files, peers), so it reads real time.
 #![allow(clippy::disallowed_methods)]
 
+pub mod campaign_fleet;
+pub mod campaign_kit;
 pub mod ipmi;
 pub mod ssh;
 

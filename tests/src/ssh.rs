@@ -41,7 +41,8 @@ impl Drop for SshHost {
     }
 }
 
-fn keygen(path: &Path, comment: &str) -> anyhow::Result<()> {
+/// A new ed25519 key pair at `path` (and `path.pub`), without a passphrase.
+pub fn keygen(path: &Path, comment: &str) -> anyhow::Result<()> {
     let st = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(path)
@@ -59,19 +60,25 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Fails with a message saying what is missing when sshd cannot run here (no sshd, not root).
+pub fn require_sshd() -> anyhow::Result<()> {
+    if !Path::new(SSHD).exists() {
+        bail!("{SSHD} is missing: install openssh-server (tests/run-all.sh does)");
+    }
+    let uid = Command::new("id").arg("-u").output().context("id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!(
+            "the sshd tests need root (sshd needs /run/sshd and to switch users); run them as root, as CI does"
+        );
+    }
+    std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
+    Ok(())
+}
+
 impl SshFleet {
     /// Keys and an empty known_hosts; fails clearly when sshd cannot run here.
     pub fn new() -> anyhow::Result<Self> {
-        if !Path::new(SSHD).exists() {
-            bail!("{SSHD} is missing: install openssh-server (tests/run-all.sh does)");
-        }
-        let uid = Command::new("id").arg("-u").output().context("id -u")?;
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            bail!(
-                "the sshd tests need root (sshd needs /run/sshd and to switch users); run them as root, as CI does"
-            );
-        }
-        std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
+        require_sshd()?;
         let dir = tempfile::tempdir()?;
         let client_key = dir.path().join("client_ed25519");
         keygen(&client_key, "muster-test-client")?;

@@ -168,9 +168,14 @@ impl Collectors {
         // OS facts.
         let t = self.clock.now_instant();
         let sysctl_keys = self.cfg.sysctl_keys.clone();
+        let boot_id_file = self.cfg.boot_id_file.clone();
         let os = tokio::time::timeout(
             d.os,
-            tokio::task::spawn_blocking(move || collect::os::collect_with(&sysctl_keys)),
+            tokio::task::spawn_blocking(move || {
+                let mut s = collect::os::collect_with(&sysctl_keys)?;
+                s.boot_id = collect::os::read_boot_id(&boot_id_file)?;
+                Ok::<_, collect::os::OsError>(s)
+            }),
         )
         .await;
         let err = match os {
@@ -414,6 +419,34 @@ mod tests {
         // The manual clock did not move while the collector ran.
         assert_eq!(os.took, Some(pbjson_types::Duration::default()));
         assert!(got.facts.os.is_some() && !got.boot_id.is_empty());
+    }
+
+    /// The boot id comes from the configured file (a test host's stand-in for the kernel's);
+    /// an unreadable one fails the OS collector naming it, never a silent kernel fallback.
+    #[tokio::test]
+    async fn boot_id_comes_from_the_configured_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("boot_id");
+        std::fs::write(&file, "aaaaaaaa-0000-0000-0000-000000000001\n").unwrap();
+        let cfg = AgentConfig {
+            packages: false,
+            smart: false,
+            boot_id_file: file.clone(),
+            ..AgentConfig::default()
+        };
+        let mut c = Collectors::new(&cfg, None, muster::clock::system()).unwrap();
+        assert_eq!(
+            c.collect().await.boot_id,
+            "aaaaaaaa-0000-0000-0000-000000000001"
+        );
+        std::fs::write(&file, "aaaaaaaa-0000-0000-0000-000000000002\n").unwrap();
+        assert_eq!(
+            c.collect().await.boot_id,
+            "aaaaaaaa-0000-0000-0000-000000000002"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let got = c.collect().await;
+        assert!(got.collectors[0].error.contains("boot_id"), "{got:?}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The executor seam: how the engine runs one step on one host. The engine writes the step's
 //! intent durably first, then calls [`Executor::run`]; the outcome is classified so that
 //! nothing ambiguous ever counts as success (a channel closing without an exit status is
-//! `NoStatus`, a failure). The russh executor implements this trait; [`InProcessExecutor`]
-//! runs scripted outcomes for tests and benchmarks.
+//! `NoStatus`, a failure). The russh executor (`campaigns::remote`) implements this trait;
+//! [`InProcessExecutor`] runs scripted outcomes for tests and benchmarks.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -11,8 +11,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Bytes of output kept at each end of a capture.
-pub const CAPTURE_KEEP: usize = 64 * 1024;
+pub use crate::ssh::CapturedStream;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +51,9 @@ pub enum Outcome {
     NoStatus,
     TimedOut,
     Unreachable(String),
+    /// The host could not be run on at all (no SSH endpoint, credential, or a bad one):
+    /// nothing was run; the message says what to fix.
+    NotRun(String),
     HostKeyMismatch {
         expected: String,
         seen: String,
@@ -73,6 +75,7 @@ impl Outcome {
             Self::NoStatus => "no_status",
             Self::TimedOut => "timed_out",
             Self::Unreachable(_) => "unreachable",
+            Self::NotRun(_) => "not_run",
             Self::HostKeyMismatch { .. } => "host_key_mismatch",
             Self::Unknown(_) => "unknown",
         }
@@ -92,6 +95,7 @@ impl Outcome {
             Self::NoStatus => "the session closed without an exit status".into(),
             Self::TimedOut => "timed out".into(),
             Self::Unreachable(why) => format!("unreachable: {why}"),
+            Self::NotRun(why) => format!("nothing was run: {why}"),
             Self::HostKeyMismatch { expected, seen } => {
                 format!("host key mismatch: expected {expected}, the host presented {seen}")
             }
@@ -100,60 +104,20 @@ impl Outcome {
     }
 }
 
-/// Output kept from one stream: the first and last [`CAPTURE_KEEP`] bytes, and how many in
-/// between were dropped. Always drain the channel; bound what is *stored*.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Capture {
-    pub head: Vec<u8>,
-    pub tail: Vec<u8>,
-    pub truncated: u64,
-}
-
-impl Capture {
-    /// Appends bytes read from the stream.
-    pub fn push(&mut self, mut data: &[u8]) {
-        if self.head.len() < CAPTURE_KEEP {
-            let n = (CAPTURE_KEEP - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..n]);
-            data = &data[n..];
-        }
-        if data.is_empty() {
-            return;
-        }
-        self.tail.extend_from_slice(data);
-        if self.tail.len() > CAPTURE_KEEP {
-            let drop = self.tail.len() - CAPTURE_KEEP;
-            self.tail.drain(..drop);
-            self.truncated += drop as u64;
-        }
-    }
-
-    /// The last `max` bytes kept, as text (for report excerpts).
-    pub fn excerpt(&self, max: usize) -> String {
-        let src = if self.tail.is_empty() {
-            &self.head
-        } else {
-            &self.tail
-        };
-        let from = src.len().saturating_sub(max);
-        String::from_utf8_lossy(&src[from..]).into_owned()
-    }
-}
-
 /// What a step produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepResult {
     pub outcome: Outcome,
-    pub stdout: Capture,
-    pub stderr: Capture,
+    pub stdout: CapturedStream,
+    pub stderr: CapturedStream,
 }
 
 impl StepResult {
     pub fn of(outcome: Outcome) -> Self {
         Self {
             outcome,
-            stdout: Capture::default(),
-            stderr: Capture::default(),
+            stdout: CapturedStream::default(),
+            stderr: CapturedStream::default(),
         }
     }
 }
@@ -161,10 +125,32 @@ impl StepResult {
 /// A boxed future of a step's result.
 pub type StepFuture = Pin<Box<dyn Future<Output = StepResult> + Send + 'static>>;
 
+/// What the host knows of a step that was running when the server stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// It finished (while nobody watched, or after the executor waited for it): its result,
+    /// recorded as if it had been watched. Never rerun.
+    Finished(StepResult),
+    /// No trace of it, its fate cannot be read (host unreachable, run lost), or it was still
+    /// running past its deadline: a person decides (NEEDS_ATTENTION).
+    Unknown(String),
+}
+
+/// A boxed future of a recovery.
+pub type RecoverFuture = Pin<Box<dyn Future<Output = Recovered> + Send + 'static>>;
+
 /// Runs steps on hosts.
 pub trait Executor: Send + Sync + Debug + 'static {
     /// Runs `req`. Must resolve by the request's timeout (with `TimedOut`).
     fn run(&self, req: StepRequest) -> StepFuture;
+
+    /// Reads the outcome of a run started earlier under `req.intent_id` (by this or an
+    /// earlier server) without starting it again. A run still going is waited for until
+    /// `req.timeout` (the time left to its deadline) and a grace; then it is `Unknown`.
+    fn recover(&self, req: StepRequest) -> RecoverFuture {
+        let _ = req;
+        Box::pin(async { Recovered::Unknown("this executor cannot recover runs".into()) })
+    }
 }
 
 /// What the in-process executor does for a (host, step).
@@ -178,16 +164,25 @@ pub enum Script {
 #[derive(Debug, Default)]
 struct Inner {
     scripts: HashMap<(String, String), Script>,
+    recoveries: HashMap<(String, String), Outcome>,
     runs: HashMap<(String, String), u32>,
+    recovered: HashMap<(String, String), u32>,
     total: u64,
 }
 
 /// Scripted outcomes per host and step (default: exit 0, output "ok"), and counters of runs.
 /// For tests and benchmarks; shared across a server restart, its counters show whether a
-/// step ran twice.
+/// step ran twice. Recovery answers what [`InProcessExecutor::script_recovery`] says (as if
+/// the host had kept the result), else that the run is unknown.
 #[derive(Debug, Default)]
 pub struct InProcessExecutor {
     inner: Mutex<Inner>,
+}
+
+fn count(m: &HashMap<(String, String), u32>, host: &str, step: &str) -> u32 {
+    m.get(&(host.to_string(), step.to_string()))
+        .copied()
+        .unwrap_or(0)
 }
 
 impl InProcessExecutor {
@@ -202,16 +197,26 @@ impl InProcessExecutor {
         }
     }
 
+    /// What a recovery of (host, step) finds on the "host": a finished run with `outcome`.
+    pub fn script_recovery(&self, host: &str, step: &str, outcome: Outcome) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.recoveries.insert((host.into(), step.into()), outcome);
+        }
+    }
+
     /// How many times (host, step) was run.
     pub fn runs(&self, host: &str, step: &str) -> u32 {
         self.inner
             .lock()
-            .map(|g| {
-                g.runs
-                    .get(&(host.to_string(), step.to_string()))
-                    .copied()
-                    .unwrap_or(0)
-            })
+            .map(|g| count(&g.runs, host, step))
+            .unwrap_or(0)
+    }
+
+    /// How many times a run of (host, step) was asked to be recovered.
+    pub fn recoveries(&self, host: &str, step: &str) -> u32 {
+        self.inner
+            .lock()
+            .map(|g| count(&g.recovered, host, step))
             .unwrap_or(0)
     }
 
@@ -219,6 +224,10 @@ impl InProcessExecutor {
     pub fn total_runs(&self) -> u64 {
         self.inner.lock().map(|g| g.total).unwrap_or(0)
     }
+}
+
+fn ok_output(req: &StepRequest) -> CapturedStream {
+    CapturedStream::whole(format!("{} on {}: ok\n", req.step, req.host).into_bytes())
 }
 
 impl Executor for InProcessExecutor {
@@ -239,49 +248,36 @@ impl Executor for InProcessExecutor {
         Box::pin(async move {
             match script {
                 Script::Hang => std::future::pending().await,
-                Script::Result(outcome) => {
-                    let mut r = StepResult::of(outcome);
-                    r.stdout
-                        .push(format!("{} on {}: ok\n", req.step, req.host).as_bytes());
-                    r
-                }
+                Script::Result(outcome) => StepResult {
+                    outcome,
+                    stdout: ok_output(&req),
+                    stderr: CapturedStream::default(),
+                },
             }
         })
     }
-}
 
-/// The executor of a musterd built without one (the russh executor is not plugged in yet):
-/// every step fails as unreachable, runs nothing, and counts against the budget.
-#[derive(Debug, Default)]
-pub struct UnconfiguredExecutor;
-
-impl Executor for UnconfiguredExecutor {
-    fn run(&self, _req: StepRequest) -> StepFuture {
-        Box::pin(async {
-            StepResult::of(Outcome::Unreachable(
-                "this musterd has no SSH executor configured; nothing was run".into(),
-            ))
-        })
+    fn recover(&self, req: StepRequest) -> RecoverFuture {
+        let found = self.inner.lock().ok().and_then(|mut g| {
+            let key = (req.host.clone(), req.step.clone());
+            *g.recovered.entry(key.clone()).or_default() += 1;
+            g.recoveries.get(&key).cloned()
+        });
+        let r = match found {
+            Some(outcome) => Recovered::Finished(StepResult {
+                outcome,
+                stdout: ok_output(&req),
+                stderr: CapturedStream::default(),
+            }),
+            None => Recovered::Unknown(format!("no record of run {} on the host", req.intent_id)),
+        };
+        Box::pin(async move { r })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn capture_keeps_head_and_tail_and_counts_the_rest() {
-        let mut c = Capture::default();
-        c.push(&vec![b'a'; CAPTURE_KEEP]);
-        c.push(&[b'b'; 10]);
-        c.push(&vec![b'c'; CAPTURE_KEEP]);
-        assert_eq!(c.head.len(), CAPTURE_KEEP);
-        assert!(c.head.iter().all(|&b| b == b'a'));
-        assert_eq!(c.tail.len(), CAPTURE_KEEP);
-        assert!(c.tail.iter().all(|&b| b == b'c'));
-        assert_eq!(c.truncated, 10);
-        assert_eq!(c.excerpt(3), "ccc");
-    }
 
     #[test]
     fn only_exit_zero_succeeds() {
@@ -291,6 +287,7 @@ mod tests {
             Outcome::NoStatus,
             Outcome::TimedOut,
             Outcome::Unreachable("x".into()),
+            Outcome::NotRun("x".into()),
             Outcome::Signalled {
                 signal: "KILL".into(),
                 core_dumped: false,

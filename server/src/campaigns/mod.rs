@@ -22,6 +22,7 @@ pub mod load;
 pub mod observe;
 pub mod overlay;
 pub mod records;
+pub mod remote;
 pub mod resume;
 pub mod view;
 

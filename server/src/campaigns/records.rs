@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::executor::Capture;
+use super::executor::CapturedStream;
 use crate::campaign::host::{HostState, Stage};
 use crate::campaign::state::{CampaignState, HaltReason, PauseReason};
 use crate::model::ApiError;
@@ -360,8 +360,11 @@ enum OutputRecord {
     },
 }
 
-pub fn encode_output(stdout: &Capture, stderr: &Capture) -> Result<Vec<u8>, ApiError> {
-    let t = |c: &Capture| (c.head.clone(), c.tail.clone(), c.truncated);
+pub fn encode_output(
+    stdout: &CapturedStream,
+    stderr: &CapturedStream,
+) -> Result<Vec<u8>, ApiError> {
+    let t = |c: &CapturedStream| (c.head.clone(), c.tail.clone(), c.truncated_bytes);
     encode(
         &OutputRecord::V1 {
             stdout: t(stdout),
@@ -371,11 +374,12 @@ pub fn encode_output(stdout: &Capture, stderr: &Capture) -> Result<Vec<u8>, ApiE
     )
 }
 
-pub fn decode_output(b: &[u8]) -> Result<(Capture, Capture), ApiError> {
-    let c = |(head, tail, truncated): (Vec<u8>, Vec<u8>, u64)| Capture {
+pub fn decode_output(b: &[u8]) -> Result<(CapturedStream, CapturedStream), ApiError> {
+    let c = |(head, tail, truncated): (Vec<u8>, Vec<u8>, u64)| CapturedStream {
+        total_bytes: (head.len() + tail.len()) as u64 + truncated,
         head,
         tail,
-        truncated,
+        truncated_bytes: truncated,
     };
     match decode(b, "step output")? {
         OutputRecord::V1 { stdout, stderr } => Ok((c(stdout), c(stderr))),

@@ -265,10 +265,10 @@ pub fn step_output(
         .map_err(crate::inventory::store_error)?
         .ok_or_else(not_found)?;
     let (out, err) = super::records::decode_output(&raw)?;
-    let c = |c: super::executor::Capture| pb::CapturedOutput {
+    let c = |c: super::executor::CapturedStream| pb::CapturedOutput {
         head: c.head,
         tail: c.tail,
-        truncated: c.truncated,
+        truncated: c.truncated_bytes,
     };
     Ok(pb::StepOutputResponse {
         stdout: Some(c(out)),

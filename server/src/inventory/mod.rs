@@ -33,6 +33,7 @@ mod prepare;
 mod query;
 mod read;
 mod server_writes;
+mod ssh_access;
 mod stored;
 mod watch;
 mod write;

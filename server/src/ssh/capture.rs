@@ -31,6 +31,27 @@ impl CapturedStream {
         s
     }
 
+    /// A stream short enough to be kept whole.
+    pub fn whole(data: Vec<u8>) -> Self {
+        Self {
+            total_bytes: data.len() as u64,
+            head: data,
+            tail: Vec::new(),
+            truncated_bytes: 0,
+        }
+    }
+
+    /// The last `max` bytes kept, as text (report excerpts show how a step ended).
+    pub fn excerpt(&self, max: usize) -> String {
+        let src = if self.tail.is_empty() {
+            &self.head
+        } else {
+            &self.tail
+        };
+        let from = src.len().saturating_sub(max);
+        String::from_utf8_lossy(&src[from..]).into_owned()
+    }
+
     /// Everything that was kept, in order (head then tail).
     pub fn kept(&self) -> Vec<u8> {
         let mut v = self.head.clone();
@@ -122,6 +143,8 @@ mod tests {
         assert!(s.tail.is_empty());
         assert_eq!((s.total_bytes, s.truncated_bytes), (11, 0));
         assert_eq!(s.to_text_lossy(), "hello world");
+        assert_eq!(s.excerpt(5), "world");
+        assert_eq!(s, CapturedStream::whole(b"hello world".to_vec()));
     }
 
     #[test]
@@ -136,6 +159,8 @@ mod tests {
         assert_eq!(s.tail, (95u8..100).collect::<Vec<_>>());
         assert_eq!((s.total_bytes, s.truncated_bytes), (100, 90));
         assert!(s.to_text_lossy().contains("[... 90 bytes truncated ...]"));
+        // The excerpt is the end of the output, from the tail.
+        assert_eq!(s.excerpt(2).as_bytes(), &[98u8, 99]);
     }
 
     #[test]

@@ -145,7 +145,9 @@ impl SshSession {
 }
 
 /// Starts `command` detached under `id`; the host's `timeout` ends it after `timeout`
-/// (TERM, then KILL after the session's grace).
+/// (TERM, then KILL after the session's grace). The run and the start script both record
+/// the pid (the same one), each through its own temporary file: with one shared file, the
+/// slower `mv` failed and a launched run was reported as a failed start.
 pub async fn start(
     s: &SshSession,
     dir: &RunDir,
@@ -163,8 +165,8 @@ if ! mkdir -- "$d" 2>/dev/null; then [ -d "$d" ] && exit {START_EXISTS}; exit {S
 cat > "$d/cmd" || exit {START_FAILED}
 [ "$(wc -c < "$d/cmd")" -eq {n} ] || {{ mv -- "$d/cmd" "$d/cmd.short"; echo 'command arrived incomplete' >&2; exit {START_SHORT}; }}
 cat /proc/sys/kernel/random/boot_id > "$d/boot" 2>/dev/null
-setsid sh -c 'd=$1; echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"; timeout --kill-after={g}s {t}s sh "$d/cmd" < /dev/null > "$d/out" 2> "$d/err"; echo $? > "$d/rc.tmp" && mv "$d/rc.tmp" "$d/rc"' muster-run "$d" < /dev/null > /dev/null 2>&1 &
-echo $! > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
+setsid sh -c 'd=$1; echo $$ > "$d/pid.c" && mv -f "$d/pid.c" "$d/pid"; timeout --kill-after={g}s {t}s sh "$d/cmd" < /dev/null > "$d/out" 2> "$d/err"; echo $? > "$d/rc.tmp" && mv "$d/rc.tmp" "$d/rc"' muster-run "$d" < /dev/null > /dev/null 2>&1 &
+echo $! > "$d/pid.p" && mv -f "$d/pid.p" "$d/pid"
 "#,
         n = command.len(),
         g = ceil_secs(s.settings().term_grace),

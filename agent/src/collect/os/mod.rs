@@ -93,6 +93,27 @@ pub const DEFAULT_SYSCTL_KEYS: [&str; 8] = [
     "net.ipv4.tcp_syncookies",
 ];
 
+/// Where the kernel publishes its boot id (a new value means the host rebooted); the agent's
+/// `boot_id_file` setting can point elsewhere (a test host "reboots" by writing a new id).
+pub const DEFAULT_BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Reads a boot id from `path`, trimmed. An empty file is an error: an empty id would make
+/// every reboot check meaningless. Blocking.
+pub fn read_boot_id(path: &Path) -> Result<String, OsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| OsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let id = text.trim();
+    if id.is_empty() {
+        return Err(OsError::Parse {
+            path: path.to_path_buf(),
+            reason: "the boot id file is empty".into(),
+        });
+    }
+    Ok(id.to_string())
+}
+
 /// Collects the facts of the running host (root "/") with the default kernel parameters.
 /// Blocking: call from `spawn_blocking`.
 pub fn collect() -> Result<OsSnapshot, OsError> {
@@ -356,5 +377,23 @@ mod tests {
         let err = collect_at(dir.path()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("proc/sys/kernel/hostname"), "{msg}");
+    }
+
+    #[test]
+    fn boot_id_from_a_configured_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("boot_id");
+        std::fs::write(&p, "11111111-2222-3333-4444-555555555555\n").unwrap();
+        assert_eq!(
+            read_boot_id(&p).unwrap(),
+            "11111111-2222-3333-4444-555555555555"
+        );
+        std::fs::write(&p, " \n").unwrap();
+        let err = read_boot_id(&p).unwrap_err().to_string();
+        assert!(err.contains("empty") && err.contains("boot_id"), "{err}");
+        let err = read_boot_id(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
     }
 }
