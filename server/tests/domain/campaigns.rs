@@ -205,6 +205,22 @@ impl Fixture {
         c.start(act(name)).await.unwrap();
     }
 
+    /// The audit trail of `principal`, refusals included.
+    async fn trail(&self, principal: &str) -> Vec<pb::Change> {
+        self.s
+            .audit(ADMIN_TOKEN)
+            .list(pb::ListChangesRequest {
+                include_refused: true,
+                principal: principal.into(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .changes
+    }
+
     async fn get(&self, name: &str) -> pb::CampaignResponse {
         self.s
             .campaigns(&self.operator)
@@ -560,18 +576,7 @@ async fn the_author_cannot_approve_and_an_edit_drops_approvals() {
             .into_inner();
     assert_eq!(state(&done), pb::CampaignState::Scheduled);
     // Refusals are audited.
-    let trail =
-        f.s.audit(ADMIN_TOKEN)
-            .list(pb::ListChangesRequest {
-                include_refused: true,
-                principal: "alice".into(),
-                page_size: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .changes;
+    let trail = f.trail("alice").await;
     assert!(
         trail.iter().any(
             |c| c.verb == "campaign approve" && c.outcome == pb::ChangeOutcome::Rejected as i32
@@ -771,18 +776,7 @@ async fn a_host_key_mismatch_fails_the_host_and_is_audited_with_both_fingerprint
         .await;
     let hs: HashMap<_, _> = host_states(&r).into_iter().collect();
     assert_eq!(hs["h0"], pb::HostState::HostFailed, "it counts");
-    let trail =
-        f.s.audit(ADMIN_TOKEN)
-            .list(pb::ListChangesRequest {
-                include_refused: true,
-                principal: "system:campaign".into(),
-                page_size: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .changes;
+    let trail = f.trail("system:campaign").await;
     let e = trail
         .iter()
         .find(|c| c.verb == "campaign host-key mismatch")
