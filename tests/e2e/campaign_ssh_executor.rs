@@ -265,3 +265,82 @@ async fn campaign_ssh_run_is_recovered_by_a_new_executor_without_running_again()
     }
     assert_eq!(lines(&counter), 1);
 }
+
+/// Kills, on drop, the sshd a test's "reboot" started in the background (by its pid file).
+struct KillByPidFile(PathBuf);
+
+impl Drop for KillByPidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+fn reboot_settings(cmd: String) -> RemoteSettings {
+    RemoteSettings {
+        reboot_command: cmd,
+        reboot_poll: PollBackoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(300),
+        },
+    }
+}
+
+#[tokio::test]
+async fn campaign_reboot_step_returns_once_ssh_answers_again_and_is_never_resent() {
+    let mut f = fixture();
+    let host = f.fleet.dir.path().join("host0");
+    let pid_file = host.join("sshd.pid");
+    let _cleanup = KillByPidFile(pid_file.clone());
+    let sent = f.path("reboots-sent");
+    // The test host's "reboot": its sshd goes away, and comes back with the same host key
+    // two seconds later (a real reboot would also bring a new boot id).
+    let cmd = format!(
+        "echo reboot >> {sent}; kill $(cat {pid}); sleep 2; {sshd} -f {cfg} -E {log}",
+        sent = sent.display(),
+        pid = pid_file.display(),
+        sshd = muster_tests::ssh::SSHD,
+        cfg = host.join("sshd_config").display(),
+        log = host.join("sshd-after-reboot.log").display(),
+    );
+    let ex = f.executor(reboot_settings(cmd));
+    let step = req("h0", "c1-0-s1-1", StepKind::Reboot, MIN);
+    let r = ex.run(step.clone()).await;
+    assert_eq!(r.outcome, Outcome::Exited(0), "{r:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout.head),
+        "muster: SSH answers again with the pinned key\n"
+    );
+    assert_eq!(lines(&sent), 1);
+    // The host is up again on the same port with the pinned key.
+    let up = ex.run(req("h0", "c1-0-s2-1", ssh("echo up"), MIN)).await;
+    assert_eq!(up.stdout.head, b"up\n");
+    // The same intent again never sends the reboot a second time: the host never goes down,
+    // so it only waits, and times out.
+    let again = StepRequest {
+        timeout: Duration::from_secs(2),
+        ..step
+    };
+    assert_eq!(ex.run(again).await.outcome, Outcome::TimedOut);
+    assert_eq!(lines(&sent), 1, "the reboot was sent twice");
+
+    // A host that never comes back fails at the step's timeout.
+    let port = f.fleet.start_host().unwrap();
+    f.pin_host("h1", port, port);
+    let gone = f.fleet.dir.path().join("host1/sshd.pid");
+    let ex = f.executor(reboot_settings(format!("kill $(cat {})", gone.display())));
+    let r = ex
+        .run(req(
+            "h1",
+            "c1-1-s1-1",
+            StepKind::Reboot,
+            Duration::from_secs(3),
+        ))
+        .await;
+    assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.stderr.head).contains("did not answer SSH again"),
+        "{r:?}"
+    );
+}

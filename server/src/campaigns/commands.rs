@@ -408,6 +408,7 @@ fn pending_host() -> HostRt {
         data: HostData::pending(),
         state: HostState::Pending,
         in_flight: false,
+        recovering_since: 0,
         dirty: true,
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::engine::{Engine, SYSTEM};
-use super::executor::{StepKind, StepRequest, StepResult};
+use super::executor::StepResult;
 use super::observe::{Expectations, Observation, health_rank};
 use super::records::{self, Intent, SoakRec, StageRec, StepRec, TransitionRec, push_bounded};
 use crate::campaign::CampaignState;
@@ -211,6 +211,12 @@ impl Engine {
                 h.data.last_step_end_nanos = now;
                 HostEvent::StepSucceeded
             }
+            // The step may have run: a person decides (never charged as "nothing ran").
+            (_, false) if matches!(r.outcome, super::executor::Outcome::Unknown(_)) => {
+                HostEvent::OutcomeUnknown {
+                    message: why.clone(),
+                }
+            }
             (_, false) => HostEvent::StepFailed { cause: why.clone() },
         };
         let _ = self.host_event(&name, i, ev, SYSTEM, &why);
@@ -270,7 +276,7 @@ impl Engine {
                     .data
                     .intent
                     .as_ref()
-                    .is_some_and(|x| now > x.deadline + EXECUTOR_GRACE);
+                    .is_some_and(|x| now > x.deadline.max(h.recovering_since) + EXECUTOR_GRACE);
                 if late {
                     let h = &mut self.runs.get_mut(name).expect("exists").hosts[i];
                     h.in_flight = false;
@@ -414,23 +420,9 @@ impl Engine {
         };
         h.data.intent = Some(intent.clone());
         h.dirty = true;
-        let kind = match step.as_ref().map(|s| &s.action) {
-            Some(StepAction::Ssh(c)) => Some(StepKind::Ssh(c.clone())),
-            Some(StepAction::Reboot) => Some(StepKind::Reboot),
-            _ => None,
-        };
-        if let (Some(kind), Some(step)) = (kind, step) {
+        let timeout = Duration::from_secs(timeout.max(1) as u64);
+        if let Some(req) = step.and_then(|s| super::recover::step_request(&intent, &s, timeout)) {
             h.in_flight = true;
-            let req = StepRequest {
-                campaign: run.name.clone(),
-                host,
-                step: step.name.clone(),
-                kind,
-                intent_id: intent.intent_id.clone(),
-                attempt,
-                timeout: Duration::from_secs(step.timeout.max(1) as u64),
-                deadline_unix: intent.deadline,
-            };
             self.round.dispatch.push((run.id.clone(), i, req));
         }
     }

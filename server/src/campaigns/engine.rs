@@ -7,7 +7,7 @@ use std::time::Duration;
 use muster::pb::{self, ResourceKind};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::executor::{Executor, StepRequest, StepResult};
+use super::executor::{Executor, Recovered, StepRequest, StepResult};
 use super::lease::CampaignLease;
 use super::observe::{Expectations, Observer};
 use super::records::{self, CampaignData, HostData};
@@ -147,6 +147,13 @@ pub enum Event {
         intent_id: String,
         result: StepResult,
     },
+    /// What the host knew of a step interrupted by a restart (`Executor::recover`).
+    Recovered {
+        campaign: String,
+        host: usize,
+        intent_id: String,
+        recovered: Recovered,
+    },
     Tick,
     Shutdown,
 }
@@ -243,6 +250,9 @@ pub struct HostRt {
     pub state: HostState,
     /// A step was handed to the executor and its result has not come back.
     pub in_flight: bool,
+    /// Clock seconds when a restarted engine asked the host about this in-flight step
+    /// (0: not recovering); the executor's patience counts from here, not the deadline.
+    pub recovering_since: i64,
     pub dirty: bool,
 }
 
@@ -289,6 +299,8 @@ pub struct Round {
     pub resources: Vec<ResourceWrite>,
     pub puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub dispatch: Vec<(String, usize, StepRequest)>,
+    /// Interrupted steps to look up on their hosts once this round is durable.
+    pub recover: Vec<(String, usize, StepRequest)>,
     pub replies: Vec<(ReplyTx, Result<Reply, ApiError>)>,
     /// Desired-state layers put or removed, for the drift engine once durable.
     pub overlays: Vec<super::overlay::Notice>,
@@ -366,7 +378,16 @@ impl Engine {
                 host,
                 intent_id,
                 result,
-            } => self.step_finished(&campaign, host, &intent_id, result),
+            } => {
+                self.audit_step_result(&campaign, host, &result);
+                self.step_finished(&campaign, host, &intent_id, result)
+            }
+            Event::Recovered {
+                campaign,
+                host,
+                intent_id,
+                recovered,
+            } => self.recovered(&campaign, host, &intent_id, recovered),
         }
         true
     }
@@ -384,6 +405,9 @@ impl Engine {
                 }
                 for (campaign, host, req) in round.dispatch {
                     self.dispatch(campaign, host, req);
+                }
+                for (campaign, host, req) in round.recover {
+                    self.dispatch_recovery(campaign, host, req);
                 }
             }
             Err(e) => {
@@ -494,15 +518,35 @@ impl Engine {
 
     fn dispatch(&mut self, campaign: String, host: usize, req: StepRequest) {
         let fut = self.parts.executor.run(req.clone());
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.answer_later(async move {
             let result = fut.await;
-            let _ = tx.send(Event::StepFinished {
+            Event::StepFinished {
                 campaign,
                 host,
                 intent_id: req.intent_id,
                 result,
-            });
+            }
+        });
+    }
+
+    fn dispatch_recovery(&mut self, campaign: String, host: usize, req: StepRequest) {
+        let fut = self.parts.executor.recover(req.clone());
+        self.answer_later(async move {
+            let recovered = fut.await;
+            Event::Recovered {
+                campaign,
+                host,
+                intent_id: req.intent_id,
+                recovered,
+            }
+        });
+    }
+
+    /// Feeds the event `fut` resolves to back to the engine.
+    fn answer_later(&self, fut: impl std::future::Future<Output = Event> + Send + 'static) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(fut.await);
         });
     }
 

@@ -1,14 +1,15 @@
 //! Start-up: every stored campaign is loaded; non-terminal ones resume (notes §4.7). Finished
 //! hosts are never rerun; an interrupted observation reruns; an interrupted step reruns only
-//! if idempotent, otherwise the host goes NEEDS_ATTENTION and a running campaign resumes
-//! PAUSED saying why (`resume::recover`).
+//! if idempotent, otherwise it is looked up on the host (`recover.rs`) and, if the host
+//! cannot tell, the host goes NEEDS_ATTENTION and a running campaign PAUSED saying why
+//! (`resume::recover`).
 
 use muster::pb::{self, ResourceKind, resource::Resource as R};
 use prost::Message;
 
 use super::engine::{Engine, HostRt, Run, SYSTEM};
 use super::observe::Expectations;
-use super::records::{self, HostData, HostStateRec};
+use super::records::{self, HostData, HostStateRec, Intent};
 use super::resume::{Recovery, recover};
 use crate::campaign::host::{HostEvent, HostState};
 use crate::campaign::state::{CampaignEvent, PauseReason};
@@ -56,6 +57,7 @@ impl Engine {
                             data: HostData::pending(),
                             state: HostState::Pending,
                             in_flight: false,
+                            recovering_since: 0,
                             dirty: false,
                         })
                         .collect()
@@ -120,6 +122,7 @@ impl Engine {
         };
         let observer = std::sync::Arc::clone(&self.parts.observer);
         let mut events: Vec<(usize, HostEvent, String)> = Vec::new();
+        let mut ask: Vec<(usize, Intent, String)> = Vec::new();
         for (i, h) in run.hosts.iter_mut().enumerate() {
             let Some(intent) = h.data.intent.clone() else {
                 continue;
@@ -142,12 +145,25 @@ impl Engine {
                     h.data.intent = None;
                     h.dirty = true;
                 }
+                Recovery::AskHost(msg) => ask.push((i, intent, msg)),
                 Recovery::Attention(msg) => {
                     h.data.intent = None;
                     h.dirty = true;
                     attention.push(format!("{}: {msg}", intent.host));
                     events.push((i, HostEvent::OutcomeUnknown { message: msg }, intent.host));
                 }
+            }
+        }
+        for (i, intent, msg) in ask {
+            let step = super::drive::stage_step(&spec, intent.stage).cloned();
+            let asked = step.is_some_and(|s| self.ask_host(name, i, &intent, &s));
+            if !asked {
+                if let Some(h) = self.runs.get_mut(name).and_then(|r| r.hosts.get_mut(i)) {
+                    h.data.intent = None;
+                    h.dirty = true;
+                }
+                attention.push(format!("{}: {msg}", intent.host));
+                events.push((i, HostEvent::OutcomeUnknown { message: msg }, intent.host));
             }
         }
         for (i, ev, _host) in events {

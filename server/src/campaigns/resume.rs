@@ -1,6 +1,8 @@
 //! What a restarted engine does with a stage that was in flight when the server stopped
 //! (notes §4.7), pure so every case is a unit test: observations rerun, an idempotent step
-//! reruns as a new attempt, anything else becomes NEEDS_ATTENTION. A reboot is never issued
+//! reruns as a new attempt, any other step is first looked up on the host (it ran detached
+//! under its intent id: a finished run's outcome is recorded, a running one waited for), and
+//! only when the host cannot tell becomes NEEDS_ATTENTION. A reboot is never issued
 //! twice: if the host came back with a new boot id the step is done, before its deadline it is
 //! waited for, after it a person must look.
 
@@ -14,6 +16,9 @@ pub enum Recovery {
     Observe,
     /// Run the step again as attempt `attempt + 1`.
     Rerun,
+    /// Ask the executor what became of the run (`Executor::recover`); if it cannot tell,
+    /// NEEDS_ATTENTION with this message.
+    AskHost(String),
     /// Outcome unknown: NEEDS_ATTENTION with this message.
     Attention(String),
 }
@@ -49,7 +54,7 @@ pub fn recover(spec: &CampaignSpec, intent: &Intent, boot_now: &str, now: i64) -
             }
         }
         StepAction::Ssh(_) if step.idempotent => Recovery::Rerun,
-        StepAction::Ssh(_) => Recovery::Attention(format!(
+        StepAction::Ssh(_) => Recovery::AskHost(format!(
             "the server restarted while step {:?} (intent {}, attempt {}) was running; it is not \
              marked idempotent and its outcome is unknown: check the host, then retry, \
              mark-failed or rollback",

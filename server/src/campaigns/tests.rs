@@ -66,9 +66,9 @@ fn intent(stage: StageRec, deadline: i64) -> Intent {
 }
 
 #[test]
-fn an_interrupted_non_idempotent_step_needs_attention() {
+fn an_interrupted_non_idempotent_step_is_asked_of_the_host_else_needs_attention() {
     let r = recover(&spec(), &intent(StageRec::Step(0), 2000), "boot-a", 1000);
-    let Recovery::Attention(msg) = r else {
+    let Recovery::AskHost(msg) = r else {
         panic!("{r:?}")
     };
     assert!(

@@ -73,6 +73,20 @@ impl Inventory {
         self.write_refusal(who, verb, target, ctx, RefusalKind::Accepted, message);
     }
 
+    /// Records a refusal the server makes itself (the campaign engine refusing a host whose
+    /// key is not its pinned one), never rate-limited: its count is bounded by the server's
+    /// own work, not by a caller, and every one must be in the trail.
+    pub fn record_server_refusal(
+        &self,
+        who: &str,
+        verb: &str,
+        target: (ResourceKind, &str),
+        ctx: &ChangeContext,
+        message: &str,
+    ) {
+        self.write_refusal(who, verb, target, ctx, RefusalKind::Rejected, message);
+    }
+
     /// Records a refused attempt by a caller not known as a principal (no or a bad token),
     /// rate-limited per peer address (the port changes with every connection, so it is left
     /// out; IPv6 peers by their /64).

@@ -205,6 +205,22 @@ impl Fixture {
         c.start(act(name)).await.unwrap();
     }
 
+    /// The audit trail of `principal`, refusals included.
+    async fn trail(&self, principal: &str) -> Vec<pb::Change> {
+        self.s
+            .audit(ADMIN_TOKEN)
+            .list(pb::ListChangesRequest {
+                include_refused: true,
+                principal: principal.into(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .changes
+    }
+
     async fn get(&self, name: &str) -> pb::CampaignResponse {
         self.s
             .campaigns(&self.operator)
@@ -560,18 +576,7 @@ async fn the_author_cannot_approve_and_an_edit_drops_approvals() {
             .into_inner();
     assert_eq!(state(&done), pb::CampaignState::Scheduled);
     // Refusals are audited.
-    let trail =
-        f.s.audit(ADMIN_TOKEN)
-            .list(pb::ListChangesRequest {
-                include_refused: true,
-                principal: "alice".into(),
-                page_size: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .changes;
+    let trail = f.trail("alice").await;
     assert!(
         trail.iter().any(
             |c| c.verb == "campaign approve" && c.outcome == pb::ChangeOutcome::Rejected as i32
@@ -620,77 +625,5 @@ async fn bad_input_names_the_field_and_creates_nothing() {
     f.s.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn after_a_restart_no_step_runs_twice_and_an_interrupted_step_needs_attention() {
-    let f = fixture(3).await;
-    // h0's non-idempotent step is in flight when the server stops.
-    f.exec.script("h0", "install", Script::Hang);
-    let strategy = pb::CampaignStrategy {
-        failure_threshold: hosts(2),
-        max_concurrency: 1,
-        ..Default::default()
-    };
-    f.launch(
-        "resume",
-        spec(strategy, vec![ssh("install", false), ssh("restart", true)]),
-    )
-    .await;
-    f.until("resume", |_| f.exec.runs("h0", "install") == 1)
-        .await;
-    // What a kill -9 now would leave on disk; the first server is stopped after the copy.
-    let dir = f.s.crash_copy().unwrap();
-    let clock = Arc::clone(&f.s.clock);
-    let Fixture {
-        s,
-        exec,
-        agents,
-        operator,
-        approver,
-    } = f;
-    s.stop().await.unwrap();
-    exec.script("h0", "install", Script::Result(Outcome::Exited(0)));
-    let (s, _) = start(Arc::clone(&exec), clock, Some(dir)).await;
-    let f = Fixture {
-        s,
-        exec,
-        agents,
-        operator,
-        approver,
-    };
-    let r = f.get("resume").await;
-    assert_eq!(state(&r), pb::CampaignState::Paused, "{:?}", r.summary);
-    let msg = &r.summary.as_ref().unwrap().message;
-    assert!(
-        msg.contains("h0") && msg.contains("not marked idempotent"),
-        "{msg}"
-    );
-    let hs: HashMap<_, _> = host_states(&r).into_iter().collect();
-    assert_eq!(hs["h0"], pb::HostState::HostNeedsAttention);
-    assert_eq!(
-        f.exec.runs("h0", "install"),
-        1,
-        "the interrupted step was not rerun"
-    );
-    // A person looked: retry h0, resume; everything completes, no step ran twice.
-    let mut c = f.s.campaigns(&f.operator);
-    c.host_retry(pb::HostActionRequest {
-        name: "resume".into(),
-        host: "h0".into(),
-        context: ctx(),
-    })
-    .await
-    .unwrap();
-    c.resume(act("resume")).await.unwrap();
-    f.until("resume", |r| state(r) == pb::CampaignState::Completed)
-        .await;
-    assert_eq!(
-        f.exec.runs("h0", "install"),
-        2,
-        "once, then the person's retry"
-    );
-    for h in ["h1", "h2"] {
-        assert_eq!(f.exec.runs(h, "install"), 1, "{h}");
-        assert_eq!(f.exec.runs(h, "restart"), 1, "{h}");
-    }
-    f.s.stop().await.unwrap();
-}
+#[path = "campaigns_resume.rs"]
+mod resume;
