@@ -282,7 +282,6 @@ fn renames_type(kind: Kind) -> bool {
     matches!(kind, Kind::Device | Kind::Credential)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::bulk::parent_depths;

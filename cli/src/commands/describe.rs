@@ -200,7 +200,6 @@ pub fn describe(resource: &pb::Resource, now: SystemTime) -> String {
     d.text
 }
 
-
 fn changes_section(changes: &[pb::Change]) -> String {
     if changes.is_empty() {
         return "\nChanges: <none>\n".to_string();

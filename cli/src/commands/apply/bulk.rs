@@ -18,9 +18,12 @@ use crate::kinds::Kind;
 use crate::manifest::Document;
 use crate::output;
 
-
 /// Sends every document, group by group, and prints the outcome.
-pub(super) async fn run_bulk(clients: &Clients, args: ApplyArgs, docs: Vec<Document>) -> Result<()> {
+pub(super) async fn run_bulk(
+    clients: &Clients,
+    args: ApplyArgs,
+    docs: Vec<Document>,
+) -> Result<()> {
     let total = docs.len();
     let verbose = total <= VERBOSE_LIMIT;
     let groups = group(docs);

@@ -55,7 +55,11 @@ impl Doc {
     }
 
     /// An indented table, for list-shaped sections.
-    pub(super) fn table<S: ToString>(&mut self, header: &[&str], rows: impl IntoIterator<Item = Vec<S>>) {
+    pub(super) fn table<S: ToString>(
+        &mut self,
+        header: &[&str],
+        rows: impl IntoIterator<Item = Vec<S>>,
+    ) {
         let mut table = output::new_table(header.iter().copied());
         for row in rows {
             table.add_row(row.into_iter().map(|c| c.to_string()).collect::<Vec<_>>());

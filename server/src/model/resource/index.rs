@@ -127,4 +127,3 @@ pub fn referrers(kind: ResourceKind) -> &'static [(ResourceKind, &'static str)] 
         _ => &[],
     }
 }
-

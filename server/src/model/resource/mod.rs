@@ -8,8 +8,8 @@ mod index;
 mod validate;
 
 pub use index::{index_fields, indexed_fields, references, referrers};
-pub use validate::{MAX_SECRET_BYTES, no_variant, validate};
 pub(crate) use validate::validate_spec;
+pub use validate::{MAX_SECRET_BYTES, no_variant, validate};
 
 use muster::pb::{self, ResourceKind, resource::Resource as R};
 
