@@ -13,7 +13,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use muster::pb;
-use muster::pb::resource::Resource as R;
 
 use crate::args::ApplyArgs;
 use crate::client::Clients;
@@ -285,6 +284,7 @@ fn renames_type(kind: Kind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::bulk::parent_depths;
+    use muster::pb::resource::Resource as R;
     use super::*;
 
     #[test]
