@@ -284,8 +284,8 @@ fn renames_type(kind: Kind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::bulk::parent_depths;
-    use muster::pb::resource::Resource as R;
     use super::*;
+    use muster::pb::resource::Resource as R;
 
     #[test]
     fn groups_follow_dependencies() {

@@ -97,14 +97,8 @@ impl AuditService for AuditApi {
 
 #[cfg(test)]
 mod tests {
+    use super::super::invalid_field as field;
     use super::*;
-
-    fn field(e: ApiError) -> String {
-        match e {
-            ApiError::InvalidArgument { field, .. } => field,
-            other => panic!("not an invalid argument: {other:?}"),
-        }
-    }
 
     #[test]
     fn a_listing_request_becomes_checked_params() {

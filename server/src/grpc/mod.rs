@@ -43,6 +43,15 @@ pub(crate) fn flat_context(origin: &str, reason: String, ticket: String) -> Chan
     }
 }
 
+/// The field an `InvalidArgument` names (test helper for the request conversions).
+#[cfg(test)]
+pub(crate) fn invalid_field(e: crate::model::ApiError) -> String {
+    match e {
+        crate::model::ApiError::InvalidArgument { field, .. } => field,
+        other => panic!("not an invalid argument: {other:?}"),
+    }
+}
+
 /// What every handler needs: the domain service and the token registry.
 #[derive(Clone, Debug)]
 pub struct Shared {

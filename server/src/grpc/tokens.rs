@@ -213,14 +213,8 @@ pub async fn revoke(
 
 #[cfg(test)]
 mod tests {
+    use super::super::invalid_field as field;
     use super::*;
-
-    fn field(e: ApiError) -> String {
-        match e {
-            ApiError::InvalidArgument { field, .. } => field,
-            other => panic!("not an invalid argument: {other:?}"),
-        }
-    }
 
     fn ttl_of(seconds: i64, nanos: i32) -> Option<pbjson_types::Duration> {
         Some(pbjson_types::Duration { seconds, nanos })

@@ -2,6 +2,8 @@
 //! time-dependent behaviour is tested by moving the clock, not by sleeping.
 #![allow(clippy::unwrap_used)]
 
+mod agents;
 mod campaigns;
+mod edge;
 mod kit;
 mod tokens;
