@@ -8,17 +8,8 @@ use crate::kit::{ADMIN_TOKEN, TestServer};
 
 /// The REJECTED entries of the trail whose verb is `verb`.
 async fn rejected(s: &TestServer, verb: &str) -> Vec<pb::Change> {
-    s.audit(ADMIN_TOKEN)
-        .list(pb::ListChangesRequest {
-            include_refused: true,
-            principal: "alice".into(),
-            page_size: 1000,
-            ..Default::default()
-        })
+    s.trail("alice")
         .await
-        .unwrap()
-        .into_inner()
-        .changes
         .into_iter()
         .filter(|c| c.verb == verb && c.outcome == pb::ChangeOutcome::Rejected as i32)
         .collect()

@@ -160,6 +160,21 @@ impl TestServer {
         AuditServiceClient::new(self.authed(token))
     }
 
+    /// The audit trail of `principal`, refusals included (the first 1,000 entries).
+    pub async fn trail(&self, principal: &str) -> Vec<muster::pb::Change> {
+        self.audit(ADMIN_TOKEN)
+            .list(muster::pb::ListChangesRequest {
+                include_refused: true,
+                principal: principal.into(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("the admin reads the audit trail")
+            .into_inner()
+            .changes
+    }
+
     /// Moves the server's clock forward.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
