@@ -1,13 +1,11 @@
 //! Token management handlers (AdminService CreateToken, ListTokens, RevokeToken): authorize as
 //! admin, call the registry, audit every outcome (never the token), convert back.
 
-use std::time::Duration;
-
 use muster::pb::{self, ResourceKind};
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::{Shared, flat_context};
+use super::{Shared, flat_context, lifetime};
 use crate::auth::{TokenEntry, TokenSource};
 use crate::inventory::{ChangeContext, Inventory};
 use crate::model::{ApiError, Permission, Principal, timestamp};
@@ -73,20 +71,6 @@ fn audited<T>(
     })
 }
 
-fn ttl(d: Option<pbjson_types::Duration>) -> Result<Option<Duration>, ApiError> {
-    d.map(|d| {
-        if d.seconds < 0 || d.nanos < 0 {
-            Err(ApiError::invalid("ttl", "must not be negative"))
-        } else {
-            Ok(Duration::new(
-                u64::try_from(d.seconds).unwrap_or(0),
-                u32::try_from(d.nanos).unwrap_or(0),
-            ))
-        }
-    })
-    .transpose()
-}
-
 impl TryFrom<pb::CreateTokenRequest> for CreateToken {
     type Error = ApiError;
     fn try_from(r: pb::CreateTokenRequest) -> Result<Self, ApiError> {
@@ -96,7 +80,7 @@ impl TryFrom<pb::CreateTokenRequest> for CreateToken {
             token: NewToken {
                 name: r.name,
                 role: r.role,
-                ttl: ttl(r.ttl)?,
+                ttl: lifetime("ttl", r.ttl)?,
                 selector: r.selector,
             },
             context,
@@ -233,7 +217,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.token.name, "ci");
         assert_eq!(c.token.role, "operator");
-        assert_eq!(c.token.ttl, Some(Duration::new(3600, 500)));
+        assert_eq!(c.token.ttl, Some(std::time::Duration::new(3600, 500)));
         assert_eq!(c.token.selector, "team=web");
         assert_eq!(c.context.reason, "pipeline");
         assert_eq!(c.context.ticket, "OPS-7");

@@ -1,5 +1,5 @@
-//! Request-shape refusals of the audit, token and backup handlers: converted at the edge, the
-//! error names the field, and the refusal is in the audit trail like any other.
+//! Request-shape refusals of the audit, token, backup and enrollment-token handlers: converted
+//! at the edge, the error names the field, and the refusal is in the audit trail like any other.
 
 use muster::pb;
 use tonic::Code;
@@ -21,7 +21,8 @@ fn assert_names(e: &tonic::Status, field: &str) {
 }
 
 #[tokio::test]
-async fn malformed_audit_token_and_backup_requests_are_refused_naming_the_field_and_audited() {
+async fn malformed_audit_token_backup_and_enrollment_requests_are_refused_naming_the_field_and_audited()
+ {
     let s = TestServer::start().await.unwrap();
     let mut audit = s.audit(ADMIN_TOKEN);
     let e = audit
@@ -71,5 +72,21 @@ async fn malformed_audit_token_and_backup_requests_are_refused_naming_the_field_
         .expect_err("a short passphrase is refused before anything is streamed");
     assert_names(&e, "passphrase");
     assert_eq!(rejected(&s, "backup").await.len(), 1);
+
+    let e = pb::agent_service_client::AgentServiceClient::new(s.authed(ADMIN_TOKEN))
+        .create_enrollment_token(pb::CreateEnrollmentTokenRequest {
+            device: "web-01".into(),
+            ttl: Some(pbjson_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_names(&e, "ttl");
+    let trail = rejected(&s, "agent-token").await;
+    assert_eq!(trail.len(), 1, "{trail:#?}");
+    assert_eq!(trail[0].resource_name, "web-01");
     s.stop().await.unwrap();
 }
