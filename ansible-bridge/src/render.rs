@@ -14,6 +14,9 @@
 //! not yet adopted by an operator) are left out entirely ([`is_discovered`]): an agent-chosen
 //! name must not become a host Ansible connects to.
 
+mod groups;
+mod hostvars;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +26,10 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Value, json};
 
 use crate::client::Export;
+
+use groups::{group_keys, group_name};
+pub use groups::{groups_of, safe_group_name};
+pub use hostvars::{HostVars, Unsafe};
 
 /// The label the server puts on VM devices it created from a hypervisor's report
 /// (`server/src/agents.rs`, `DISCOVERED_LABEL`). An operator adopts such a device by removing it.
@@ -35,212 +42,6 @@ pub fn is_discovered(d: &pb::Device) -> bool {
         .as_ref()
         .is_some_and(|m| m.labels.contains_key(DISCOVERED_LABEL))
 }
-
-/// A string Ansible must never template: serialized as `{"__ansible_unsafe": "..."}`, which
-/// ansible-core's inventory JSON decoder (script plugin, `_meta.hostvars`) turns into an
-/// untrusted string (2.19's data tagging: not `TrustedAsTemplate`; before 2.19:
-/// `AnsibleUnsafeText`), and which the `muster.fleet.muster` plugin unwraps with `wrap_var`.
-#[derive(Debug, Clone, Copy)]
-pub struct Unsafe<'a>(pub &'a str);
-
-impl Serialize for Unsafe<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry("__ansible_unsafe", self.0)?;
-        m.end()
-    }
-}
-
-/// Ansible's rule for group names (`ansible.inventory.group.to_safe_group_name`): every
-/// character outside `[A-Za-z0-9_]` becomes `_`.
-pub fn safe_group_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn kind_name(k: i32) -> &'static str {
-    use pb::DeviceKind as K;
-    match K::try_from(k) {
-        Ok(K::Server) => "server",
-        Ok(K::Storage) => "storage",
-        Ok(K::Switch) => "switch",
-        Ok(K::Router) => "router",
-        Ok(K::Firewall) => "firewall",
-        Ok(K::Pdu) => "pdu",
-        Ok(K::Vm) => "vm",
-        Ok(K::Unspecified) | Err(_) => "unspecified",
-    }
-}
-
-fn lifecycle_name(l: i32) -> &'static str {
-    use pb::Lifecycle as L;
-    match L::try_from(l) {
-        Ok(L::Planned) => "planned",
-        Ok(L::Provisioning) => "provisioning",
-        Ok(L::Active) => "active",
-        Ok(L::Maintenance) => "maintenance",
-        Ok(L::Decommissioned) => "decommissioned",
-        Ok(L::Unspecified) | Err(_) => "unspecified",
-    }
-}
-
-/// A device that never reported has no health: it is `unknown` like a silent one.
-fn health_name(h: i32) -> &'static str {
-    use pb::Health as H;
-    match H::try_from(h) {
-        Ok(H::Ok) => "ok",
-        Ok(H::Warning) => "warning",
-        Ok(H::Critical) => "critical",
-        Ok(H::Unknown | H::Unspecified) | Err(_) => "unknown",
-    }
-}
-
-/// The hostvars of one device, serialized straight from the export (no intermediate JSON
-/// tree: at 10,000 hosts that tree cost more than everything else together):
-///
-/// - `ansible_host`, `ansible_port`, `ansible_user` from the device's SSH endpoint
-///   (`ansible_host` falls back to the management address; the port defaults to 22);
-/// - `muster_id`, `muster_kind`, `muster_site`, `muster_rack`, `muster_role`,
-///   `muster_lifecycle`, `muster_health`, `muster_serial`, `muster_asset_tag`, `muster_vendor`,
-///   `muster_model`, `muster_parent`, `muster_management_address`, `muster_labels` (a map),
-///   `muster_drift_count`, `muster_os_release`, `muster_kernel`, `muster_facts_origin`
-///   (`agent`, `ansible`, or empty when no facts were ever stored), `muster_revision`;
-/// - `muster_in_window` (bool) when windows were evaluated.
-///
-/// Every string value is marked [`Unsafe`], label values included.
-#[derive(Debug, Clone, Copy)]
-pub struct HostVars<'a> {
-    pub device: &'a pb::Device,
-    pub os: Option<&'a pb::OsFacts>,
-    pub in_window: Option<bool>,
-}
-
-/// A device's labels as a map sorted by key, values marked [`Unsafe`].
-struct Labels<'a>(&'a std::collections::HashMap<String, String>);
-
-impl Serialize for Labels<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut sorted: Vec<(&String, &String)> = self.0.iter().collect();
-        sorted.sort_unstable();
-        let mut m = s.serialize_map(Some(sorted.len()))?;
-        for (k, v) in sorted {
-            m.serialize_entry(k, &Unsafe(v))?;
-        }
-        m.end()
-    }
-}
-
-impl Serialize for HostVars<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let dev = self.device;
-        let empty_meta = pb::ObjectMeta::default();
-        let meta = dev.meta.as_ref().unwrap_or(&empty_meta);
-        let (health, drift, origin) = dev.status.as_ref().map_or((0, 0, ""), |st| {
-            (st.health, st.drift.len(), st.origin.as_str())
-        });
-        let (ssh_host, ssh_port, ssh_user) = dev
-            .ssh
-            .as_ref()
-            .map_or(("", 0, ""), |e| (e.host.as_str(), e.port, e.user.as_str()));
-        let host = if ssh_host.is_empty() {
-            dev.management_address.as_str()
-        } else {
-            ssh_host
-        };
-        let (release, kernel) = self
-            .os
-            .map_or(("", ""), |o| (o.release.as_str(), o.kernel.as_str()));
-        let mut m = s.serialize_map(None)?;
-        if !host.is_empty() {
-            m.serialize_entry("ansible_host", &Unsafe(host))?;
-            m.serialize_entry("ansible_port", &if ssh_port == 0 { 22 } else { ssh_port })?;
-        }
-        if !ssh_user.is_empty() {
-            m.serialize_entry("ansible_user", &Unsafe(ssh_user))?;
-        }
-        m.serialize_entry("muster_id", &Unsafe(&meta.id))?;
-        m.serialize_entry("muster_kind", &Unsafe(kind_name(dev.kind)))?;
-        m.serialize_entry("muster_site", &Unsafe(&dev.site))?;
-        m.serialize_entry("muster_rack", &Unsafe(&dev.rack))?;
-        m.serialize_entry("muster_role", &Unsafe(&dev.role))?;
-        m.serialize_entry("muster_lifecycle", &Unsafe(lifecycle_name(dev.lifecycle)))?;
-        m.serialize_entry("muster_health", &Unsafe(health_name(health)))?;
-        m.serialize_entry("muster_serial", &Unsafe(&dev.serial))?;
-        m.serialize_entry("muster_asset_tag", &Unsafe(&dev.asset_tag))?;
-        m.serialize_entry("muster_vendor", &Unsafe(&dev.vendor))?;
-        m.serialize_entry("muster_model", &Unsafe(&dev.model))?;
-        m.serialize_entry("muster_parent", &Unsafe(&dev.parent))?;
-        m.serialize_entry(
-            "muster_management_address",
-            &Unsafe(&dev.management_address),
-        )?;
-        m.serialize_entry("muster_labels", &Labels(&meta.labels))?;
-        m.serialize_entry("muster_drift_count", &drift)?;
-        m.serialize_entry("muster_os_release", &Unsafe(release))?;
-        m.serialize_entry("muster_kernel", &Unsafe(kernel))?;
-        m.serialize_entry("muster_facts_origin", &Unsafe(origin))?;
-        m.serialize_entry("muster_revision", &meta.revision)?;
-        if let Some(w) = self.in_window {
-            m.serialize_entry("muster_in_window", &w)?;
-        }
-        m.end()
-    }
-}
-
-/// The groups of one device, as (prefix, value) pairs; the name is
-/// `safe_group_name(prefix + value)`. Building names per host would allocate some 400,000
-/// strings for 10,000 hosts with 30 labels: `GroupIndex` names each distinct pair once.
-fn group_keys<'a>(
-    d: &'a pb::Device,
-    in_window: bool,
-    out: &mut Vec<(&'static str, &'a str, &'a str)>,
-) {
-    out.clear();
-    let (health, drift) = d
-        .status
-        .as_ref()
-        .map_or((0, false), |st| (st.health, !st.drift.is_empty()));
-    out.push(("kind_", kind_name(d.kind), ""));
-    out.push(("lifecycle_", lifecycle_name(d.lifecycle), ""));
-    out.push(("health_", health_name(health), ""));
-    out.push(("drift_", if drift { "yes" } else { "no" }, ""));
-    for (prefix, value) in [("site_", &d.site), ("rack_", &d.rack), ("role_", &d.role)] {
-        if !value.is_empty() {
-            out.push((prefix, value.as_str(), ""));
-        }
-    }
-    if let Some(m) = &d.meta {
-        for (k, v) in &m.labels {
-            out.push(("label_", k.as_str(), v.as_str()));
-        }
-    }
-    if in_window {
-        out.push(("in_window", "", ""));
-    }
-}
-
-fn group_name(prefix: &str, a: &str, b: &str) -> String {
-    if b.is_empty() {
-        safe_group_name(&format!("{prefix}{a}"))
-    } else {
-        safe_group_name(&format!("{prefix}{a}_{b}"))
-    }
-}
-
-/// The groups one device belongs to (sanitized names).
-pub fn groups_of(d: &pb::Device, in_window: bool) -> Vec<String> {
-    let mut keys = Vec::new();
-    group_keys(d, in_window, &mut keys);
-    keys.iter().map(|(p, a, b)| group_name(p, a, b)).collect()
-}
-
 /// How to render.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {

@@ -142,17 +142,21 @@ impl Server {
             cache_capacity_bytes: config.cache_capacity_mb.saturating_mul(1024 * 1024),
             fdatasync: config.fdatasync,
         };
+        // Where a restart's time goes, logged once the server is open.
+        let phase = muster::clock::Stopwatch::start();
         let dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, &opts))
             .await
             .map_err(|e| ServeError::Join(e.to_string()))??;
         let store: Arc<dyn Store> = Arc::new(store);
+        let store_ms = phase.elapsed().as_millis();
         let moved = observed::upgrade_layout(&*store).await?;
         if moved > 0 {
             tracing::info!(moved, "moved bulky facts sections to their own key range");
         }
         let paths = keys::KeyPaths::new(&config.data_dir, config.secrets_key_file.as_deref());
         let keys = keys::open(&*store, &paths).await?;
+        let keys_ms = phase.elapsed().as_millis();
         let (tokens, created_admin_token) = TokenRegistry::load(
             &config.tokens,
             &*store,
@@ -191,8 +195,16 @@ impl Server {
             Agents::open(Arc::clone(&inventory), Arc::clone(&ca), settings)
                 .map_err(ServeError::Agents)?,
         );
+        let agents_ms = phase.elapsed().as_millis();
         let metrics = Arc::new(Metrics::new(store));
         let drift = drift::DriftEngine::start(Arc::clone(&inventory), mailbox);
+        tracing::info!(
+            store_ms,
+            keys_ms,
+            agents_ms,
+            open_ms = phase.elapsed().as_millis(),
+            "store opened (milliseconds since start, cumulative; the drift engine loads on)"
+        );
         Ok(Self {
             config,
             shared: Shared {

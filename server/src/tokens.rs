@@ -11,6 +11,7 @@ use std::time::Duration;
 use muster::selector::Selector;
 
 use crate::auth::{TokenEntry, TokenRegistry, TokenSource, generate_token, hash_token, rfc3339};
+use crate::inventory::ChangeContext;
 use crate::model::{ApiError, Principal, Role};
 use crate::store::{Refusal, Store, StoredToken, TokenWrite};
 
@@ -33,6 +34,20 @@ pub struct NewToken {
     pub ttl: Option<Duration>,
     /// Label selector; empty: unscoped.
     pub selector: String,
+}
+
+/// A token to create, with why (converted at the edge; the registry checks the rest).
+#[derive(Debug, Clone, Default)]
+pub struct CreateToken {
+    pub token: NewToken,
+    pub context: ChangeContext,
+}
+
+/// A token to revoke, with why.
+#[derive(Debug, Clone, Default)]
+pub struct RevokeToken {
+    pub name: String,
+    pub context: ChangeContext,
 }
 
 /// Writes a token change (and its audit entry) durably, in one batch.

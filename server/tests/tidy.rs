@@ -5,6 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
+/// The source folders of the workspace's crates (not their tests or benches).
+const CRATE_SOURCES: [&str; 5] = [
+    "server/src",
+    "agent/src",
+    "cli/src",
+    "ansible-bridge/src",
+    "proto/src",
+];
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -152,13 +161,7 @@ fn time_is_read_only_through_the_clock() {
         );
     }
     let mut files = Vec::new();
-    for dir in [
-        "server/src",
-        "agent/src",
-        "cli/src",
-        "ansible-bridge/src",
-        "proto/src",
-    ] {
+    for dir in CRATE_SOURCES {
         files.extend(rust_files(dir));
     }
     let mut opted_out = Vec::new();
@@ -199,5 +202,31 @@ fn e2e_tests_do_not_open_the_store() {
         &rust_files("tests"),
         &[],
         &["sled::"],
+    );
+}
+
+#[test]
+fn no_source_file_is_over_650_lines() {
+    // Folders by job and small files (ARCHITECTURE.md): a file this long does more than one job
+    // and wants splitting into a folder of modules. Test files (`tests.rs`, anything under a
+    // `tests/` folder) and tables of test cases are exempt; nothing else is.
+    const MAX_LINES: usize = 650;
+    let mut long = Vec::new();
+    for dir in CRATE_SOURCES.iter().chain(&["tests/src"]) {
+        for f in rust_files(dir) {
+            let rel = relative(&f);
+            if rel.ends_with("/tests.rs") || rel.contains("/tests/") {
+                continue;
+            }
+            let lines = std::fs::read_to_string(&f).unwrap().lines().count();
+            if lines > MAX_LINES {
+                long.push(format!("{rel}: {lines} lines"));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "source files over {MAX_LINES} lines (split them by job):\n{}",
+        long.join("\n")
     );
 }

@@ -20,6 +20,15 @@ use crate::model::{ApiError, Principal, timestamp};
 use crate::pki::AgentCa;
 use crate::store::{AuxWrite, StoreError};
 
+/// An operator's request for an enrollment token, as the edge converted it.
+#[derive(Debug, Clone, Default)]
+pub struct NewEnrollmentToken {
+    pub device: String,
+    /// None: [`DEFAULT_TOKEN_TTL`].
+    pub ttl: Option<Duration>,
+    pub context: ChangeContext,
+}
+
 /// The guarded keys (with the bytes they must still hold) and the puts of an enrollment step.
 type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 

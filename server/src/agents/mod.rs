@@ -41,6 +41,7 @@ mod report;
 mod vms;
 
 pub(crate) use cleanup::enrollment_records;
+pub use enroll::NewEnrollmentToken;
 use liveness::Liveness;
 use records::{DeviceV1, Record, decode, device_key, encode, identity_key};
 use renew::{Ident, identity_record};

@@ -15,7 +15,6 @@ use super::status::to_status;
 use crate::inventory::{ChangeContext, store_error};
 use crate::keys::bundle;
 use crate::model::{ApiError, Permission};
-use crate::store::RefusalKind;
 
 /// Size of the chunks a backup is streamed in.
 const CHUNK: usize = 1024 * 1024;
@@ -23,6 +22,25 @@ const CHUNK: usize = 1024 * 1024;
 /// gRPC face of server administration.
 #[derive(Debug, Clone)]
 pub struct AdminApi(pub Shared);
+
+/// A backup request, checked at the edge: an empty passphrase (no keys carried) or one of an
+/// acceptable length. No `Debug`: the passphrase must not reach a log.
+pub struct BackupInput {
+    pub passphrase: Vec<u8>,
+}
+
+impl TryFrom<pb::BackupRequest> for BackupInput {
+    type Error = ApiError;
+    fn try_from(r: pb::BackupRequest) -> Result<Self, ApiError> {
+        if !r.passphrase.is_empty() {
+            bundle::check_passphrase(&r.passphrase)
+                .map_err(|problem| ApiError::invalid("passphrase", problem))?;
+        }
+        Ok(Self {
+            passphrase: r.passphrase,
+        })
+    }
+}
 
 /// Sends what is written to it as backup chunks.
 struct ChunkWriter {
@@ -83,21 +101,12 @@ impl AdminService for AdminApi {
             ResourceKind::Unspecified,
             "",
         )?;
-        let passphrase = req.into_inner().passphrase;
-        if !passphrase.is_empty()
-            && let Err(problem) = bundle::check_passphrase(&passphrase)
-        {
-            let e = ApiError::invalid("passphrase", problem);
-            self.0.inventory.record_refusal(
-                &who.name,
-                "backup",
-                (ResourceKind::Unspecified, ""),
-                &ChangeContext::default(),
-                RefusalKind::Rejected,
-                &e.to_string(),
-            );
-            return Err(to_status(e));
-        }
+        let BackupInput { passphrase } = self.0.input(
+            &who,
+            "backup",
+            (ResourceKind::Unspecified, ""),
+            req.into_inner(),
+        )?;
         // A backup copies every record, and with a passphrase the keys too: who took one is
         // part of the trail.
         let what = if passphrase.is_empty() {
@@ -191,5 +200,28 @@ impl AdminService for AdminApi {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         super::tokens::revoke(&self.0, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_passphrase_is_empty_or_of_an_acceptable_length() {
+        let none = BackupInput::try_from(pb::BackupRequest::default()).unwrap();
+        assert!(none.passphrase.is_empty(), "no passphrase: no keys carried");
+        let ok = BackupInput::try_from(pb::BackupRequest {
+            passphrase: b"correct horse battery".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(ok.passphrase, b"correct horse battery");
+        for bad in [b"short".to_vec(), vec![b'x'; bundle::MAX_PASSPHRASE + 1]] {
+            match BackupInput::try_from(pb::BackupRequest { passphrase: bad }) {
+                Err(ApiError::InvalidArgument { field, .. }) => assert_eq!(field, "passphrase"),
+                Err(other) => panic!("not an invalid argument: {other:?}"),
+                Ok(_) => panic!("a passphrase of the wrong length was accepted"),
+            }
+        }
     }
 }

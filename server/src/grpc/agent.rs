@@ -1,15 +1,13 @@
 //! AgentService handlers. Agent calls are identified by the TLS client certificate (its
 //! SHA-256, looked up in the enrollment records), operator calls by bearer token.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use muster::pb::{self, ResourceKind, agent_service_server::AgentService};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::{Shared, flat_context};
-use crate::agents::{Agents, Enrolled};
+use super::{Shared, flat_context, lifetime};
+use crate::agents::{Agents, Enrolled, NewEnrollmentToken};
 use crate::model::{ApiError, Permission, timestamp};
 
 /// gRPC face of agent enrollment and reporting.
@@ -17,6 +15,17 @@ use crate::model::{ApiError, Permission, timestamp};
 pub struct AgentApi {
     pub shared: Shared,
     pub agents: Arc<Agents>,
+}
+
+impl TryFrom<pb::CreateEnrollmentTokenRequest> for NewEnrollmentToken {
+    type Error = ApiError;
+    fn try_from(r: pb::CreateEnrollmentTokenRequest) -> Result<Self, ApiError> {
+        Ok(Self {
+            device: r.device,
+            ttl: lifetime("ttl", r.ttl)?,
+            context: flat_context("cli", r.reason, r.ticket),
+        })
+    }
 }
 
 /// Fingerprint of the client certificate the caller presented, if any.
@@ -130,23 +139,19 @@ impl AgentService for AgentApi {
             ResourceKind::Device,
             &device,
         )?;
-        let r = req.into_inner();
-        let ttl = r
-            .ttl
-            .map(|d| {
-                if d.seconds < 0 || d.nanos < 0 {
-                    Err(to_status(ApiError::invalid("ttl", "must not be negative")))
-                } else {
-                    Ok(Duration::new(
-                        u64::try_from(d.seconds).unwrap_or(0),
-                        u32::try_from(d.nanos).unwrap_or(0),
-                    ))
-                }
-            })
-            .transpose()?;
+        let NewEnrollmentToken {
+            device,
+            ttl,
+            context,
+        } = self.shared.input(
+            &who,
+            "agent-token",
+            (ResourceKind::Device, &device),
+            req.into_inner(),
+        )?;
         let (token, expires) = self
             .agents
-            .create_token(&who, &device, ttl, &flat_context("cli", r.reason, r.ticket))
+            .create_token(&who, &device, ttl, &context)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreateEnrollmentTokenResponse {
@@ -191,5 +196,38 @@ impl AgentService for AgentApi {
         )?;
         let enrollments = self.agents.enrollments().map_err(to_status)?;
         Ok(Response::new(pb::ListEnrollmentsResponse { enrollments }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::invalid_field as field;
+    use super::*;
+
+    #[test]
+    fn an_enrollment_token_request_is_converted_at_the_edge() {
+        let t = NewEnrollmentToken::try_from(pb::CreateEnrollmentTokenRequest {
+            device: "web-01".into(),
+            ttl: Some(pbjson_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+            reason: "rack day".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(t.device, "web-01");
+        assert_eq!(t.ttl, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(t.context.reason, "rack day");
+        let e = NewEnrollmentToken::try_from(pb::CreateEnrollmentTokenRequest {
+            device: "web-01".into(),
+            ttl: Some(pbjson_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "ttl");
     }
 }

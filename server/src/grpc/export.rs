@@ -105,14 +105,8 @@ impl ExportService for ExportApi {
 
 #[cfg(test)]
 mod tests {
+    use super::super::invalid_field as field;
     use super::*;
-
-    fn field(e: ApiError) -> String {
-        match e {
-            ApiError::InvalidArgument { field, .. } => field,
-            other => panic!("not an invalid argument: {other:?}"),
-        }
-    }
 
     #[test]
     fn request_shape_failures_name_the_field() {

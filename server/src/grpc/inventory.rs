@@ -253,14 +253,8 @@ impl InventoryService for InventoryApi {
 
 #[cfg(test)]
 mod tests {
+    use super::super::invalid_field as field;
     use super::*;
-
-    fn field(e: ApiError) -> String {
-        match e {
-            ApiError::InvalidArgument { field, .. } => field,
-            other => panic!("not an invalid argument: {other:?}"),
-        }
-    }
 
     #[test]
     fn a_missing_resource_names_the_field() {

@@ -43,6 +43,36 @@ pub(crate) fn flat_context(origin: &str, reason: String, ticket: String) -> Chan
     }
 }
 
+/// The field an `InvalidArgument` names (test helper for the request conversions).
+#[cfg(test)]
+pub(crate) fn invalid_field(e: crate::model::ApiError) -> String {
+    match e {
+        crate::model::ApiError::InvalidArgument { field, .. } => field,
+        other => panic!("not an invalid argument: {other:?}"),
+    }
+}
+
+/// A lifetime from field `field` of a request (None: not given); negative parts are refused.
+pub(crate) fn lifetime(
+    field: &str,
+    d: Option<pbjson_types::Duration>,
+) -> Result<Option<std::time::Duration>, crate::model::ApiError> {
+    d.map(|d| {
+        if d.seconds < 0 || d.nanos < 0 {
+            Err(crate::model::ApiError::invalid(
+                field,
+                "must not be negative",
+            ))
+        } else {
+            Ok(std::time::Duration::new(
+                u64::try_from(d.seconds).unwrap_or(0),
+                u32::try_from(d.nanos).unwrap_or(0),
+            ))
+        }
+    })
+    .transpose()
+}
+
 /// What every handler needs: the domain service and the token registry.
 #[derive(Clone, Debug)]
 pub struct Shared {

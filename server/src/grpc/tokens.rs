@@ -1,18 +1,16 @@
 //! Token management handlers (AdminService CreateToken, ListTokens, RevokeToken): authorize as
 //! admin, call the registry, audit every outcome (never the token), convert back.
 
-use std::time::Duration;
-
 use muster::pb::{self, ResourceKind};
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::{Shared, flat_context};
+use super::{Shared, flat_context, lifetime};
 use crate::auth::{TokenEntry, TokenSource};
-use crate::inventory::{ChangeContext, Inventory, refusal_kind};
+use crate::inventory::{ChangeContext, Inventory};
 use crate::model::{ApiError, Permission, Principal, timestamp};
 use crate::store::Refusal;
-use crate::tokens::{NewToken, describe};
+use crate::tokens::{CreateToken, NewToken, RevokeToken, describe};
 
 /// The list form of a token.
 fn info(e: &TokenEntry, now: i64) -> pb::TokenInfo {
@@ -54,8 +52,8 @@ fn accepted(
     )
 }
 
-/// Audits a refused token action under the token's name (accepted ones are recorded with the
-/// change, see `accepted`).
+/// Audits a refused token action under the token's name, through the one refusal path
+/// (accepted ones are recorded with the change, see `accepted`).
 fn audited<T>(
     shared: &Shared,
     who: &Principal,
@@ -64,32 +62,42 @@ fn audited<T>(
     ctx: &ChangeContext,
     r: Result<T, ApiError>,
 ) -> Result<T, Status> {
-    match &r {
-        Ok(_) | Err(ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::ShuttingDown) => {}
-        Err(e) => shared.inventory.record_refusal(
-            &who.name,
-            verb,
-            (ResourceKind::Unspecified, name),
-            ctx,
-            refusal_kind(e),
-            &e.to_string(),
-        ),
-    }
-    r.map_err(to_status)
+    r.map_err(|e| {
+        let e =
+            shared
+                .inventory
+                .refused(&who.name, verb, (ResourceKind::Unspecified, name), ctx, e);
+        to_status(e)
+    })
 }
 
-fn ttl(d: Option<pbjson_types::Duration>) -> Result<Option<Duration>, ApiError> {
-    d.map(|d| {
-        if d.seconds < 0 || d.nanos < 0 {
-            Err(ApiError::invalid("ttl", "must not be negative"))
-        } else {
-            Ok(Duration::new(
-                u64::try_from(d.seconds).unwrap_or(0),
-                u32::try_from(d.nanos).unwrap_or(0),
-            ))
-        }
-    })
-    .transpose()
+impl TryFrom<pb::CreateTokenRequest> for CreateToken {
+    type Error = ApiError;
+    fn try_from(r: pb::CreateTokenRequest) -> Result<Self, ApiError> {
+        let context = flat_context("cli", r.reason, r.ticket);
+        context.check()?;
+        Ok(Self {
+            token: NewToken {
+                name: r.name,
+                role: r.role,
+                ttl: lifetime("ttl", r.ttl)?,
+                selector: r.selector,
+            },
+            context,
+        })
+    }
+}
+
+impl TryFrom<pb::RevokeTokenRequest> for RevokeToken {
+    type Error = ApiError;
+    fn try_from(r: pb::RevokeTokenRequest) -> Result<Self, ApiError> {
+        let context = flat_context("cli", r.reason, r.ticket);
+        context.check()?;
+        Ok(Self {
+            name: r.name,
+            context,
+        })
+    }
 }
 
 pub async fn create(
@@ -104,30 +112,27 @@ pub async fn create(
         ResourceKind::Unspecified,
         &name,
     )?;
-    let r = req.into_inner();
-    let ctx = flat_context("cli", r.reason, r.ticket);
-    let result = async {
-        ctx.check()?;
-        let new = NewToken {
-            name: r.name,
-            role: r.role,
-            ttl: ttl(r.ttl)?,
-            selector: r.selector,
-        };
-        shared
-            .tokens
-            .create(shared.inventory.store(), &who, new, |e| {
-                accepted(
-                    (&who, shared.inventory.now_unix_nanos()),
-                    "token-create",
-                    &name,
-                    &ctx,
-                    format!("created {}", describe(e)),
-                )
-            })
-            .await
-    }
-    .await;
+    let CreateToken {
+        token: new,
+        context: ctx,
+    } = shared.input(
+        &who,
+        "token-create",
+        (ResourceKind::Unspecified, &name),
+        req.into_inner(),
+    )?;
+    let result = shared
+        .tokens
+        .create(shared.inventory.store(), &who, new, |e| {
+            accepted(
+                (&who, shared.inventory.now_unix_nanos()),
+                "token-create",
+                &name,
+                &ctx,
+                format!("created {}", describe(e)),
+            )
+        })
+        .await;
     let (token, entry) = audited(shared, &who, "token-create", &name, &ctx, result)?;
     Ok(Response::new(pb::CreateTokenResponse {
         token,
@@ -168,24 +173,91 @@ pub async fn revoke(
         ResourceKind::Unspecified,
         &name,
     )?;
-    let r = req.into_inner();
-    let ctx = flat_context("cli", r.reason, r.ticket);
-    let result = async {
-        ctx.check()?;
-        shared
-            .tokens
-            .revoke(shared.inventory.store(), &name, |e| {
-                accepted(
-                    (&who, shared.inventory.now_unix_nanos()),
-                    "token-revoke",
-                    &name,
-                    &ctx,
-                    format!("revoked {}", describe(e)),
-                )
-            })
-            .await
-    }
-    .await;
+    let RevokeToken { context: ctx, .. } = shared.input(
+        &who,
+        "token-revoke",
+        (ResourceKind::Unspecified, &name),
+        req.into_inner(),
+    )?;
+    let result = shared
+        .tokens
+        .revoke(shared.inventory.store(), &name, |e| {
+            accepted(
+                (&who, shared.inventory.now_unix_nanos()),
+                "token-revoke",
+                &name,
+                &ctx,
+                format!("revoked {}", describe(e)),
+            )
+        })
+        .await;
     audited(shared, &who, "token-revoke", &name, &ctx, result)?;
     Ok(Response::new(pb::RevokeTokenResponse {}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::invalid_field as field;
+    use super::*;
+
+    fn ttl_of(seconds: i64, nanos: i32) -> Option<pbjson_types::Duration> {
+        Some(pbjson_types::Duration { seconds, nanos })
+    }
+
+    #[test]
+    fn a_create_request_becomes_a_new_token_with_its_context() {
+        let c = CreateToken::try_from(pb::CreateTokenRequest {
+            name: "ci".into(),
+            role: "operator".into(),
+            ttl: ttl_of(3600, 500),
+            selector: "team=web".into(),
+            reason: "pipeline".into(),
+            ticket: "OPS-7".into(),
+        })
+        .unwrap();
+        assert_eq!(c.token.name, "ci");
+        assert_eq!(c.token.role, "operator");
+        assert_eq!(c.token.ttl, Some(std::time::Duration::new(3600, 500)));
+        assert_eq!(c.token.selector, "team=web");
+        assert_eq!(c.context.reason, "pipeline");
+        assert_eq!(c.context.ticket, "OPS-7");
+        assert_eq!(c.context.origin, "cli");
+        let lasting = CreateToken::try_from(pb::CreateTokenRequest::default()).unwrap();
+        assert_eq!(lasting.token.ttl, None, "no ttl: the token does not expire");
+    }
+
+    #[test]
+    fn request_shape_failures_name_the_field() {
+        for bad in [ttl_of(-1, 0), ttl_of(1, -1)] {
+            let e = CreateToken::try_from(pb::CreateTokenRequest {
+                ttl: bad,
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(field(e), "ttl");
+        }
+        let e = CreateToken::try_from(pb::CreateTokenRequest {
+            reason: "x".repeat(1025),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "context.reason");
+        let e = RevokeToken::try_from(pb::RevokeTokenRequest {
+            name: "ci".into(),
+            ticket: "bad\nticket".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(field(e), "context.ticket");
+        let r = RevokeToken::try_from(pb::RevokeTokenRequest {
+            name: "ci".into(),
+            reason: "leaked".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.context.reason.as_str()),
+            ("ci", "leaked")
+        );
+    }
 }

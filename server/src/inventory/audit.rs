@@ -5,15 +5,18 @@
 use muster::pb::{self, ResourceKind};
 
 use super::query::{audit_token, page_size, parse_audit_token};
-use super::{ChangeContext, Inventory, parse_optional_kind};
+use super::{ChangeContext, Inventory};
 use crate::model::{ApiError, Principal, kind_from_id, kind_id, timestamp};
 use crate::store::{AuditEntry, AuditQuery, ChangeEntry, Refusal, RefusalKind};
 
-/// Parameters of an audit listing.
+/// Parameters of an audit listing, as the edge converted them (kind checked, a name only with
+/// a kind); the page token is this layer's format and is parsed here.
 #[derive(Debug, Clone, Default)]
 pub struct AuditParams {
-    pub kind: i32,
+    pub kind: Option<ResourceKind>,
+    /// Empty: every resource (of `kind`, when set).
     pub name: String,
+    /// Empty: every principal.
     pub principal: String,
     pub since_nanos: Option<i64>,
     pub until_nanos: Option<i64>,
@@ -78,13 +81,7 @@ impl Inventory {
 
     /// Audit entries, oldest first, with a token for the next page.
     pub fn audit(&self, p: &AuditParams) -> Result<(Vec<pb::Change>, String), ApiError> {
-        let kind = parse_optional_kind("resource_kind", p.kind)?.map(kind_id);
-        if !p.name.is_empty() && kind.is_none() {
-            return Err(ApiError::invalid(
-                "resource_kind",
-                "is required with resource_name",
-            ));
-        }
+        let kind = p.kind.map(kind_id);
         let (after_revision, after_seq) = parse_audit_token(&p.page_token)?;
         let q = AuditQuery {
             kind,

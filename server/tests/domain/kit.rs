@@ -11,6 +11,7 @@ use muster::clock::ManualClock;
 use muster::pb::admin_service_client::AdminServiceClient;
 use muster::pb::audit_service_client::AuditServiceClient;
 use muster::pb::campaign_service_client::CampaignServiceClient;
+use muster::pb::config_service_client::ConfigServiceClient;
 use muster::pb::inventory_service_client::InventoryServiceClient;
 use muster_server::config::{Config, TokenConfig};
 use muster_server::{Listeners, Server};
@@ -42,6 +43,8 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), muster_server::ServeError>>>,
     channel: Channel,
+    /// `http://` or, with `tls_auto`, `https://` and the address.
+    pub url: String,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -82,6 +85,7 @@ impl TestServer {
             ..Config::default()
         };
         tweak(&mut config);
+        let tls_auto = config.tls_auto;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let clock = parts.clock.unwrap_or_else(ManualClock::starting_now);
@@ -102,17 +106,40 @@ impl TestServer {
                 let _ = rx.await;
             },
         ));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
+        // With `tls_auto` the server speaks TLS with a certificate of its own CA (and agents
+        // can present the client certificates they enroll for).
+        let tls = if tls_auto {
+            Some(std::fs::read(dir.path().join("data").join("agent-ca.pem"))?)
+        } else {
+            None
+        };
+        let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = tls {
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )?;
+        }
+        let channel = endpoint.connect().await?;
         Ok(Self {
             clock,
             _dir: dir,
             shutdown: Some(tx),
             task: Some(task),
             channel,
+            url,
         })
+    }
+
+    /// The agent CA's certificate (what an agent trusts the server by).
+    pub fn agent_ca(&self) -> std::path::PathBuf {
+        self._dir.path().join("data").join("agent-ca.pem")
+    }
+
+    pub fn config(&self, token: &str) -> ConfigServiceClient<Authed> {
+        ConfigServiceClient::new(self.authed(token))
     }
 
     /// A channel presenting `token`.
@@ -131,6 +158,21 @@ impl TestServer {
 
     pub fn audit(&self, token: &str) -> AuditServiceClient<Authed> {
         AuditServiceClient::new(self.authed(token))
+    }
+
+    /// The audit trail of `principal`, refusals included (the first 1,000 entries).
+    pub async fn trail(&self, principal: &str) -> Vec<muster::pb::Change> {
+        self.audit(ADMIN_TOKEN)
+            .list(muster::pb::ListChangesRequest {
+                include_refused: true,
+                principal: principal.into(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("the admin reads the audit trail")
+            .into_inner()
+            .changes
     }
 
     /// Moves the server's clock forward.

@@ -2,7 +2,9 @@
 //! time-dependent behaviour is tested by moving the clock, not by sleeping.
 #![allow(clippy::unwrap_used)]
 
+mod agents;
 mod campaign_desired;
 mod campaigns;
+mod edge;
 mod kit;
 mod tokens;

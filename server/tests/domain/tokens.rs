@@ -49,18 +49,7 @@ async fn a_token_expires_when_the_clock_passes_its_ttl() {
         refused.message()
     );
 
-    let trail = s
-        .audit(ADMIN_TOKEN)
-        .list(pb::ListChangesRequest {
-            include_refused: true,
-            principal: "day-pass".into(),
-            page_size: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .changes;
+    let trail = s.trail("day-pass").await;
     assert!(
         trail
             .iter()

@@ -1,17 +1,14 @@
-//! Per-kind rules: validation, defaults, indexed fields, references, and which parts of a
-//! resource the server owns.
-
-use std::collections::BTreeMap;
+//! What a valid resource is, per kind; every error names the field at fault.
 
 use muster::names::{
     InvalidField, validate_date, validate_host, validate_label_key, validate_labels, validate_mac,
     validate_name,
 };
-use muster::pb::{self, ObjectMeta, ResourceKind, resource::Resource as R};
+use muster::pb::{self, ObjectMeta, resource::Resource as R};
 use muster::selector::Selector;
 
-use super::ApiError;
-use super::limits::{self, entries};
+use crate::model::ApiError;
+use crate::model::limits::{self, entries};
 
 /// Longest free-text field (descriptions, serials, addresses) accepted.
 const MAX_TEXT: usize = 1024;
@@ -19,82 +16,6 @@ const MAX_TEXT: usize = 1024;
 const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 /// Largest credential secret.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
-
-/// The kind of a resource, or None when no variant is set.
-pub fn kind_of(r: &pb::Resource) -> Option<ResourceKind> {
-    Some(match r.resource.as_ref()? {
-        R::Site(_) => ResourceKind::Site,
-        R::Rack(_) => ResourceKind::Rack,
-        R::Device(_) => ResourceKind::Device,
-        R::Profile(_) => ResourceKind::Profile,
-        R::Window(_) => ResourceKind::Window,
-        R::Credential(_) => ResourceKind::Credential,
-        R::Campaign(_) => ResourceKind::Campaign,
-    })
-}
-
-/// Fills defaults an operator may leave out.
-pub fn apply_defaults(r: &mut pb::Resource) {
-    match r.resource.as_mut() {
-        Some(R::Rack(x)) if x.height_u == 0 => x.height_u = 42,
-        Some(R::Device(x)) => {
-            if x.lifecycle == pb::Lifecycle::Unspecified as i32 {
-                x.lifecycle = pb::Lifecycle::Active as i32;
-            }
-            if x.height_u == 0 && x.kind != pb::DeviceKind::Vm as i32 {
-                x.height_u = 1;
-            }
-        }
-        Some(R::Window(x)) if !x.cron.is_empty() && x.timezone.is_empty() => {
-            x.timezone = "UTC".into()
-        }
-        _ => {}
-    }
-}
-
-/// Annotations under this prefix are written by the server (agent enrollment state), never
-/// taken from operator input, and kept across operator updates.
-pub const SERVER_ANNOTATION_PREFIX: &str = "agent.muster.io/";
-
-/// Clears everything the server owns (observed status, campaign progress) from operator input.
-pub fn clear_server_owned(r: &mut pb::Resource) {
-    if let Some(m) = r.meta_mut() {
-        m.annotations
-            .retain(|k, _| !k.starts_with(SERVER_ANNOTATION_PREFIX));
-    }
-    match r.resource.as_mut() {
-        Some(R::Device(x)) => x.status = None,
-        Some(R::Campaign(x)) => x.status = None,
-        Some(R::Credential(x)) => x.fingerprint.clear(),
-        _ => {}
-    }
-}
-
-/// Copies the server-owned parts of `old` into `new` (identity, creation, status).
-pub fn carry_server_owned(old: &pb::Resource, new: &mut pb::Resource) {
-    if let (Some(om), Some(nm)) = (old.meta().cloned(), new.meta_mut()) {
-        nm.id = om.id;
-        nm.created_at = om.created_at;
-        nm.created_by = om.created_by;
-        nm.updated_at = om.updated_at;
-        nm.updated_by = om.updated_by;
-        nm.revision = om.revision;
-        nm.annotations
-            .retain(|k, _| !k.starts_with(SERVER_ANNOTATION_PREFIX));
-        for (k, v) in om.annotations {
-            if k.starts_with(SERVER_ANNOTATION_PREFIX) {
-                nm.annotations.insert(k, v);
-            }
-        }
-    }
-    match (old.resource.as_ref(), new.resource.as_mut()) {
-        (Some(R::Device(o)), Some(R::Device(n))) => n.status = o.status.clone(),
-        (Some(R::Campaign(o)), Some(R::Campaign(n))) => n.status = o.status.clone(),
-        (Some(R::Credential(o)), Some(R::Credential(n))) => n.fingerprint = o.fingerprint.clone(),
-        _ => {}
-    }
-}
-
 fn text(field: &str, s: &str) -> Result<(), InvalidField> {
     if s.len() > MAX_TEXT {
         return Err(InvalidField::new(
@@ -428,7 +349,7 @@ fn validate_window(w: &pb::Window) -> Result<(), InvalidField> {
                 "needs start and end",
             ));
         };
-        if super::timestamp_nanos(s) >= super::timestamp_nanos(e) {
+        if crate::model::timestamp_nanos(s) >= crate::model::timestamp_nanos(e) {
             return Err(InvalidField::new(
                 format!("ranges[{i}]"),
                 "start must be before end",
@@ -500,207 +421,4 @@ pub fn no_variant() -> ApiError {
         "resource",
         "exactly one of site, rack, device, profile, window, credential must be set",
     )
-}
-
-/// Field names a field selector may use for a kind ("name" always works).
-pub fn indexed_fields(kind: ResourceKind) -> &'static [&'static str] {
-    match kind {
-        ResourceKind::Rack => &["site"],
-        ResourceKind::Device => &[
-            "kind",
-            "site",
-            "rack",
-            "role",
-            "lifecycle",
-            "serial",
-            "asset_tag",
-            "parent",
-            "health",
-            "bmc_credential",
-            "ssh_credential",
-        ],
-        ResourceKind::Window => &["freeze"],
-        ResourceKind::Credential => &["kind"],
-        _ => &[],
-    }
-}
-
-fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(&E) -> &'static str) -> String {
-    E::try_from(v)
-        .map(|e| name(&e))
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// The values of the indexed fields of a resource (empty values are not indexed).
-pub fn index_fields(r: &pb::Resource) -> BTreeMap<String, String> {
-    let mut f: BTreeMap<String, String> = BTreeMap::new();
-    let mut put = |k: &str, v: String| {
-        if !v.is_empty() {
-            f.insert(k.to_string(), v);
-        }
-    };
-    match r.resource.as_ref() {
-        Some(R::Rack(x)) => put("site", x.site.clone()),
-        Some(R::Device(d)) => {
-            put("kind", enum_name(d.kind, pb::DeviceKind::as_str_name));
-            put(
-                "lifecycle",
-                enum_name(d.lifecycle, pb::Lifecycle::as_str_name),
-            );
-            put("site", d.site.clone());
-            put("rack", d.rack.clone());
-            put("role", d.role.clone());
-            put("serial", d.serial.clone());
-            put("asset_tag", d.asset_tag.clone());
-            put("parent", d.parent.clone());
-            put(
-                "health",
-                d.status
-                    .as_ref()
-                    .filter(|s| s.health != 0)
-                    .map(|s| enum_name(s.health, pb::Health::as_str_name))
-                    .unwrap_or_default(),
-            );
-            put(
-                "bmc_credential",
-                d.bmc
-                    .as_ref()
-                    .map(|b| b.credential_ref.clone())
-                    .unwrap_or_default(),
-            );
-            put(
-                "ssh_credential",
-                d.ssh
-                    .as_ref()
-                    .map(|s| s.credential_ref.clone())
-                    .unwrap_or_default(),
-            );
-        }
-        Some(R::Window(w)) => put("freeze", w.freeze.to_string()),
-        Some(R::Credential(c)) => put("kind", enum_name(c.kind, pb::CredentialKind::as_str_name)),
-        _ => {}
-    }
-    f
-}
-
-/// Objects a resource refers to, which must exist when it is written.
-pub fn references(r: &pb::Resource) -> Vec<(ResourceKind, String)> {
-    let mut out = Vec::new();
-    let mut add = |k: ResourceKind, n: &str| {
-        if !n.is_empty() {
-            out.push((k, n.to_string()));
-        }
-    };
-    match r.resource.as_ref() {
-        Some(R::Rack(x)) => add(ResourceKind::Site, &x.site),
-        Some(R::Device(d)) => {
-            add(ResourceKind::Site, &d.site);
-            add(ResourceKind::Rack, &d.rack);
-            add(ResourceKind::Device, &d.parent);
-            if let Some(b) = &d.bmc {
-                add(ResourceKind::Credential, &b.credential_ref);
-            }
-            if let Some(s) = &d.ssh {
-                add(ResourceKind::Credential, &s.credential_ref);
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
-/// (kind, indexed field) pairs that may refer to an object of `kind`: it cannot be deleted
-/// while any of them does.
-pub fn referrers(kind: ResourceKind) -> &'static [(ResourceKind, &'static str)] {
-    match kind {
-        ResourceKind::Site => &[(ResourceKind::Rack, "site"), (ResourceKind::Device, "site")],
-        ResourceKind::Rack => &[(ResourceKind::Device, "rack")],
-        ResourceKind::Device => &[(ResourceKind::Device, "parent")],
-        ResourceKind::Credential => &[
-            (ResourceKind::Device, "bmc_credential"),
-            (ResourceKind::Device, "ssh_credential"),
-        ],
-        _ => &[],
-    }
-}
-
-/// A copy without the fields every write changes, to tell whether an apply changes anything.
-pub fn comparable(r: &pb::Resource) -> pb::Resource {
-    let mut c = r.clone();
-    if let Some(m) = c.meta_mut() {
-        m.revision = 0;
-        m.updated_at = None;
-        m.updated_by.clear();
-    }
-    c
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn device(name: &str) -> pb::Resource {
-        pb::Resource {
-            resource: Some(R::Device(pb::Device {
-                meta: Some(ObjectMeta {
-                    name: name.into(),
-                    ..Default::default()
-                }),
-                kind: pb::DeviceKind::Server as i32,
-                ..Default::default()
-            })),
-        }
-    }
-
-    fn field_of(r: pb::Resource) -> String {
-        match validate(&r) {
-            Err(ApiError::InvalidArgument { field, .. }) => field,
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn device_validation_names_the_field() {
-        assert!(validate(&device("web-01")).is_ok());
-        assert_eq!(field_of(device("Web 01")), "meta.name");
-        let mut r = device("web-01");
-        let Some(R::Device(d)) = r.resource.as_mut() else {
-            unreachable!()
-        };
-        d.management_address = "not an address".into();
-        assert_eq!(field_of(r.clone()), "management_address");
-        let Some(R::Device(d)) = r.resource.as_mut() else {
-            unreachable!()
-        };
-        d.management_address = "10.0.0.1".into();
-        d.kind = 0;
-        assert_eq!(field_of(r.clone()), "kind");
-        let Some(R::Device(d)) = r.resource.as_mut() else {
-            unreachable!()
-        };
-        d.kind = 1;
-        d.meta
-            .as_mut()
-            .unwrap()
-            .labels
-            .insert("bad key!".into(), "x".into());
-        assert_eq!(field_of(r), "meta.labels[\"bad key!\"]");
-    }
-
-    #[test]
-    fn index_fields_and_references() {
-        let mut r = device("web-01");
-        let Some(R::Device(d)) = r.resource.as_mut() else {
-            unreachable!()
-        };
-        d.site = "fra1".into();
-        d.rack = "r1".into();
-        d.serial = "SN1".into();
-        let f = index_fields(&r);
-        assert_eq!(f.get("kind").map(String::as_str), Some("SERVER"));
-        assert_eq!(f.get("site").map(String::as_str), Some("fra1"));
-        assert!(!f.contains_key("parent"));
-        assert_eq!(references(&r).len(), 2);
-    }
 }
