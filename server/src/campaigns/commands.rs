@@ -123,11 +123,18 @@ impl Engine {
 
     /// Parses the spec against the windows now and plans it over the fleet.
     fn fresh_plan(&mut self, spec_pb: &pb::CampaignSpec) -> Result<(CampaignSpec, Plan), ApiError> {
-        self.invalidate_calendar();
-        let calendar = self.calendar()?;
+        // One pass over the devices gives both the candidates and the labels the engine's
+        // calendar keeps (rebuilding the calendar through `calendar()` listed them again).
         let now = self.now();
+        let (devices, labels) = super::fleet::candidates(&self.inventory, &*self.parts.observer)?;
+        let calendar = std::sync::Arc::new(super::fleet::calendar(
+            &self.inventory,
+            now,
+            super::engine::CALENDAR_EXTRA,
+        )?);
+        self.labels = std::sync::Arc::new(labels);
+        self.calendar = Some((std::sync::Arc::clone(&calendar), now));
         let spec = CampaignSpec::parse(spec_pb, &calendar, now).map_err(prefixed)?;
-        let (devices, _) = super::fleet::candidates(&self.inventory, &*self.parts.observer)?;
         let plan = plan::plan(PlanInput {
             spec: &spec,
             devices: &devices,
@@ -161,6 +168,18 @@ impl Engine {
                 let d = digest::digest(&spec_pb, &plan)?;
                 let run = self.runs.get_mut(&name).ok_or_else(|| not_found(&name))?;
                 run.expect = Expectations::new(spec.desired.as_ref(), &spec.verify);
+                // A host without a record loads as PENDING, so a first submit writes no host
+                // records (10,000 of them were most of its time); only records an earlier plan
+                // left (a resubmit after an edit) are removed.
+                let stale = self
+                    .inventory
+                    .store()
+                    .aux_scan(&super::records::hosts_prefix(&run.id))
+                    .map_err(crate::inventory::store_error)?;
+                self.round
+                    .puts
+                    .extend(stale.into_iter().map(|(k, _)| (k, None)));
+                let run = self.runs.get_mut(&name).ok_or_else(|| not_found(&name))?;
                 run.hosts = (0..plan.hosts.len()).map(|_| pending_host()).collect();
                 run.plan_pb = Some(plan.to_pb());
                 run.plan = Some(plan);
@@ -409,7 +428,7 @@ fn pending_host() -> HostRt {
         state: HostState::Pending,
         in_flight: false,
         recovering_since: 0,
-        dirty: true,
+        dirty: false,
     }
 }
 

@@ -22,6 +22,8 @@ use crate::store::{self, AuxWrite, ChangeMeta, Expect, Mutation, StoredObject};
 pub const TICK: Duration = Duration::from_millis(100);
 /// Events handled per round at most, so a flood cannot starve the writes.
 const EVENTS_PER_ROUND: usize = 4096;
+/// Seconds the calendar reaches beyond its horizon.
+pub const CALENDAR_EXTRA: i64 = 3 * 24 * 3600;
 /// The engine's principal in the audit trail.
 pub const SYSTEM: &str = "system:campaign";
 
@@ -645,7 +647,11 @@ impl Engine {
         {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(super::fleet::calendar(&self.inventory, now, 3 * 24 * 3600)?);
+        let c = Arc::new(super::fleet::calendar(
+            &self.inventory,
+            now,
+            CALENDAR_EXTRA,
+        )?);
         let (_, labels) = super::fleet::candidates_labels(&self.inventory)?;
         self.labels = Arc::new(labels);
         self.calendar = Some((Arc::clone(&c), now));
