@@ -13,6 +13,7 @@
 //! [`observe::Observer`] seam.
 
 pub mod commands;
+mod commit;
 pub mod drive;
 pub mod engine;
 pub mod executor;
