@@ -627,3 +627,6 @@ async fn bad_input_names_the_field_and_creates_nothing() {
 
 #[path = "campaigns_resume.rs"]
 mod resume;
+
+#[path = "campaigns_windows.rs"]
+mod windows;
