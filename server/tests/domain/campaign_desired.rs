@@ -19,6 +19,7 @@ use muster::pb::export_service_client::ExportServiceClient;
 use muster_server::campaigns::executor::InProcessExecutor;
 use pb::resource::Resource as R;
 
+use crate::campaign_rpc::{self as rpc, act, token};
 use crate::kit::{ADMIN_TOKEN, Campaign, TestServer};
 
 async fn server(
@@ -168,115 +169,24 @@ fn campaign_spec(selector: &str, desired: Option<pb::DesiredState>) -> pb::Campa
     }
 }
 
-fn ctx() -> Option<pb::ChangeContext> {
-    Some(pb::ChangeContext {
-        reason: "patch openssl".into(),
-        ticket: "CHG-7".into(),
-        ..Default::default()
-    })
-}
-
-fn act(name: &str) -> pb::CampaignActionRequest {
-    pb::CampaignActionRequest {
-        name: name.into(),
-        context: ctx(),
-    }
-}
-
-async fn token(s: &TestServer, name: &str, role: &str) -> String {
-    s.admin(ADMIN_TOKEN)
-        .create_token(pb::CreateTokenRequest {
-            name: name.into(),
-            role: role.into(),
-            reason: "campaign test".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
-/// Creates (as admin), submits, approves (as a second person) and starts a campaign.
 async fn launch(s: &TestServer, approver: &str, name: &str, spec: pb::CampaignSpec) {
-    let mut c = s.campaigns(ADMIN_TOKEN);
-    c.create(pb::CreateCampaignRequest {
-        campaign: Some(pb::Campaign {
-            meta: Some(pb::ObjectMeta {
-                name: name.into(),
-                ..Default::default()
-            }),
-            spec: Some(spec),
-            status: None,
-        }),
-        context: ctx(),
-    })
-    .await
-    .unwrap();
-    let digest = c
-        .submit(act(name))
-        .await
-        .unwrap()
-        .into_inner()
-        .campaign
-        .unwrap()
-        .status
-        .unwrap()
-        .digest;
-    s.campaigns(approver)
-        .approve(pb::ApproveCampaignRequest {
-            name: name.into(),
-            digest,
-            context: ctx(),
-        })
-        .await
-        .unwrap();
-    c.start(act(name)).await.unwrap();
-}
-
-async fn get(s: &TestServer, name: &str) -> pb::CampaignResponse {
-    s.campaigns(ADMIN_TOKEN)
-        .get(pb::GetCampaignRequest {
-            name: name.into(),
-            summary_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    rpc::launch(s, ADMIN_TOKEN, approver, name, spec).await;
 }
 
 fn campaign_state(r: &pb::CampaignResponse) -> pb::CampaignState {
-    pb::CampaignState::try_from(r.summary.as_ref().unwrap().state).unwrap()
+    rpc::state(r)
 }
 
 fn hosts(r: &pb::CampaignResponse) -> HashMap<String, pb::HostState> {
-    r.campaign
-        .as_ref()
-        .unwrap()
-        .status
-        .as_ref()
-        .unwrap()
-        .hosts
-        .iter()
-        .map(|h| (h.device.clone(), pb::HostState::try_from(h.state).unwrap()))
-        .collect()
+    rpc::host_states(r).into_iter().collect()
 }
 
-/// Moves the clock a second at a time until `done` holds (bounded).
 async fn until(
     s: &TestServer,
     name: &str,
     done: impl Fn(&pb::CampaignResponse) -> bool,
 ) -> pb::CampaignResponse {
-    for _ in 0..200 {
-        let r = get(s, name).await;
-        if done(&r) {
-            return r;
-        }
-        s.advance(Duration::from_secs(1));
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    panic!("campaign {name} never got there: {:#?}", get(s, name).await);
+    rpc::until(s, ADMIN_TOKEN, name, done).await
 }
 
 fn in_state(r: &pb::CampaignResponse, want: pb::HostState) -> Vec<String> {

@@ -14,6 +14,7 @@ use muster_server::campaigns::observe::{Expectations, Observation, Observer};
 use muster_server::model::ApiError;
 use tonic::Code;
 
+use crate::campaign_rpc::{self as rpc, act, ctx, host_states, state, token};
 use crate::kit::{ADMIN_TOKEN, Campaign, TestServer};
 
 /// Agents as the campaign sees them: every device reports at the clock's time, healthy.
@@ -49,20 +50,6 @@ struct Fixture {
     agents: Arc<Agents>,
     operator: String,
     approver: String,
-}
-
-async fn token(s: &TestServer, name: &str, role: &str) -> String {
-    s.admin(ADMIN_TOKEN)
-        .create_token(pb::CreateTokenRequest {
-            name: name.into(),
-            role: role.into(),
-            reason: "campaign test".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
 }
 
 async fn start(
@@ -159,50 +146,10 @@ fn hosts(n: u32) -> Option<pb::Count> {
     })
 }
 
-fn ctx() -> Option<pb::ChangeContext> {
-    Some(pb::ChangeContext {
-        reason: "patch openssl".into(),
-        ticket: "CHG-1".into(),
-        ..Default::default()
-    })
-}
-
-fn act(name: &str) -> pb::CampaignActionRequest {
-    pb::CampaignActionRequest {
-        name: name.into(),
-        context: ctx(),
-    }
-}
-
 impl Fixture {
     /// Creates, submits, approves and starts a campaign.
     async fn launch(&self, name: &str, spec: pb::CampaignSpec) {
-        let mut c = self.s.campaigns(&self.operator);
-        c.create(pb::CreateCampaignRequest {
-            campaign: Some(pb::Campaign {
-                meta: Some(pb::ObjectMeta {
-                    name: name.into(),
-                    ..Default::default()
-                }),
-                spec: Some(spec),
-                status: None,
-            }),
-            context: ctx(),
-        })
-        .await
-        .unwrap();
-        let sub = c.submit(act(name)).await.unwrap().into_inner();
-        let digest = sub.campaign.unwrap().status.unwrap().digest;
-        self.s
-            .campaigns(&self.approver)
-            .approve(pb::ApproveCampaignRequest {
-                name: name.into(),
-                digest,
-                context: ctx(),
-            })
-            .await
-            .unwrap();
-        c.start(act(name)).await.unwrap();
+        rpc::launch(&self.s, &self.operator, &self.approver, name, spec).await;
     }
 
     /// The audit trail of `principal`, refusals included.
@@ -222,15 +169,7 @@ impl Fixture {
     }
 
     async fn get(&self, name: &str) -> pb::CampaignResponse {
-        self.s
-            .campaigns(&self.operator)
-            .get(pb::GetCampaignRequest {
-                name: name.into(),
-                summary_only: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
+        rpc::get(&self.s, &self.operator, name).await
     }
 
     /// Moves the clock a second at a time until `done` holds (bounded).
@@ -239,36 +178,8 @@ impl Fixture {
         name: &str,
         done: impl Fn(&pb::CampaignResponse) -> bool,
     ) -> pb::CampaignResponse {
-        for _ in 0..200 {
-            let r = self.get(name).await;
-            if done(&r) {
-                return r;
-            }
-            self.s.advance(Duration::from_secs(1));
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        panic!(
-            "campaign {name} never got there: {:#?}",
-            self.get(name).await.summary
-        );
+        rpc::until(&self.s, &self.operator, name, done).await
     }
-}
-
-fn state(r: &pb::CampaignResponse) -> pb::CampaignState {
-    pb::CampaignState::try_from(r.summary.as_ref().unwrap().state).unwrap()
-}
-
-fn host_states(r: &pb::CampaignResponse) -> Vec<(String, pb::HostState)> {
-    r.campaign
-        .as_ref()
-        .unwrap()
-        .status
-        .as_ref()
-        .unwrap()
-        .hosts
-        .iter()
-        .map(|h| (h.device.clone(), pb::HostState::try_from(h.state).unwrap()))
-        .collect()
 }
 
 #[tokio::test]

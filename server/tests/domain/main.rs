@@ -4,6 +4,7 @@
 
 mod agents;
 mod campaign_desired;
+mod campaign_rpc;
 mod campaigns;
 mod edge;
 mod kit;
