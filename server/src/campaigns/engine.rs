@@ -156,6 +156,8 @@ pub enum Event {
         intent_id: String,
         recovered: Recovered,
     },
+    /// A Window (or freeze) was written: lay the calendar out again.
+    WindowsChanged,
     Tick,
     Shutdown,
 }
@@ -194,6 +196,7 @@ impl Campaigns {
             loaded: false,
         };
         let task = tokio::spawn(engine.run(rx));
+        super::window_watch::forward(&inventory, tx.clone());
         (
             Self {
                 tx,
@@ -366,6 +369,7 @@ impl Engine {
         match ev {
             Event::Shutdown => return false,
             Event::Tick => {}
+            Event::WindowsChanged => self.invalidate_calendar(),
             Event::Command {
                 who,
                 ctx,

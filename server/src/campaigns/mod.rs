@@ -28,6 +28,7 @@ pub mod recover;
 pub mod remote;
 pub mod resume;
 pub mod view;
+mod window_watch;
 
 #[cfg(test)]
 mod tests;

@@ -156,11 +156,15 @@ async fn a_freeze_declared_mid_campaign_blocks_new_starts_until_it_lifts() {
             .any(|(_, s)| *s == pb::HostState::HostSucceeded)
     })
     .await;
+    // Late in the pause, after the engine has laid its calendar out afresh (it does so once
+    // a clock minute), a freeze is declared; the pause ends a few seconds later.
+    f.s.advance(Duration::from_secs(110));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t_freeze = f.now();
     let lifts = t_freeze + 1800;
     f.window("change-freeze", true, &[(t_freeze, lifts)]).await;
-    // Well past the batch pause (and the calendar's once-a-minute refresh): nothing starts.
-    f.s.advance(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.s.advance(Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = f.get("frz").await;
     assert_eq!(f.starts("frz").await.len(), 1, "{:?}", r.summary);
