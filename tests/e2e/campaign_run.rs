@@ -242,8 +242,10 @@ async fn mismatch_campaign(prefix: &str) -> (CampaignFleet, String, String) {
     .await
     .unwrap();
 
-    let mut spec = patch_spec(prefix, "2.0", 0, 1);
-    spec.rollback.clear();
+    // With rollback steps: a host where nothing ran has nothing to roll back (FAILED, not a
+    // rollback that meets the same wrong key and ends NEEDS_ATTENTION).
+    let spec = patch_spec(prefix, "2.0", 0, 1);
+    assert!(!spec.rollback.is_empty());
     launch(&f.server, "pinned", spec).await.unwrap();
     let mut c = campaigns_as(&f.server, OPERATOR_TOKEN).await.unwrap();
     let r = wait_settled(&mut c, "pinned", SETTLE).await.unwrap();
@@ -266,6 +268,11 @@ async fn a_host_key_mismatch_runs_nothing_and_counts_as_a_failure() {
         "the step ran on a host with the wrong key"
     );
     assert_eq!(f.state("hk-01").runs, 1);
+    assert_eq!(
+        f.state("hk-02").rollbacks,
+        0,
+        "a rollback ran where nothing had run"
+    );
     let rep = report(&mut c, "pinned").await.unwrap();
     assert_eq!(rep.summary.as_ref().unwrap().failures, 1);
     let step = &host_report(&rep, "hk-02").steps[0];

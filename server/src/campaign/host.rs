@@ -63,6 +63,11 @@ pub enum HostEvent {
     StepFailed {
         cause: String,
     },
+    /// The step failed before the host ran anything of it (unreachable, refused, no
+    /// credential, host-key mismatch): FAILED with nothing to roll back.
+    StepNotRun {
+        cause: String,
+    },
     VerifyPassed,
     VerifyFailed {
         cause: String,
@@ -201,6 +206,11 @@ pub fn apply(
         },
         (S::Running { step }, E::StepSucceeded) => after_step(*step, shape),
         (S::Running { .. }, E::StepFailed { cause }) => failed(cause.clone(), shape),
+        (S::Running { step }, E::StepNotRun { cause }) => S::Failed {
+            cause: cause.clone(),
+            // Steps before this one did run: they are what a rollback undoes.
+            rollback_due: *step > 0 && shape.rollback_steps > 0,
+        },
         (S::Verifying, E::VerifyPassed) => S::Succeeded,
         (S::Verifying, E::VerifyFailed { cause }) => failed(cause.clone(), shape),
         (

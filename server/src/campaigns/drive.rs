@@ -212,10 +212,11 @@ impl Engine {
                 HostEvent::StepSucceeded
             }
             // The step may have run: a person decides (never charged as "nothing ran").
-            (_, false) if matches!(r.outcome, super::executor::Outcome::Unknown(_)) => {
-                HostEvent::OutcomeUnknown {
-                    message: why.clone(),
-                }
+            (_, false) if r.outcome.unknown() => HostEvent::OutcomeUnknown {
+                message: why.clone(),
+            },
+            (StageRec::Step(_), false) if r.outcome.nothing_ran() => {
+                HostEvent::StepNotRun { cause: why.clone() }
             }
             (_, false) => HostEvent::StepFailed { cause: why.clone() },
         };

@@ -393,7 +393,12 @@ impl Engine {
                 host,
                 intent_id,
                 recovered,
-            } => self.recovered(&campaign, host, &intent_id, recovered),
+            } => {
+                if let Recovered::Finished(result) = &recovered {
+                    self.audit_step_result(&campaign, host, result);
+                }
+                self.recovered(&campaign, host, &intent_id, recovered)
+            }
         }
         true
     }

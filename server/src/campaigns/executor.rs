@@ -58,6 +58,13 @@ pub enum Outcome {
         expected: String,
         seen: String,
     },
+    /// The host's key stopped matching its pin after the step was handed to it (or after a
+    /// reboot was sent): the step may have run, so its outcome is unknown, and it is a
+    /// security event.
+    HostKeyChanged {
+        expected: String,
+        seen: String,
+    },
     Unknown(String),
 }
 
@@ -65,6 +72,29 @@ impl Outcome {
     /// Only `Exited(0)` is a success.
     pub fn succeeded(&self) -> bool {
         *self == Outcome::Exited(0)
+    }
+
+    /// Whether the step may or may not have run: a person decides (NEEDS_ATTENTION).
+    pub fn unknown(&self) -> bool {
+        matches!(self, Self::Unknown(_) | Self::HostKeyChanged { .. })
+    }
+
+    /// Whether the host provably ran nothing of the step (so there is nothing to roll back).
+    pub fn nothing_ran(&self) -> bool {
+        matches!(
+            self,
+            Self::NotRun(_) | Self::Unreachable(_) | Self::HostKeyMismatch { .. }
+        )
+    }
+
+    /// The pinned and the presented fingerprint, when the host's key did not match.
+    pub fn key_mismatch(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::HostKeyMismatch { expected, seen } | Self::HostKeyChanged { expected, seen } => {
+                Some((expected, seen))
+            }
+            _ => None,
+        }
     }
 
     /// The short name reports use.
@@ -77,6 +107,7 @@ impl Outcome {
             Self::Unreachable(_) => "unreachable",
             Self::NotRun(_) => "not_run",
             Self::HostKeyMismatch { .. } => "host_key_mismatch",
+            Self::HostKeyChanged { .. } => "host_key_changed",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -99,6 +130,10 @@ impl Outcome {
             Self::HostKeyMismatch { expected, seen } => {
                 format!("host key mismatch: expected {expected}, the host presented {seen}")
             }
+            Self::HostKeyChanged { expected, seen } => format!(
+                "host key changed after the step started: expected {expected}, the host \
+                 presented {seen}; outcome unknown"
+            ),
             Self::Unknown(why) => format!("outcome unknown: {why}"),
         }
     }
@@ -278,6 +313,33 @@ impl Executor for InProcessExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_ran_and_what_is_unknown() {
+        let key = |changed| {
+            let (expected, seen) = ("SHA256:a".to_string(), "SHA256:b".to_string());
+            if changed {
+                Outcome::HostKeyChanged { expected, seen }
+            } else {
+                Outcome::HostKeyMismatch { expected, seen }
+            }
+        };
+        for o in [
+            Outcome::NotRun("no credential".into()),
+            Outcome::Unreachable("refused".into()),
+            key(false),
+        ] {
+            assert!(o.nothing_ran() && !o.unknown(), "{o:?}");
+        }
+        for o in [Outcome::Unknown("lost".into()), key(true)] {
+            assert!(o.unknown() && !o.nothing_ran(), "{o:?}");
+        }
+        for o in [Outcome::Exited(1), Outcome::TimedOut, Outcome::NoStatus] {
+            assert!(!o.unknown() && !o.nothing_ran(), "{o:?}");
+        }
+        assert_eq!(key(true).key_mismatch(), Some(("SHA256:a", "SHA256:b")));
+        assert_eq!(Outcome::Exited(0).key_mismatch(), None);
+    }
 
     #[test]
     fn only_exit_zero_succeeds() {

@@ -14,8 +14,17 @@ pub const HOST_KEY_MISMATCH_VERB: &str = "campaign host-key mismatch";
 impl Engine {
     /// Audits what needs auditing in a step's result (before the engine applies it).
     pub fn audit_step_result(&self, campaign_id: &str, i: usize, r: &StepResult) {
-        let Outcome::HostKeyMismatch { .. } = &r.outcome else {
+        let Some(_) = r.outcome.key_mismatch() else {
             return;
+        };
+        let reason = match &r.outcome {
+            Outcome::HostKeyMismatch { .. } => {
+                "the host's SSH key is not its pinned one; nothing was run on it"
+            }
+            _ => {
+                "the host's SSH key stopped matching its pin after the step was handed to it; \
+                 its outcome is unknown"
+            }
         };
         let Some(run) = self.runs.values().find(|r| r.id == campaign_id) else {
             return;
@@ -31,7 +40,7 @@ impl Engine {
             HOST_KEY_MISMATCH_VERB,
             (ResourceKind::Campaign, &run.name),
             &ChangeContext {
-                reason: "the host's SSH key is not its pinned one; nothing was run on it".into(),
+                reason: reason.into(),
                 origin: "campaign".into(),
                 ..Default::default()
             },

@@ -143,10 +143,15 @@ impl SshExecutor {
                 Ok(DetachedStatus::Running) => None,
                 Ok(done) => return Ok(done),
                 Err(e) if e.disposition() == Disposition::Unknown => Some(e),
-                // Unreachable or timed out (a host rebooting) is worth retrying too.
-                Err(e @ (SshError::Unreachable { .. } | SshError::ConnectTimeout { .. })) => {
-                    Some(e)
-                }
+                // Unreachable or timed out (a host rebooting) is worth retrying too, and so is a
+                // refused handshake or channel (sshd's MaxStartups/MaxSessions under load): one
+                // poll failing says nothing about the run.
+                Err(
+                    e @ (SshError::Unreachable { .. }
+                    | SshError::ConnectTimeout { .. }
+                    | SshError::Handshake { .. }
+                    | SshError::ChannelRefused { .. }),
+                ) => Some(e),
                 Err(e) => return Err(e),
             };
             let now = Instant::now();

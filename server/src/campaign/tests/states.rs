@@ -225,3 +225,32 @@ fn wrong_state_actions_are_preconditions() {
         S::Running
     );
 }
+
+#[test]
+fn a_first_step_that_never_ran_leaves_nothing_to_roll_back() {
+    let not_run = |s| H::StepNotRun {
+        cause: format!("step {s}: unreachable"),
+    };
+    let first = run(HostState::Pending, vec![H::Start, not_run(1)]).unwrap();
+    assert_eq!(
+        first,
+        HostState::Failed {
+            cause: "step 1: unreachable".into(),
+            rollback_due: false,
+        }
+    );
+    assert!(first.is_failure() && first.is_terminal());
+    // The first step ran: the second not running still leaves the first to undo.
+    let second = run(
+        HostState::Pending,
+        vec![H::Start, H::StepSucceeded, not_run(2)],
+    )
+    .unwrap();
+    assert_eq!(
+        second,
+        HostState::Failed {
+            cause: "step 2: unreachable".into(),
+            rollback_due: true,
+        }
+    );
+}

@@ -130,7 +130,9 @@ impl SshStepExecutor {
         self.wait(target, id, req.timeout)
             .await
             .unwrap_or_else(|still| {
-                let mut r = StepResult::of(Outcome::TimedOut);
+                // The host's own timeout should have ended it: a run still going past deadline
+                // and grace may yet change the host, so rolling back beside it is unsafe.
+                let mut r = StepResult::of(Outcome::Unknown(still.trim_end().to_string()));
                 r.stderr = crate::ssh::CapturedStream::whole(still.into_bytes());
                 r
             })
@@ -199,6 +201,7 @@ impl Executor for SshStepExecutor {
             match tokio::time::timeout(req.timeout + HARD_SLACK, work).await {
                 Ok(Ok(r)) => match r.outcome {
                     Outcome::Unknown(why) => Recovered::Unknown(why),
+                    // Finished with a changed key: the engine audits it and a person decides.
                     _ => Recovered::Finished(r),
                 },
                 Ok(Err(still)) => Recovered::Unknown(still.trim_end().to_string()),

@@ -51,11 +51,18 @@ pub fn before_start(e: &SshError) -> Outcome {
 }
 
 /// An error once the command may have started: whatever it is (the host went away, its key
-/// changed, a channel was refused), the step's fate is unknown, never "not run".
+/// changed, a channel was refused), the step's fate is unknown, never "not run". A changed
+/// key keeps both fingerprints so that it is audited.
 pub fn after_start(e: &SshError) -> Outcome {
-    Outcome::Unknown(format!(
-        "the step was started but its outcome could not be read: {e}"
-    ))
+    match e {
+        SshError::HostKeyMismatch { expected, seen, .. } => Outcome::HostKeyChanged {
+            expected: expected.clone(),
+            seen: seen.clone(),
+        },
+        _ => Outcome::Unknown(format!(
+            "the step was started but its outcome could not be read: {e}"
+        )),
+    }
 }
 
 /// A detached run's state as a result; `None` while it runs.

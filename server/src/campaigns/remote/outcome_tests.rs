@@ -131,10 +131,19 @@ fn errors_before_the_start_fail_the_host_or_stay_unknown_by_disposition() {
 fn after_the_start_every_error_leaves_the_outcome_unknown() {
     for e in errors() {
         let o = after_start(&e);
-        assert!(
-            matches!(&o, Outcome::Unknown(m) if m.contains(&e.to_string())),
-            "{e}: {o:?}"
-        );
+        assert!(o.unknown() && !o.nothing_ran(), "{e}: {o:?}");
+        match &e {
+            // A key that changed mid-step keeps both fingerprints, for the audit trail.
+            SshError::HostKeyMismatch { expected, seen, .. } => assert_eq!(
+                o.key_mismatch(),
+                Some((expected.as_str(), seen.as_str())),
+                "{o:?}"
+            ),
+            _ => assert!(
+                matches!(&o, Outcome::Unknown(m) if m.contains(&e.to_string())),
+                "{e}: {o:?}"
+            ),
+        }
     }
 }
 

@@ -55,10 +55,12 @@ pub async fn run(
     match ex.ssh.start_detached(target, id, cmd, req.timeout).await {
         // Sent now, or by an earlier attempt at this intent: never sent again either way.
         Ok(_) => {}
-        Err(e) if e.disposition() == Disposition::Failed && !while_down(&e) => {
+        // Refused before the script could run (unreachable, handshake, channel, key): nothing
+        // was sent, so this is no reboot under way.
+        Err(e) if e.disposition() == Disposition::Failed => {
             return StepResult::of(outcome::before_start(&e));
         }
-        // The connection dropped as the reboot began: expected.
+        // The session was lost once the start was under way: the reboot began, as expected.
         Err(_) => {}
     }
     let wait = wait_back(ex, target, id, &before);
@@ -110,8 +112,10 @@ async fn wait_back(
                     return outcome::finished(r);
                 }
             }
+            // The reboot was sent: whatever answers with another key, the step's outcome is
+            // unknown (and a security event), not "nothing ran".
             Err(SshError::HostKeyMismatch { expected, seen, .. }) => {
-                return StepResult::of(Outcome::HostKeyMismatch { expected, seen });
+                return StepResult::of(Outcome::HostKeyChanged { expected, seen });
             }
             Err(e) if while_down(&e) => went_down = true,
             Err(e) => return StepResult::of(outcome::before_start(&e)),
