@@ -14,17 +14,15 @@ pub const HOST_KEY_MISMATCH_VERB: &str = "campaign host-key mismatch";
 impl Engine {
     /// Audits what needs auditing in a step's result (before the engine applies it).
     pub fn audit_step_result(&self, campaign_id: &str, i: usize, r: &StepResult) {
-        let Some(_) = r.outcome.key_mismatch() else {
-            return;
-        };
         let reason = match &r.outcome {
             Outcome::HostKeyMismatch { .. } => {
                 "the host's SSH key is not its pinned one; nothing was run on it"
             }
-            _ => {
+            Outcome::HostKeyChanged { .. } => {
                 "the host's SSH key stopped matching its pin after the step was handed to it; \
                  its outcome is unknown"
             }
+            _ => return,
         };
         let Some(run) = self.runs.values().find(|r| r.id == campaign_id) else {
             return;
